@@ -1,0 +1,47 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Everything else is a building block.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+LOCKS := images/trainer/requirements.lock images/operator/requirements.lock requirements-dev.lock
+STAMP := $(VENV)/.installed
+
+.PHONY: venv test test-unit test-trainer test-e2e demo cluster cluster-down cluster-build lint bench clean
+
+venv: $(STAMP)
+
+$(STAMP): $(LOCKS) trainer/pyproject.toml operator/pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip==25.3
+	$(PY) -m pip install --quiet $(addprefix -r ,$(LOCKS))
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e trainer -e operator
+	touch $@
+
+# Unit tests, trainer tests with real torchrun processes, then the end-to-end suite on a real control plane.
+test: venv
+	$(PY) -m pytest tests
+
+test-unit: venv
+	$(PY) -m pytest tests -m "not e2e and not slow"
+
+test-e2e: venv
+	$(PY) -m pytest tests/e2e
+
+demo: venv
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH bash examples/demo/run.sh
+
+cluster-build:
+	bash tests/e2e/cluster/build.sh
+
+# A real control plane (apiserver, etcd, controller-manager, scheduler, KWOK, training-operator) for poking with kubectl.
+cluster: venv cluster-build
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH bash tests/e2e/cluster/up.sh
+
+cluster-down:
+	bash tests/e2e/cluster/down.sh
+
+bench: venv
+	@echo "see BENCHMARKS.md for each benchmark's command"
+
+clean:
+	rm -rf $(VENV) .cluster

@@ -1,0 +1,3 @@
+"""MFTCoder-style multi-task fine-tuning of GPT-NeoX models on ATorch."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,3 @@
+from mft_trainer.cli import main
+
+raise SystemExit(main())
