@@ -147,6 +147,7 @@ build_component() {
   # Build into a scratch dir and rename at the end, so an interrupted build
   # never leaves a half-filled cache entry that later runs would trust.
   tmp=$(mktemp -d "$CACHE/.tmp-$comp-XXXXXX")
+  chmod 755 "$tmp"
   # shellcheck disable=SC2064
   trap "rm -rf '$tmp'" EXIT
   "build_${comp//-/_}" "$ver" "$tmp"
