@@ -35,3 +35,37 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- define "mft-operator.image" -}}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
 {{- end -}}
+
+{{- /* Namespaced rules: only the verbs the operator uses. Each rule is exercised by the end-to-end suite. */ -}}
+{{- define "mft-operator.namespacedRules" -}}
+- apiGroups: [mft.dev]
+  resources: [mftjobs]
+  verbs: [get, list, watch, patch]
+- apiGroups: [mft.dev]
+  resources: [mftjobs/status]
+  verbs: [get, patch]
+- apiGroups: [kubeflow.org]
+  resources: [pytorchjobs]
+  verbs: [get, list, watch, create, patch]
+- apiGroups: [""]
+  resources: [configmaps]
+  verbs: [get, create, patch]
+- apiGroups: [""]
+  resources: [persistentvolumeclaims]
+  verbs: [get, create]
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [get, list, watch]
+- apiGroups: [""]
+  resources: [pods/log]
+  verbs: [get]
+- apiGroups: ["", events.k8s.io]
+  resources: [events]
+  verbs: [create, patch]
+{{- end -}}
+{{- /* kopf discovers its resources through the CRD list, which is cluster-scoped either way. */ -}}
+{{- define "mft-operator.clusterRules" -}}
+- apiGroups: [apiextensions.k8s.io]
+  resources: [customresourcedefinitions]
+  verbs: [get, list, watch]
+{{- end -}}

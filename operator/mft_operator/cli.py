@@ -1,0 +1,167 @@
+"""``mftctl``: validate and render MFTJob manifests offline, and run the operator."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+import yaml
+
+from . import KIND, render, settings as settings_mod, validation, yamlio
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.command(args)
+    except settings_mod.SettingsError as exc:
+        parser.error(str(exc))
+        return 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mftctl", description=__doc__)
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    validate = commands.add_parser("validate", help="check MFTJob manifests with the CRD's schema and rules")
+    validate.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    validate.set_defaults(command=cmd_validate)
+
+    render_cmd = commands.add_parser("render", help="print the objects the operator would create")
+    render_cmd.add_argument("file", type=Path, metavar="FILE")
+    render_cmd.add_argument("--namespace", "-n", help="namespace of the MFTJob when the manifest has none")
+    _settings_flags(render_cmd)
+    render_cmd.set_defaults(command=cmd_render)
+
+    run = commands.add_parser("run", help="run an MFTJob on this machine, without a cluster")
+    run.add_argument("file", type=Path, metavar="FILE")
+    run.add_argument("--local", action="store_true", required=True,
+                     help="run here: the rendered launch command and env, volumes mapped to local folders")
+    run.add_argument("--mount", action="append", default=[], metavar="MOUNT_PATH=DIR",
+                     help="local folder behind a mount path (repeatable; adds to the local.mft.dev/mounts annotation)")
+    run.add_argument("--workdir", type=Path, help="folder for the config and default checkpoints (default runs/NAME)")
+    run.add_argument("--nproc", type=int, help="processes per node (default: gpusPerNode when that many GPUs are visible, else 1)")
+    _settings_flags(run)
+    run.set_defaults(command=cmd_run)
+
+    operator = commands.add_parser("operator", help="run the operator (kopf, standalone)")
+    scope = operator.add_mutually_exclusive_group()
+    scope.add_argument("--namespace", "-n", action="append", dest="namespaces", metavar="NS",
+                       help="watch this namespace (repeatable); default MFT_WATCH_NAMESPACES, else all")
+    scope.add_argument("--all-namespaces", "-A", action="store_const", const=(), dest="namespaces",
+                       help="watch the whole cluster")
+    operator.add_argument("--liveness", metavar="URL", help="liveness endpoint, e.g. http://0.0.0.0:8080/healthz")
+    operator.add_argument("--metrics-port", type=int)
+    operator.add_argument("--progress-interval", type=float, dest="progress_interval_seconds", metavar="SECONDS")
+    operator.add_argument("--log-format", choices=("json", "text"))
+    _settings_flags(operator)
+    operator.set_defaults(command=cmd_operator)
+    return parser
+
+
+def _settings_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--image", dest="trainer_image", help="default trainer image (MFT_TRAINER_IMAGE)")
+    parser.add_argument("--init-container-image", help="preflight image (MFT_INIT_CONTAINER_IMAGE)")
+    parser.add_argument("--default-gpus-per-node", type=int)
+    parser.add_argument("--default-cpu")
+    parser.add_argument("--default-memory")
+    parser.add_argument("--default-shm-size")
+
+
+def _settings(args: argparse.Namespace) -> settings_mod.Settings:
+    names = {f for f in settings_mod.ENV if hasattr(args, f)}
+    overrides: dict[str, Any] = {name: getattr(args, name) for name in names}
+    if overrides.get("namespaces") is not None:
+        overrides["namespaces"] = tuple(overrides["namespaces"])
+    return settings_mod.from_env(os.environ, **overrides)
+
+
+def _documents(path: Path) -> list[Any]:
+    return list(yamlio.load_all(path.read_text(encoding="utf-8")))
+
+
+def _label(doc: Any) -> str:
+    if not isinstance(doc, dict):
+        return "<document>"
+    name = (doc.get("metadata") or {}).get("name") or "<unnamed>"
+    return f"{doc.get('kind') or '<no kind>'}/{name}"
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    """Every error as ``FILE: Kind/name: field.path: message``; exit 1 when there is one."""
+    failed = False
+    for path in args.files:
+        try:
+            documents = _documents(path)
+        except (OSError, yaml.YAMLError) as exc:
+            print(f"{path}: {exc}", file=sys.stderr)
+            failed = True
+            continue
+        if not documents:
+            print(f"{path}: no YAML documents", file=sys.stderr)
+            failed = True
+        for doc in documents:
+            errors = validation.validate(doc)
+            for error in errors:
+                print(f"{path}: {_label(doc)}: {error}")
+            failed = failed or bool(errors)
+    return 1 if failed else 0
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    """Validate first: the operator never sees an object the apiserver would reject."""
+    settings = _settings(args)
+    objects = []
+    for doc in _documents(args.file):
+        errors = validation.validate(doc)
+        if errors:
+            for error in errors:
+                print(f"{args.file}: {_label(doc)}: {error}", file=sys.stderr)
+            return 1
+        if doc.get("kind") != KIND:
+            continue
+        if args.namespace and not doc["metadata"].get("namespace"):
+            doc["metadata"]["namespace"] = args.namespace
+        objects.extend(render.render(doc, settings))
+    sys.stdout.write(yamlio.dump_all(objects))
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from . import local
+
+    jobs = [doc for doc in _documents(args.file) if isinstance(doc, dict) and doc.get("kind") == KIND]
+    if len(jobs) != 1:
+        print(f"{args.file}: expected exactly one {KIND}, found {len(jobs)}", file=sys.stderr)
+        return 1
+    job = jobs[0]
+    errors = validation.validate(job)
+    for error in errors:
+        print(f"{args.file}: {_label(job)}: {error}", file=sys.stderr)
+    if errors:
+        return 1
+    try:
+        plan = local.plan(job, args.file.resolve().parent, _settings(args), workdir=args.workdir,
+                          mount_flags=args.mount, nproc=args.nproc, master_port=local.free_port(),
+                          gpus_visible=local.visible_gpus())
+    except local.LocalRunError as exc:
+        print(f"{args.file}: {exc}", file=sys.stderr)
+        return 1
+    grace = job["spec"].get("checkpoint", {}).get("preemptionGraceSeconds", 120)
+    return local.execute(plan, grace)
+
+
+def cmd_operator(args: argparse.Namespace) -> int:
+    from . import handlers  # kopf and the kubernetes client load only for this command
+
+    settings = _settings(args)
+    handlers.run(settings, args.liveness or f"http://0.0.0.0:{settings.health_port}/healthz")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

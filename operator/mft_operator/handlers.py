@@ -1,0 +1,149 @@
+"""kopf wiring: watch MFTJobs, their PyTorchJobs and pods, and poll running jobs' progress;
+every trigger runs the same ``reconcile.reconcile`` for the MFTJob concerned.
+
+Only watch-event handlers and an operator-level polling task: no change handlers (no
+last-handled-configuration annotations), no timers or daemons (they would add finalizers and
+block deletion while the operator is down). Deletion cascades through owner references.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from datetime import datetime, timezone
+from typing import Any, Callable
+
+import kopf
+from kubernetes import config
+
+from . import API_GROUP, API_VERSION, KIND, PLURAL, reconcile, status
+from .kube import KubeCluster
+from .metrics import Metrics
+from .render import JOB_NAME_LABEL
+from .settings import Settings
+
+log = logging.getLogger("mft_operator")
+
+MANAGED = {"app.kubernetes.io/managed-by": "mft-operator"}
+
+
+def now_rfc3339() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def owner_job_name(obj: dict[str, Any]) -> str | None:
+    """The MFTJob controlling a child, from its owner references (or our label on pods)."""
+    for ref in obj.get("metadata", {}).get("ownerReferences", []):
+        if ref.get("controller") and ref.get("kind") == KIND and ref.get("apiVersion", "").startswith(f"{API_GROUP}/"):
+            return ref["name"]
+    return obj.get("metadata", {}).get("labels", {}).get(JOB_NAME_LABEL)
+
+
+class Runtime:
+    """What the handlers share: settings, the cluster, metrics, and one lock per MFTJob so that
+    triggers arriving together do not race (e.g. two creations of one child)."""
+
+    def __init__(self, settings: Settings, cluster: KubeCluster, metrics: Metrics, clock: Callable[[], str] = now_rfc3339):
+        self.settings = settings
+        self.cluster = cluster
+        self.metrics = metrics
+        self.clock = clock
+        self._locks: dict[tuple[str, str], threading.Lock] = {}
+        self._locks_guard = threading.Lock()
+
+    def _lock(self, namespace: str, name: str) -> threading.Lock:
+        with self._locks_guard:
+            return self._locks.setdefault((namespace, name), threading.Lock())
+
+    def reconcile(self, namespace: str, name: str, trigger: str) -> None:
+        """Reconcile the stored MFTJob (read under the lock: a trigger's copy may be stale)."""
+        self.metrics.reconciles.labels(trigger=trigger).inc()
+        started = time.monotonic()
+        try:
+            with self._lock(namespace, name):
+                job = self.cluster.get_job(namespace, name)
+                if job is not None:
+                    reconcile.reconcile(self.cluster, job, self.settings, self.clock())
+        except Exception as exc:  # one job's failure must not stop the others; the next poll retries
+            self.metrics.errors.labels(error=type(exc).__name__).inc()
+            log.exception("reconciling %s/%s (%s) failed", namespace, name, trigger)
+        finally:
+            self.metrics.latency.observe(time.monotonic() - started)
+
+    def poll_once(self) -> None:
+        """Reconcile every active MFTJob: progress for running ones, and a level-based resync
+        that repairs anything a missed watch event left behind."""
+        jobs = [job for namespace in (self.settings.namespaces or (None,)) for job in self.cluster.list_jobs(namespace)]
+        self.metrics.count_phases((job.get("status") or {}).get("phase") for job in jobs)
+        for job in jobs:
+            if (job.get("status") or {}).get("phase") not in status.TERMINAL:
+                self.reconcile(job["metadata"]["namespace"], job["metadata"]["name"], "timer")
+
+
+def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
+    registry = kopf.OperatorRegistry()
+
+    @kopf.on.login(id="login", registry=registry)
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        return kopf.login_via_client(**kwargs)
+
+    @kopf.on.startup(id="start", registry=registry)
+    async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+        settings.posting.enabled = False  # the reconciler emits its own, meaningful events
+        runtime.metrics.serve(runtime.settings.metrics_port)
+        memo["poller"] = asyncio.create_task(_poll_forever(runtime))
+
+    @kopf.on.cleanup(id="stop", registry=registry)
+    async def stop(memo: kopf.Memo, **_: Any) -> None:
+        poller = memo.get("poller")
+        if poller:
+            poller.cancel()
+
+    @kopf.on.event(API_GROUP, API_VERSION, PLURAL, id="mftjob", registry=registry)
+    def mftjob_changed(type: str, name: str, namespace: str, **_: Any) -> None:
+        if type != "DELETED":
+            runtime.reconcile(namespace, name, "mftjob")
+
+    @kopf.on.event("kubeflow.org", "v1", "pytorchjobs", labels=MANAGED, id="pytorchjob", registry=registry)
+    def pytorchjob_changed(body: kopf.Body, namespace: str, **_: Any) -> None:
+        parent = owner_job_name(dict(body))
+        if parent:
+            runtime.reconcile(namespace, parent, "pytorchjob")
+
+    @kopf.on.event("v1", "pods", labels=MANAGED, id="pod", registry=registry)
+    def pod_changed(body: kopf.Body, namespace: str, **_: Any) -> None:
+        parent = owner_job_name(dict(body))
+        if parent:
+            runtime.reconcile(namespace, parent, "pod")
+
+    return registry
+
+
+async def _poll_forever(runtime: Runtime) -> None:
+    while True:
+        try:
+            await asyncio.to_thread(runtime.poll_once)
+        except Exception:
+            runtime.metrics.errors.labels(error="poll").inc()
+            log.exception("polling MFTJobs failed")
+        await asyncio.sleep(runtime.settings.progress_interval_seconds)
+
+
+def run(settings: Settings, liveness: str | None) -> None:
+    """Run the operator until interrupted (standalone: one replica, no peering)."""
+    kopf.configure(log_format=kopf.LogFormat.JSON if settings.log_format == "json" else kopf.LogFormat.FULL)
+    logging.getLogger().setLevel(settings.log_level)
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        config.load_kube_config()
+    runtime = Runtime(settings, KubeCluster(), Metrics())
+    kopf.run(
+        registry=build_registry(runtime),
+        standalone=True,
+        liveness_endpoint=liveness,
+        clusterwide=not settings.namespaces,
+        namespaces=settings.namespaces,
+    )

@@ -1,0 +1,138 @@
+"""The real ``reconcile.Cluster``: the Kubernetes API through the official client."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from typing import Any
+
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from . import API_GROUP, API_VERSION, PLURAL
+from .reconcile import AlreadyExists, KindMissing, Rejected
+from .render import CONTAINER, JOB_NAME_LABEL
+from .status import Event
+
+# Enough lines to hold the last progress and checkpoint records between polls; the byte
+# cap bounds what a chatty trainer costs the operator.
+LOG_TAIL_LINES = 500
+LOG_LIMIT_BYTES = 1 << 20
+
+_CUSTOM = {"PyTorchJob": ("kubeflow.org", "v1", "pytorchjobs")}
+
+
+class KubeCluster:
+    def __init__(self, api: client.ApiClient | None = None):
+        api = api or client.ApiClient()
+        self.core = client.CoreV1Api(api)
+        self.custom = client.CustomObjectsApi(api)
+        self.api = api
+
+    def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            if kind in _CUSTOM:
+                group, version, plural = _CUSTOM[kind]
+                return self.custom.get_namespaced_custom_object(group, version, namespace, plural, name)
+            reader = {"ConfigMap": self.core.read_namespaced_config_map,
+                      "PersistentVolumeClaim": self.core.read_namespaced_persistent_volume_claim}[kind]
+            return self._plain(reader(name, namespace))
+        except ApiException as exc:
+            if exc.status == 404 and kind in _CUSTOM and _is_missing_kind(exc):
+                raise KindMissing(kind) from exc
+            if exc.status == 404:
+                return None
+            raise
+
+    def create(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        kind, namespace = manifest["kind"], manifest["metadata"]["namespace"]
+        try:
+            if kind in _CUSTOM:
+                group, version, plural = _CUSTOM[kind]
+                return self.custom.create_namespaced_custom_object(group, version, namespace, plural, manifest)
+            creator = {"ConfigMap": self.core.create_namespaced_config_map,
+                       "PersistentVolumeClaim": self.core.create_namespaced_persistent_volume_claim}[kind]
+            return self._plain(creator(namespace, manifest))
+        except ApiException as exc:
+            if exc.status == 409:
+                raise AlreadyExists(manifest["metadata"]["name"]) from exc
+            if exc.status == 404 and _is_missing_kind(exc):
+                raise KindMissing(kind) from exc
+            if exc.status in (400, 403, 422):
+                raise Rejected(_message(exc)) from exc
+            raise
+
+    def patch(self, kind: str, namespace: str, name: str, patch: dict[str, Any]) -> None:
+        group, version, plural = _CUSTOM[kind]
+        self.custom.patch_namespaced_custom_object(group, version, namespace, plural, name, patch)
+
+    def list_pods(self, namespace: str, job_name: str) -> list[dict[str, Any]]:
+        pods = self.core.list_namespaced_pod(namespace, label_selector=f"{JOB_NAME_LABEL}={job_name}")
+        return [self._plain(pod) for pod in pods.items]
+
+    def master_log(self, namespace: str, pod_name: str) -> str:
+        try:
+            return self.core.read_namespaced_pod_log(
+                pod_name, namespace, container=CONTAINER, tail_lines=LOG_TAIL_LINES, limit_bytes=LOG_LIMIT_BYTES,
+            )
+        except ApiException as exc:
+            if exc.status in (400, 404):  # container not started yet, or the pod just went away
+                return ""
+            raise
+
+    def patch_status(self, job: dict[str, Any], new_status: dict[str, Any]) -> None:
+        meta = job["metadata"]
+        self.custom.patch_namespaced_custom_object_status(
+            API_GROUP, API_VERSION, meta["namespace"], PLURAL, meta["name"], {"status": new_status},
+        )
+
+    def event(self, job: dict[str, Any], event: Event) -> None:
+        meta = job["metadata"]
+        now = datetime.now(timezone.utc)
+        body = client.CoreV1Event(
+            metadata=client.V1ObjectMeta(generate_name=f"{meta['name']}.", namespace=meta["namespace"]),
+            involved_object=client.V1ObjectReference(
+                api_version=f"{API_GROUP}/{API_VERSION}", kind=job["kind"], name=meta["name"],
+                namespace=meta["namespace"], uid=meta.get("uid"),
+            ),
+            type=event.type, reason=event.reason, message=event.message[:1024],
+            first_timestamp=now, last_timestamp=now, count=1,
+            source=client.V1EventSource(component="mft-operator"),
+            reporting_component="mft.dev/mft-operator", reporting_instance="mft-operator",
+        )
+        self.core.create_namespaced_event(meta["namespace"], body)
+
+    def list_jobs(self, namespace: str | None) -> list[dict[str, Any]]:
+        if namespace:
+            found = self.custom.list_namespaced_custom_object(API_GROUP, API_VERSION, namespace, PLURAL)
+        else:
+            found = self.custom.list_cluster_custom_object(API_GROUP, API_VERSION, PLURAL)
+        return found.get("items", [])
+
+    def get_job(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return self.custom.get_namespaced_custom_object(API_GROUP, API_VERSION, namespace, PLURAL, name)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def _plain(self, obj: Any) -> dict[str, Any]:
+        """A typed client object as the plain JSON dict the core works on."""
+        return self.api.sanitize_for_serialization(obj)
+
+
+def _is_missing_kind(exc: ApiException) -> bool:
+    """404 for the resource type itself (no CRD), not for one object: the body has no details.name."""
+    try:
+        body = json.loads(exc.body or "{}")
+    except ValueError:
+        return True
+    return not (body.get("details") or {}).get("name")
+
+
+def _message(exc: ApiException) -> str:
+    try:
+        return json.loads(exc.body or "{}").get("message") or str(exc.reason)
+    except ValueError:
+        return str(exc.reason)

@@ -1,0 +1,198 @@
+"""One reconciliation of one MFTJob: observe, create what is missing, sync what the user may
+change, derive status, emit events. Level-based and idempotent: it may run any number of
+times, from any trigger (an MFTJob, PyTorchJob or pod event, or the progress timer).
+
+The cluster is behind the small ``Cluster`` interface (``kube.py`` is the real one; tests
+use an in-memory one); the decisions are pure functions.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from . import progress, render, status
+from .settings import Settings
+from .status import Event, Observation, Problem
+
+PYTORCHJOB = "PyTorchJob"
+
+
+class AlreadyExists(Exception):
+    pass
+
+
+class KindMissing(Exception):
+    """The API has no such resource: the PyTorchJob CRD is not installed."""
+
+
+class Rejected(Exception):
+    """The apiserver (or an admission webhook) refused an object; the message says why."""
+
+
+class Cluster(Protocol):
+    def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None: ...
+    def create(self, manifest: dict[str, Any]) -> dict[str, Any]: ...
+    def patch(self, kind: str, namespace: str, name: str, patch: dict[str, Any]) -> None: ...
+    def list_pods(self, namespace: str, job_name: str) -> list[dict[str, Any]]: ...
+    def master_log(self, namespace: str, pod_name: str) -> str: ...
+    def patch_status(self, job: dict[str, Any], new_status: dict[str, Any]) -> None: ...
+    def event(self, job: dict[str, Any], event: Event) -> None: ...
+
+
+# ---------------------------------------------------------------- pure decisions
+
+CREATE, RECREATE, BUDGET_SPENT = "create", "recreate", "budget-spent"
+
+
+def restart_budget(job: dict[str, Any]) -> int:
+    run_policy = job["spec"].get("runPolicy", {})
+    return run_policy.get("restartBudget", run_policy.get("backoffLimit", 3))
+
+
+def plan_missing_child(job: dict[str, Any]) -> str:
+    """What to do when the PyTorchJob is absent: first creation, a recreation within the
+    restart budget (it vanished while the job was active), or give up."""
+    previous = job.get("status") or {}
+    if "pytorchJob" not in previous:
+        return CREATE
+    return RECREATE if previous.get("restarts", 0) < restart_budget(job) else BUDGET_SPENT
+
+
+def controlled_by(obj: dict[str, Any], job: dict[str, Any]) -> bool:
+    return any(ref.get("controller") and ref.get("uid") == job["metadata"].get("uid")
+               for ref in obj["metadata"].get("ownerReferences", []))
+
+
+def has_foreign_controller(obj: dict[str, Any], job: dict[str, Any]) -> bool:
+    return any(ref.get("controller") and ref.get("uid") != job["metadata"].get("uid")
+               for ref in obj["metadata"].get("ownerReferences", []))
+
+
+def adoptable(existing: dict[str, Any], job: dict[str, Any]) -> bool:
+    """An existing object with our deterministic name is ours to use when this MFTJob controls
+    it; a retained checkpoint PVC (owned by nobody) is reused on purpose: resume from it."""
+    if existing["kind"] == "PersistentVolumeClaim":
+        return not has_foreign_controller(existing, job)
+    return controlled_by(existing, job)
+
+
+def child_patch(job: dict[str, Any], child: dict[str, Any]) -> dict[str, Any] | None:
+    """A merge patch for the child's fields the user may change while the job runs (deadlines,
+    TTL, suspend), or None. Suspend changes only when the user changed theirs since it was last
+    applied, and never for Kueue-queued jobs: Kueue owns their suspension."""
+    wanted = job["spec"].get("runPolicy", {})
+    current = child["spec"].get("runPolicy", {})
+    spec_patch: dict[str, Any] = {
+        key: wanted.get(key)
+        for key in ("activeDeadlineSeconds", "ttlSecondsAfterFinished")
+        if current.get(key) != wanted.get(key)
+    }
+    patch: dict[str, Any] = {}
+    requested = str(wanted.get("suspend", False)).lower()
+    applied = child["metadata"].get("annotations", {}).get(render.SUSPEND_ANNOTATION)
+    if requested != applied and "queueName" not in job["spec"].get("scheduling", {}):
+        spec_patch["suspend"] = wanted.get("suspend", False)
+        patch["metadata"] = {"annotations": {render.SUSPEND_ANNOTATION: requested}}
+    if spec_patch:
+        patch["spec"] = {"runPolicy": spec_patch}
+    return patch or None
+
+
+def missing_claims(ctx: render.Context, cluster: Cluster) -> list[Problem]:
+    spec = ctx.spec
+    claims = [v["claimName"] for v in spec.get("volumes", [])]
+    if "claimName" in spec["checkpoint"]:
+        claims.insert(0, spec["checkpoint"]["claimName"])
+    return [
+        Problem("ClaimNotFound", f"PersistentVolumeClaim {claim} not found in namespace {ctx.namespace}")
+        for claim in claims
+        if cluster.get("PersistentVolumeClaim", ctx.namespace, claim) is None
+    ]
+
+
+def reads_progress(child: dict[str, Any] | None) -> bool:
+    """Read the trainer's log while it runs, and once more when it has just finished."""
+    conditions = ((child or {}).get("status") or {}).get("conditions", [])
+    return any(c.get("status") == "True" and c["type"] in status.STARTED for c in conditions)
+
+
+# ---------------------------------------------------------------- orchestration
+
+
+def reconcile(cluster: Cluster, job: dict[str, Any], settings: Settings, now: str) -> dict[str, Any]:
+    """Bring the children of ``job`` in line with it and write its status; returns the status."""
+    previous = job.get("status") or {}
+    seen = Observation(now=now)
+    if previous.get("phase") not in status.TERMINAL:
+        seen = _observe_and_act(cluster, job, settings, now)
+    new_status = status.derive(job, seen)
+    for event in status.events(previous, new_status):
+        cluster.event(job, event)
+    if new_status != previous:
+        cluster.patch_status(job, new_status)
+    return new_status
+
+
+def _observe_and_act(cluster: Cluster, job: dict[str, Any], settings: Settings, now: str) -> Observation:
+    ctx = render.context(job, settings)
+    job = ctx.job  # with defaults applied
+    try:
+        child = cluster.get(PYTORCHJOB, ctx.namespace, ctx.name)
+    except KindMissing:
+        return Observation(now=now, problems=(_crd_missing(),))
+    recreated = False
+    if child is not None and not controlled_by(child, job):
+        return Observation(now=now, problems=(_conflict(child),))
+    if child is None:
+        decision = plan_missing_child(job)
+        if decision == BUDGET_SPENT:
+            message = f"the PyTorchJob disappeared and the restart budget ({restart_budget(job)}) is spent"
+            return Observation(now=now, problems=(Problem("RestartBudgetExhausted", message, terminal=True),))
+        blocking = missing_claims(ctx, cluster)
+        if blocking:
+            return Observation(now=now, problems=tuple(blocking))
+        child, problems = _create_children(cluster, job, settings)
+        if problems:
+            return Observation(now=now, problems=problems)
+        recreated = decision == RECREATE
+    else:
+        patch = child_patch(job, child)
+        if patch:
+            cluster.patch(PYTORCHJOB, ctx.namespace, ctx.name, patch)
+    pods = tuple(cluster.list_pods(ctx.namespace, ctx.name))
+    reports = _read_reports(cluster, ctx.namespace, pods) if reads_progress(child) else progress.Reports()
+    return Observation(now=now, child=child, pods=pods, reports=reports, recreated=recreated)
+
+
+def _create_children(cluster: Cluster, job: dict[str, Any], settings: Settings) -> tuple[dict[str, Any] | None, tuple[Problem, ...]]:
+    """Create (or adopt) every rendered object in order; the PyTorchJob comes last."""
+    created = None
+    for manifest in render.render(job, settings):
+        try:
+            created = cluster.create(manifest)
+        except AlreadyExists:
+            created = cluster.get(manifest["kind"], manifest["metadata"].get("namespace"), manifest["metadata"]["name"])
+            if created is None or not adoptable(created, job):
+                return None, (_conflict(created or manifest),)
+        except KindMissing:
+            return None, (_crd_missing(),)
+        except Rejected as exc:
+            return None, (Problem("ChildRejected", f"{manifest['kind']} {manifest['metadata']['name']} was rejected: {exc}"),)
+    return created, ()
+
+
+def _read_reports(cluster: Cluster, namespace: str, pods: tuple[dict[str, Any], ...]) -> progress.Reports:
+    master = next((p for p in pods if status.replica_name(p) == "master-0"), None)
+    if master is None or (master.get("status") or {}).get("phase") == "Pending":
+        return progress.Reports()
+    return progress.parse_log(cluster.master_log(namespace, master["metadata"]["name"]))
+
+
+def _crd_missing() -> Problem:
+    return Problem("PyTorchJobCRDMissing",
+                   "the PyTorchJob API (kubeflow.org/v1) is not installed; install the Kubeflow training-operator")
+
+
+def _conflict(existing: dict[str, Any]) -> Problem:
+    return Problem("NameConflict", f"{existing['kind']} {existing['metadata']['name']} already exists and "
+                                   "is not controlled by this MFTJob; delete or rename it")

@@ -1,0 +1,89 @@
+"""Operator settings: environment variables (as the Helm chart sets them), overridable by flags."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Mapping
+
+DEFAULT_TRAINER_IMAGE = "ghcr.io/mft-dev/mft-trainer:0.1.0"
+
+
+@dataclass(frozen=True)
+class Settings:
+    # Empty: the whole cluster.
+    namespaces: tuple[str, ...] = ()
+    trainer_image: str = DEFAULT_TRAINER_IMAGE
+    # Image of the preflight init container that checks the job's paths; the trainer image
+    # when empty (no extra image to mirror on air-gapped clusters).
+    init_container_image: str = ""
+    # Defaults for spec.resources fields the user left out (the CRD has none for these:
+    # sensible values depend on the cluster).
+    default_gpus_per_node: int = 0
+    default_cpu: str = "4"
+    default_memory: str = "16Gi"
+    default_shm_size: str = "2Gi"
+    progress_interval_seconds: float = 10.0
+    metrics_port: int = 9090
+    health_port: int = 8080
+    log_format: str = "json"
+    log_level: str = "INFO"
+
+
+# Setting -> environment variable.
+ENV = {
+    "namespaces": "MFT_WATCH_NAMESPACES",
+    "trainer_image": "MFT_TRAINER_IMAGE",
+    "init_container_image": "MFT_INIT_CONTAINER_IMAGE",
+    "default_gpus_per_node": "MFT_DEFAULT_GPUS_PER_NODE",
+    "default_cpu": "MFT_DEFAULT_CPU",
+    "default_memory": "MFT_DEFAULT_MEMORY",
+    "default_shm_size": "MFT_DEFAULT_SHM_SIZE",
+    "progress_interval_seconds": "MFT_PROGRESS_INTERVAL_SECONDS",
+    "metrics_port": "MFT_METRICS_PORT",
+    "health_port": "MFT_HEALTH_PORT",
+    "log_format": "MFT_LOG_FORMAT",
+    "log_level": "MFT_LOG_LEVEL",
+}
+
+# Progress must reach the MFTJob within 30 s of the trainer reporting it.
+MAX_PROGRESS_INTERVAL_SECONDS = 15.0
+
+
+class SettingsError(ValueError):
+    pass
+
+
+def from_env(environ: Mapping[str, str], **overrides: object) -> Settings:
+    """Settings from ``environ``; keyword overrides (command-line flags) win when not None."""
+    values: dict[str, object] = {}
+    for field in dataclasses.fields(Settings):
+        raw = environ.get(ENV[field.name])
+        if raw not in (None, ""):
+            values[field.name] = _parse(field.name, raw)
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    settings = Settings(**values)
+    _check(settings)
+    return settings
+
+
+def _parse(name: str, raw: str) -> object:
+    kind = type(getattr(Settings(), name))
+    try:
+        if kind is tuple:
+            return tuple(part.strip() for part in raw.split(",") if part.strip())
+        return kind(raw)
+    except ValueError as exc:
+        raise SettingsError(f"{ENV[name]}={raw!r}: expected {kind.__name__}") from exc
+
+
+def _check(settings: Settings) -> None:
+    if not 0 < settings.progress_interval_seconds <= MAX_PROGRESS_INTERVAL_SECONDS:
+        raise SettingsError(
+            f"progress interval must be in (0, {MAX_PROGRESS_INTERVAL_SECONDS:g}] seconds, "
+            f"found {settings.progress_interval_seconds:g}"
+        )
+    if settings.log_format not in ("json", "text"):
+        raise SettingsError(f"log format must be json or text, found {settings.log_format!r}")
+    if settings.default_gpus_per_node < 0:
+        raise SettingsError(f"default GPUs per node must be >= 0, found {settings.default_gpus_per_node}")

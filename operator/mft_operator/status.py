@@ -1,0 +1,257 @@
+"""MFTJob status from what the operator observed: the PyTorchJob's conditions, its pods, the
+trainer's last reports and the previous status. Pure; ``now`` is an input."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import progress as progress_mod
+
+PENDING, CREATED, RUNNING, RESTARTING = "Pending", "Created", "Running", "Restarting"
+SUCCEEDED, FAILED, SUSPENDED = "Succeeded", "Failed", "Suspended"
+TERMINAL = frozenset({SUCCEEDED, FAILED})
+ACTIVE = frozenset({PENDING, CREATED, RUNNING, RESTARTING, SUSPENDED})
+# PyTorchJob condition types, strongest first: the phase is the first one that is True.
+CHILD_PHASES = (SUCCEEDED, FAILED, SUSPENDED, RESTARTING, RUNNING, CREATED)
+# Child phases in which the trainer has run, so its log may hold progress.
+STARTED = frozenset({RUNNING, RESTARTING, SUCCEEDED, FAILED})
+BLOCKED = "Blocked"
+
+REPLICA_TYPE_LABEL = "training.kubeflow.org/replica-type"
+REPLICA_INDEX_LABEL = "training.kubeflow.org/replica-index"
+
+# Container waiting reasons that need a person (a wrong image, a missing secret).
+_STUCK_WAITING = frozenset({
+    "ImagePullBackOff", "ErrImagePull", "InvalidImageName", "CreateContainerConfigError", "CreateContainerError",
+})
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Something that keeps the job from progressing: ``Blocked`` condition and a warning event.
+    A terminal problem (e.g. the restart budget is spent) fails the job."""
+
+    reason: str
+    message: str
+    terminal: bool = False
+
+
+@dataclass(frozen=True)
+class Observation:
+    now: str
+    child: dict[str, Any] | None = None
+    pods: tuple[dict[str, Any], ...] = ()
+    reports: progress_mod.Reports = field(default_factory=progress_mod.Reports)
+    problems: tuple[Problem, ...] = ()
+    recreated: bool = False  # the operator just recreated a vanished PyTorchJob
+
+
+def derive(job: dict[str, Any], seen: Observation) -> dict[str, Any]:
+    """The new ``status`` of ``job``."""
+    previous = job.get("status") or {}
+    generation = job["metadata"].get("generation")
+    status = copy.deepcopy(previous)
+    status["observedGeneration"] = generation
+    if seen.child is not None:
+        status["pytorchJob"] = seen.child["metadata"]["name"]
+    status["restarts"] = previous.get("restarts", 0) + (1 if seen.recreated else 0)
+    _merge_reports(status, seen.reports)
+
+    if previous.get("phase") in TERMINAL:
+        return status  # terminal is final: a vanished or TTL-deleted child changes nothing
+
+    phase, child_condition = _phase(seen)
+    status["phase"] = phase
+    if seen.child is not None and "startTime" not in status:
+        status["startTime"] = seen.now  # the spec's training setup is fixed from here on (CRD rules)
+    if phase in TERMINAL:
+        status["completionTime"] = _child_status(seen).get("completionTime") or seen.now
+
+    failure = _failure(seen, phase, child_condition)
+    if failure:
+        status["failure"] = failure
+
+    conditions = _phase_conditions(previous.get("conditions", []), phase, child_condition, seen)
+    status["conditions"] = _stamp(previous.get("conditions", []), conditions, seen.now, generation)
+    return status
+
+
+def _child_status(seen: Observation) -> dict[str, Any]:
+    return (seen.child or {}).get("status") or {}
+
+
+def _phase(seen: Observation) -> tuple[str, dict[str, Any] | None]:
+    terminal = next((p for p in seen.problems if p.terminal), None)
+    if terminal:
+        return FAILED, {"type": FAILED, "reason": terminal.reason, "message": terminal.message}
+    if seen.child is None:
+        return PENDING, None
+    true = {c["type"]: c for c in _child_status(seen).get("conditions", []) if c.get("status") == "True"}
+    for phase in CHILD_PHASES:
+        if phase in true:
+            return phase, true[phase]
+    return CREATED, None
+
+
+def _phase_conditions(previous: list[dict[str, Any]], phase: str, child_condition: dict[str, Any] | None,
+                      seen: Observation) -> list[dict[str, Any]]:
+    """One condition per phase type ever reached (True for the current phase; Created stays
+    True once the child exists), and Blocked while there is a problem."""
+    types = [c["type"] for c in previous if c["type"] != BLOCKED]
+    for wanted in ([CREATED] if seen.child is not None else []) + ([phase] if phase != PENDING else []):
+        if wanted not in types:
+            types.append(wanted)
+    conditions = [_phase_condition(t, phase, child_condition) for t in types]
+    problems = [p for p in seen.problems if not p.terminal] + _pod_problems(seen.pods)
+    if problems:
+        message = "; ".join(p.message for p in problems)
+        conditions.append(_condition(BLOCKED, True, problems[0].reason, message))
+    elif any(c["type"] == BLOCKED for c in previous):
+        conditions.append(_condition(BLOCKED, False, "Resolved", "No problem observed."))
+    return conditions
+
+
+def _phase_condition(condition_type: str, phase: str, child_condition: dict[str, Any] | None) -> dict[str, Any]:
+    if condition_type == phase and child_condition:
+        return _condition(phase, True, child_condition.get("reason") or phase,
+                          child_condition.get("message") or f"The job is {phase}.")
+    if condition_type == CREATED:
+        return _condition(CREATED, True, "PyTorchJobCreated", "The PyTorchJob was created.")
+    if condition_type == phase:
+        return _condition(phase, True, phase, f"The job is {phase}.")
+    return _condition(condition_type, False, phase, f"The job is {phase}.")
+
+
+def _condition(condition_type: str, is_true: bool, reason: str, message: str) -> dict[str, Any]:
+    return {"type": condition_type, "status": "True" if is_true else "False", "reason": reason, "message": message}
+
+
+def _stamp(previous: list[dict[str, Any]], conditions: list[dict[str, Any]], now: str,
+           generation: int | None) -> list[dict[str, Any]]:
+    """lastTransitionTime changes only when a condition's status flips."""
+    old = {c["type"]: c for c in previous}
+    stamped = []
+    for condition in conditions:
+        before = old.get(condition["type"])
+        same = before is not None and before.get("status") == condition["status"]
+        when = before.get("lastTransitionTime", now) if same else now
+        stamped.append({**condition, "lastTransitionTime": when, "observedGeneration": generation})
+    return stamped
+
+
+# ---------------------------------------------------------------- reports
+
+
+def _merge_reports(status: dict[str, Any], reports: progress_mod.Reports) -> None:
+    """Fields a record lacks (validLoss between evaluations) keep their last known value."""
+    if reports.progress is not None:
+        merged = {**status.get("progress", {}), **progress_mod.progress_status(reports.progress)}
+        text = progress_mod.summary(merged)
+        if text:
+            merged["summary"] = text
+        status["progress"] = merged
+    if reports.checkpoint is not None:
+        status["checkpoints"] = {**status.get("checkpoints", {}), **progress_mod.checkpoint_status(reports.checkpoint)}
+
+
+# ---------------------------------------------------------------- failures and pod problems
+
+
+def _failure(seen: Observation, phase: str, child_condition: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Why the job failed or restarted: the latest failed container, else the child's reason."""
+    if phase not in (FAILED, RESTARTING):
+        return None
+    failure = _latest_container_failure(seen.pods)
+    if failure:
+        return failure
+    if phase == FAILED and child_condition:
+        return {k: v for k, v in (("reason", child_condition.get("reason")), ("message", child_condition.get("message"))) if v}
+    return None
+
+
+def _latest_container_failure(pods: tuple[dict[str, Any], ...]) -> dict[str, Any] | None:
+    found: list[tuple[str, dict[str, Any]]] = []
+    for pod in pods:
+        replica = replica_name(pod)
+        pod_status = pod.get("status") or {}
+        if pod_status.get("reason") == "Evicted":
+            found.append(("", {"replica": replica, "reason": "Evicted", "message": pod_status.get("message", "")}))
+        for container in pod_status.get("initContainerStatuses", []) + pod_status.get("containerStatuses", []):
+            for state in (container.get("state") or {}, container.get("lastState") or {}):
+                terminated = state.get("terminated")
+                if terminated and terminated.get("exitCode", 0) != 0:
+                    found.append((terminated.get("finishedAt") or "", _container_failure(replica, container["name"], terminated)))
+    if not found:
+        return None
+    return max(found, key=lambda item: item[0])[1]
+
+
+def _container_failure(replica: str, container: str, terminated: dict[str, Any]) -> dict[str, Any]:
+    code = terminated["exitCode"]
+    reason = terminated.get("reason") or "Error"
+    message = (terminated.get("message") or "").strip()
+    if reason == "OOMKilled":
+        message = (f"container {container} of {replica} ran out of memory (exit code {code}); raise "
+                   "resources.memory or lower training.perDeviceTrainBatchSize or training.seqLength")
+    elif not message:
+        message = f"container {container} of {replica} exited with code {code}"
+    return {"replica": replica, "exitCode": code, "reason": reason, "message": message}
+
+
+def replica_name(pod: dict[str, Any]) -> str:
+    """``master-0``, ``worker-3``: the replica a pod runs (Kubeflow's labels), else the pod name."""
+    pod_labels = pod["metadata"].get("labels", {})
+    if REPLICA_TYPE_LABEL in pod_labels:
+        return f"{pod_labels[REPLICA_TYPE_LABEL]}-{pod_labels.get(REPLICA_INDEX_LABEL, '0')}"
+    return pod["metadata"]["name"]
+
+
+def _pod_problems(pods: tuple[dict[str, Any], ...]) -> list[Problem]:
+    problems = []
+    for pod in pods:
+        replica = replica_name(pod)
+        pod_status = pod.get("status") or {}
+        for container in pod_status.get("initContainerStatuses", []) + pod_status.get("containerStatuses", []):
+            waiting = (container.get("state") or {}).get("waiting") or {}
+            if waiting.get("reason") in _STUCK_WAITING:
+                detail = waiting.get("message") or ""
+                problems.append(Problem(waiting["reason"], f"{replica}: {container['name']}: {waiting['reason']}"
+                                        + (f": {detail}" if detail else "")))
+        for condition in pod_status.get("conditions", []):
+            if condition.get("type") == "PodScheduled" and condition.get("reason") == "Unschedulable":
+                problems.append(Problem("Unschedulable", f"{replica}: {condition.get('message', 'cannot be scheduled')}"))
+    return problems
+
+
+# ---------------------------------------------------------------- events
+
+
+@dataclass(frozen=True)
+class Event:
+    type: str  # Normal or Warning
+    reason: str
+    message: str
+
+
+def events(before: dict[str, Any], after: dict[str, Any]) -> list[Event]:
+    """Events for what changed between two statuses: phase transitions and new problems."""
+    found = []
+    old_phase, new_phase = before.get("phase"), after.get("phase")
+    if new_phase != old_phase:
+        kind = "Warning" if new_phase in (FAILED, RESTARTING) else "Normal"
+        detail = after.get("failure", {}).get("message") if new_phase in (FAILED, RESTARTING) else None
+        found.append(Event(kind, new_phase, f"{old_phase or 'New'} -> {new_phase}" + (f": {detail}" if detail else "")))
+    old_blocked = _condition_of(before, BLOCKED)
+    new_blocked = _condition_of(after, BLOCKED)
+    if new_blocked.get("status") == "True" and (old_blocked.get("status"), old_blocked.get("message")) != ("True", new_blocked["message"]):
+        found.append(Event("Warning", new_blocked["reason"], new_blocked["message"]))
+    if after.get("restarts", 0) > before.get("restarts", 0):
+        found.append(Event("Warning", "PyTorchJobRecreated",
+                           f"the PyTorchJob disappeared while the job was active; recreated it (restart {after['restarts']})"))
+    return found
+
+
+def _condition_of(status: dict[str, Any], condition_type: str) -> dict[str, Any]:
+    return next((c for c in status.get("conditions", []) if c["type"] == condition_type), {})

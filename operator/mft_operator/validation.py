@@ -1,0 +1,50 @@
+"""Offline validation of MFTJobs against the CRD itself: the same schema, the same CEL rules,
+the same field paths and messages as the apiserver (``kubectl apply`` with strict field
+validation)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import API_GROUP, API_VERSION, KIND, cel, schema
+from .crd import mftjob_schema
+from .schema import FieldError
+
+API = f"{API_GROUP}/{API_VERSION}"
+
+
+def with_defaults(job: dict[str, Any]) -> dict[str, Any]:
+    """The MFTJob as the apiserver stores it: schema defaults applied."""
+    return schema.apply_defaults(job, mftjob_schema())
+
+
+def validate(job: Any, old: dict[str, Any] | None = None) -> list[FieldError]:
+    """Errors of an MFTJob manifest; ``old`` is the stored object on updates (transition rules)."""
+    if not isinstance(job, dict):
+        return [FieldError("", "Invalid value", "expected an object", schema.type_name(job))]
+    errors = _check_identity(job)
+    if errors:
+        return errors
+    root = mftjob_schema()
+    defaulted = with_defaults(job)
+    errors = schema.validate(_without_metadata(defaulted), root)
+    if any(error.shape for error in errors):
+        return errors
+    old_defaulted = with_defaults(old) if old is not None else None
+    return errors + cel.check(defaulted, root, old_defaulted)
+
+
+def _check_identity(job: dict[str, Any]) -> list[FieldError]:
+    errors = []
+    if job.get("apiVersion") != API:
+        errors.append(FieldError("apiVersion", "Unsupported value", f'supported values: "{API}"', job.get("apiVersion")))
+    if job.get("kind") != KIND:
+        errors.append(FieldError("kind", "Unsupported value", f'supported values: "{KIND}"', job.get("kind")))
+    if not (job.get("metadata") or {}).get("name"):
+        errors.append(FieldError("metadata.name", "Required value", "name or generateName is required"))
+    return errors
+
+
+def _without_metadata(job: dict[str, Any]) -> dict[str, Any]:
+    """The apiserver validates ObjectMeta itself; the CRD schema only constrains the name (via CEL)."""
+    return {key: value for key, value in job.items() if key != "metadata"}

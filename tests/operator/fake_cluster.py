@@ -1,0 +1,81 @@
+"""An in-memory ``reconcile.Cluster`` that records what the operator did."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from mft_operator.reconcile import AlreadyExists, KindMissing, Rejected
+
+
+class FakeCluster:
+    def __init__(self, *, crd_installed: bool = True, reject: str | None = None):
+        self.objects: dict[tuple[str, str, str], dict[str, Any]] = {}
+        self.pods: list[dict[str, Any]] = []
+        self.logs: dict[str, str] = {}
+        self.events: list[Any] = []
+        self.patches: list[tuple[str, dict[str, Any]]] = []
+        self.statuses: list[dict[str, Any]] = []
+        self.jobs: dict[tuple[str, str], dict[str, Any]] = {}
+        self.crd_installed = crd_installed
+        self.reject = reject
+        self.creates = 0
+
+    def add(self, obj: dict[str, Any]) -> None:
+        meta = obj["metadata"]
+        self.objects[(obj["kind"], meta["namespace"], meta["name"])] = copy.deepcopy(obj)
+
+    def claim(self, namespace: str, name: str) -> None:
+        self.add({"kind": "PersistentVolumeClaim", "metadata": {"namespace": namespace, "name": name}})
+
+    def get(self, kind, namespace, name):
+        if kind == "PyTorchJob" and not self.crd_installed:
+            raise KindMissing(kind)
+        return copy.deepcopy(self.objects.get((kind, namespace, name)))
+
+    def create(self, manifest):
+        if manifest["kind"] == "PyTorchJob" and not self.crd_installed:
+            raise KindMissing("PyTorchJob")
+        if manifest["kind"] == self.reject:
+            raise Rejected("admission webhook said no")
+        meta = manifest["metadata"]
+        if (manifest["kind"], meta["namespace"], meta["name"]) in self.objects:
+            raise AlreadyExists(meta["name"])
+        self.creates += 1
+        self.add(manifest)
+        return copy.deepcopy(manifest)
+
+    def patch(self, kind, namespace, name, patch):
+        self.patches.append((kind, patch))
+        _merge(self.objects[(kind, namespace, name)], patch)
+
+    def list_pods(self, namespace, job_name):
+        return copy.deepcopy(self.pods)
+
+    def master_log(self, namespace, pod_name):
+        return self.logs.get(pod_name, "")
+
+    def patch_status(self, job, new_status):
+        self.statuses.append(copy.deepcopy(new_status))
+        key = (job["metadata"]["namespace"], job["metadata"]["name"])
+        if key in self.jobs:
+            self.jobs[key]["status"] = copy.deepcopy(new_status)
+
+    def event(self, job, event):
+        self.events.append(event)
+
+    def list_jobs(self, namespace):
+        return [copy.deepcopy(j) for (ns, _), j in self.jobs.items() if namespace in (None, ns)]
+
+    def get_job(self, namespace, name):
+        return copy.deepcopy(self.jobs.get((namespace, name)))
+
+
+def _merge(target: dict[str, Any], patch: dict[str, Any]) -> None:
+    for key, value in patch.items():
+        if value is None:
+            target.pop(key, None)
+        elif isinstance(value, dict) and isinstance(target.get(key), dict):
+            _merge(target[key], value)
+        else:
+            target[key] = copy.deepcopy(value)

@@ -1,0 +1,192 @@
+"""The reconciler's lifecycle decisions, against an in-memory cluster."""
+
+from __future__ import annotations
+
+import json
+
+from mft_operator import reconcile, render
+from mft_operator.settings import Settings
+
+from .fake_cluster import FakeCluster
+from .helpers import ROOT, load
+
+NOW = "2026-01-01T00:00:00Z"
+SETTINGS = Settings()
+
+
+def lora_job(**status):
+    job = load(ROOT / "examples" / "lora.yaml")
+    job["metadata"].update(namespace="ml", uid="uid-1", generation=1)
+    job["status"] = status
+    return job
+
+
+def cluster_with_claims(**kwargs) -> FakeCluster:
+    cluster = FakeCluster(**kwargs)
+    for claim in ("mft-checkpoints", "models-pvc", "data-pvc"):
+        cluster.claim("ml", claim)
+    return cluster
+
+
+def step(cluster, job):
+    """One reconciliation; returns the job as the apiserver would store it afterwards."""
+    new_status = reconcile.reconcile(cluster, job, SETTINGS, NOW)
+    return {**job, "status": new_status}
+
+
+def pytorchjob(cluster):
+    return cluster.objects.get(("PyTorchJob", "ml", "pythia-1b-code-lora"))
+
+
+def set_child_conditions(cluster, *true_types):
+    pytorchjob(cluster)["status"] = {"conditions": [{"type": t, "status": "True"} for t in true_types]}
+
+
+def test_first_reconcile_creates_config_map_then_pytorchjob():
+    cluster = cluster_with_claims()
+    job = step(cluster, lora_job())
+    assert {k[0] for k in cluster.objects} == {"PersistentVolumeClaim", "ConfigMap", "PyTorchJob"}
+    assert job["status"]["phase"] == "Created" and job["status"]["pytorchJob"] == "pythia-1b-code-lora"
+
+
+def test_reconcile_is_idempotent():
+    cluster = cluster_with_claims()
+    job = step(cluster, lora_job())
+    creates, statuses = cluster.creates, len(cluster.statuses)
+    step(cluster, job)
+    assert cluster.creates == creates and len(cluster.statuses) == statuses  # nothing new to write
+
+
+def test_already_existing_children_of_this_job_are_adopted():
+    cluster = cluster_with_claims()
+    for manifest in render.render(lora_job(), SETTINGS):
+        cluster.add(manifest)
+    job = step(cluster, lora_job())  # e.g. the operator restarted before it wrote status
+    assert job["status"]["phase"] == "Created" and "Blocked" not in json.dumps(job["status"])
+
+
+def test_a_foreign_object_with_our_name_is_a_conflict_not_an_adoption():
+    cluster = cluster_with_claims()
+    cluster.add({"kind": "ConfigMap", "metadata": {"namespace": "ml", "name": "pythia-1b-code-lora-config"}})
+    job = step(cluster, lora_job())
+    blocked = next(c for c in job["status"]["conditions"] if c["type"] == "Blocked")
+    assert blocked["reason"] == "NameConflict" and pytorchjob(cluster) is None
+
+
+def test_missing_claims_block_creation():
+    cluster = FakeCluster()
+    cluster.claim("ml", "models-pvc")
+    job = step(cluster, lora_job())
+    assert job["status"]["phase"] == "Pending" and cluster.creates == 0
+    blocked = next(c for c in job["status"]["conditions"] if c["type"] == "Blocked")
+    assert blocked["reason"] == "ClaimNotFound"
+    assert "mft-checkpoints" in blocked["message"] and "data-pvc" in blocked["message"]
+    assert [e.reason for e in cluster.events] == ["Pending", "ClaimNotFound"]
+
+
+def test_missing_pytorchjob_crd_is_a_condition():
+    cluster = cluster_with_claims(crd_installed=False)
+    job = step(cluster, lora_job())
+    assert job["status"]["phase"] == "Pending"
+    assert next(c for c in job["status"]["conditions"] if c["type"] == "Blocked")["reason"] == "PyTorchJobCRDMissing"
+
+
+def test_a_rejected_child_is_a_condition():
+    cluster = cluster_with_claims(reject="PyTorchJob")
+    job = step(cluster, lora_job())
+    blocked = next(c for c in job["status"]["conditions"] if c["type"] == "Blocked")
+    assert blocked["reason"] == "ChildRejected" and "admission webhook said no" in blocked["message"]
+
+
+def test_a_vanished_child_is_recreated_within_the_budget_then_the_job_fails():
+    cluster = cluster_with_claims()
+    job = step(cluster, lora_job())  # restartBudget: 2 in the example
+    for expected_restarts in (1, 2):
+        del cluster.objects[("PyTorchJob", "ml", "pythia-1b-code-lora")]
+        job = step(cluster, job)
+        assert pytorchjob(cluster) is not None and job["status"]["restarts"] == expected_restarts
+    del cluster.objects[("PyTorchJob", "ml", "pythia-1b-code-lora")]
+    job = step(cluster, job)
+    assert pytorchjob(cluster) is None
+    assert job["status"]["phase"] == "Failed" and job["status"]["failure"]["reason"] == "RestartBudgetExhausted"
+
+
+def test_budget_defaults_to_backoff_limit():
+    job = lora_job()
+    del job["spec"]["runPolicy"]["restartBudget"]
+    assert reconcile.restart_budget(job) == job["spec"]["runPolicy"]["backoffLimit"]
+
+
+def test_a_terminal_job_never_recreates_its_child():
+    cluster = cluster_with_claims()
+    job = step(cluster, lora_job())
+    set_child_conditions(cluster, "Created", "Succeeded")
+    job = step(cluster, job)
+    assert job["status"]["phase"] == "Succeeded"
+    del cluster.objects[("PyTorchJob", "ml", "pythia-1b-code-lora")]  # TTL clean-up
+    creates = cluster.creates
+    job = step(cluster, job)
+    assert cluster.creates == creates and job["status"]["phase"] == "Succeeded"
+
+
+def test_suspend_follows_the_user_and_never_fights_kueue():
+    cluster = cluster_with_claims()
+    job = lora_job()
+    del job["spec"]["scheduling"]["queueName"]
+    job = step(cluster, job)
+    assert pytorchjob(cluster)["spec"]["runPolicy"]["suspend"] is False
+    pytorchjob(cluster)["spec"]["runPolicy"]["suspend"] = True  # someone else (a queue) suspends it
+    step(cluster, job)
+    assert cluster.patches == []  # the user did not change spec.runPolicy.suspend: leave it
+    job["spec"]["runPolicy"]["suspend"] = True
+    job = step(cluster, job)
+    job["spec"]["runPolicy"]["suspend"] = False
+    job = step(cluster, job)
+    assert [p["spec"]["runPolicy"]["suspend"] for _, p in cluster.patches] == [True, False]
+    assert pytorchjob(cluster)["metadata"]["annotations"][render.SUSPEND_ANNOTATION] == "false"
+
+
+def test_kueue_queued_jobs_are_left_to_kueue():
+    cluster = cluster_with_claims()
+    job = step(cluster, lora_job())
+    job["spec"]["runPolicy"]["suspend"] = True
+    step(cluster, job)
+    assert cluster.patches == []
+
+
+def test_deadline_and_ttl_changes_reach_the_child():
+    cluster = cluster_with_claims()
+    job = step(cluster, lora_job())
+    job["spec"]["runPolicy"]["activeDeadlineSeconds"] = 7200
+    del job["spec"]["runPolicy"]["ttlSecondsAfterFinished"]
+    step(cluster, job)
+    assert cluster.patches == [("PyTorchJob", {"spec": {"runPolicy": {"activeDeadlineSeconds": 7200,
+                                                                      "ttlSecondsAfterFinished": None}}})]
+
+
+def test_progress_is_read_from_the_master_log_while_running():
+    cluster = cluster_with_claims()
+    job = step(cluster, lora_job())
+    set_child_conditions(cluster, "Created", "Running")
+    labels = {"training.kubeflow.org/replica-type": "master", "training.kubeflow.org/replica-index": "0"}
+    cluster.pods = [{"metadata": {"name": "pythia-1b-code-lora-master-0", "labels": labels}, "status": {"phase": "Running"}}]
+    cluster.logs["pythia-1b-code-lora-master-0"] = "\n".join([
+        "warming up",
+        json.dumps({"kind": "mft.progress", "step": 5, "total_steps": 50, "loss": 1.25, "time": 1767225600}),
+        json.dumps({"kind": "mft.checkpoint", "latest": "checkpoint-5", "best": "checkpoint-5", "best_valid_loss": 1.5}),
+    ])
+    job = step(cluster, job)
+    assert job["status"]["phase"] == "Running" and job["status"]["startTime"] == NOW
+    assert job["status"]["progress"]["summary"] == "5/50 (10%)"
+    assert job["status"]["checkpoints"]["latest"] == "checkpoint-5"
+
+
+def test_a_retained_claim_from_an_earlier_job_is_reused():
+    cluster = FakeCluster()
+    job = load(ROOT / "examples" / "sft.yaml")
+    job["metadata"].update(namespace="ml", uid="uid-2", generation=1)
+    job["spec"]["checkpoint"]["retainOnDelete"] = True
+    for claim in ("shared-models", "code-data", "pythia-1b-code-sft-checkpoints"):
+        cluster.claim("ml", claim)
+    job = step(cluster, job)
+    assert job["status"]["phase"] == "Created"

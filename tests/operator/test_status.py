@@ -1,0 +1,226 @@
+"""Status derivation from PyTorchJob condition sequences, pods and trainer reports."""
+
+from __future__ import annotations
+
+import pytest
+
+from mft_operator import progress
+from mft_operator.status import Observation, Problem, derive, events
+
+T0, T1, T2, T3 = "2026-01-01T00:00:00Z", "2026-01-01T00:01:00Z", "2026-01-01T00:02:00Z", "2026-01-01T00:03:00Z"
+
+
+def job(status=None, generation=1):
+    return {"metadata": {"name": "j", "generation": generation}, "spec": {"mode": "sft"}, "status": status or {}}
+
+
+def child(*true_types, completion=None, message="", reason=None):
+    conditions = [{"type": t, "status": "True", "reason": reason or f"PyTorchJob{t}", "message": message or f"{t}."}
+                  for t in true_types]
+    status = {"conditions": conditions}
+    if completion:
+        status["completionTime"] = completion
+    return {"metadata": {"name": "j"}, "status": status}
+
+
+def pod(replica="master", index=0, **status):
+    labels = {"training.kubeflow.org/replica-type": replica, "training.kubeflow.org/replica-index": str(index)}
+    return {"metadata": {"name": f"j-{replica}-{index}", "labels": labels}, "status": status}
+
+
+def terminated(code, reason="Error", finished=T1, message=""):
+    return {"name": "pytorch", "state": {"terminated": {"exitCode": code, "reason": reason, "finishedAt": finished,
+                                                        "message": message}}}
+
+
+def run(sequence):
+    """Feed observations one after another, as the operator would; returns every status."""
+    current = job()
+    statuses = []
+    for now, seen in sequence:
+        new = derive(current, Observation(now=now, **seen))
+        statuses.append(new)
+        current = job(new)
+    return statuses
+
+
+def conditions(status):
+    return {c["type"]: c["status"] for c in status["conditions"]}
+
+
+def test_pending_until_the_child_exists():
+    (status,) = run([(T0, {})])
+    assert status["phase"] == "Pending" and status["conditions"] == [] and status["observedGeneration"] == 1
+
+
+def test_created_running_succeeded():
+    statuses = run([
+        (T0, {"child": child("Created")}),
+        (T1, {"child": child("Created", "Running")}),
+        (T2, {"child": child("Created", "Succeeded", completion=T2)}),
+    ])
+    assert [s["phase"] for s in statuses] == ["Created", "Running", "Succeeded"]
+    final = statuses[-1]
+    assert conditions(final) == {"Created": "True", "Running": "False", "Succeeded": "True"}
+    assert final["startTime"] == T0 and final["completionTime"] == T2
+    assert final["pytorchJob"] == "j" and final["restarts"] == 0
+    assert "failure" not in final
+
+
+def test_last_transition_time_changes_only_when_status_flips():
+    statuses = run([
+        (T0, {"child": child("Created", "Running")}),
+        (T1, {"child": child("Created", "Running")}),
+        (T2, {"child": child("Created", "Succeeded")}),
+    ])
+    times = [{c["type"]: c["lastTransitionTime"] for c in s["conditions"]} for s in statuses]
+    assert times[0] == times[1] == {"Created": T0, "Running": T0}
+    assert times[2] == {"Created": T0, "Running": T2, "Succeeded": T2}
+
+
+def test_restarting_records_the_failed_replica_then_running_again():
+    oom = pod("worker", 1, containerStatuses=[terminated(137, "OOMKilled")])
+    statuses = run([
+        (T0, {"child": child("Created", "Running")}),
+        (T1, {"child": child("Created", "Restarting"), "pods": (pod(), oom)}),
+        (T2, {"child": child("Created", "Running")}),
+    ])
+    assert [s["phase"] for s in statuses] == ["Running", "Restarting", "Running"]
+    failure = statuses[1]["failure"]
+    assert (failure["replica"], failure["exitCode"], failure["reason"]) == ("worker-1", 137, "OOMKilled")
+    assert "resources.memory" in failure["message"]
+    assert statuses[2]["failure"] == failure  # why it last restarted stays visible
+    assert conditions(statuses[2]) == {"Created": "True", "Running": "True", "Restarting": "False"}
+
+
+def test_failed_with_exit_code_from_the_latest_failed_container():
+    pods = (
+        pod("master", 0, containerStatuses=[terminated(1, finished=T2, message="ValueError: bad record")]),
+        pod("worker", 0, containerStatuses=[{"name": "pytorch", "state": {"running": {}},
+                                             "lastState": {"terminated": {"exitCode": 143, "reason": "Error", "finishedAt": T1}}}]),
+    )
+    statuses = run([
+        (T0, {"child": child("Created", "Running")}),
+        (T3, {"child": child("Created", "Failed", message="PyTorchJob j has failed."), "pods": pods}),
+    ])
+    final = statuses[-1]
+    assert final["phase"] == "Failed" and conditions(final)["Failed"] == "True"
+    assert final["failure"] == {"replica": "master-0", "exitCode": 1, "reason": "Error", "message": "ValueError: bad record"}
+    assert final["completionTime"] == T3
+
+
+def test_failed_without_pods_uses_the_child_condition():
+    (status,) = run([(T0, {"child": child("Created", "Failed", reason="DeadlineExceeded", message="past its deadline")})])
+    assert status["failure"] == {"reason": "DeadlineExceeded", "message": "past its deadline"}
+
+
+def test_preflight_failure_in_an_init_container():
+    preflight = {"name": "mft-preflight", "state": {"terminated": {"exitCode": 2, "reason": "Error", "finishedAt": T1,
+                                                                   "message": "data.paths: /data/a does not exist in the pod\n"}}}
+    (status,) = run([(T1, {"child": child("Created", "Failed"), "pods": (pod(initContainerStatuses=[preflight]),)})])
+    assert status["failure"]["message"] == "data.paths: /data/a does not exist in the pod"
+    assert status["failure"]["exitCode"] == 2
+
+
+def test_suspended_and_resumed():
+    statuses = run([
+        (T0, {"child": child("Created", "Running")}),
+        (T1, {"child": child("Created", "Suspended")}),
+        (T2, {"child": child("Created", "Running")}),
+    ])
+    assert [s["phase"] for s in statuses] == ["Running", "Suspended", "Running"]
+    assert conditions(statuses[-1]) == {"Created": "True", "Running": "True", "Suspended": "False"}
+
+
+def test_terminal_is_final_even_when_the_child_vanishes():
+    statuses = run([
+        (T0, {"child": child("Created", "Succeeded")}),
+        (T1, {}),  # deleted by ttlSecondsAfterFinished
+    ])
+    assert statuses[1]["phase"] == "Succeeded" and statuses[1]["conditions"] == statuses[0]["conditions"]
+
+
+def test_problems_block_and_clear():
+    statuses = run([
+        (T0, {"problems": (Problem("ClaimNotFound", "PersistentVolumeClaim data not found"),)}),
+        (T1, {"child": child("Created")}),
+    ])
+    assert statuses[0]["phase"] == "Pending"
+    assert statuses[0]["conditions"][0] == {"type": "Blocked", "status": "True", "reason": "ClaimNotFound",
+                                            "message": "PersistentVolumeClaim data not found",
+                                            "lastTransitionTime": T0, "observedGeneration": 1}
+    assert conditions(statuses[1])["Blocked"] == "False"
+
+
+def test_a_terminal_problem_fails_the_job():
+    (status,) = run([(T0, {"problems": (Problem("RestartBudgetExhausted", "budget spent", terminal=True),)})])
+    assert status["phase"] == "Failed" and status["failure"] == {"reason": "RestartBudgetExhausted", "message": "budget spent"}
+    assert conditions(status) == {"Failed": "True"}
+
+
+@pytest.mark.parametrize("reason", ["ImagePullBackOff", "ErrImagePull", "CreateContainerConfigError"])
+def test_stuck_pods_block(reason):
+    waiting = {"name": "pytorch", "state": {"waiting": {"reason": reason, "message": "registry says no"}}}
+    (status,) = run([(T0, {"child": child("Created"), "pods": (pod(containerStatuses=[waiting]),)})])
+    blocked = next(c for c in status["conditions"] if c["type"] == "Blocked")
+    assert blocked["reason"] == reason and blocked["message"] == f"master-0: pytorch: {reason}: registry says no"
+
+
+def test_unschedulable_pods_block():
+    scheduled = {"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                 "message": "0/2 nodes are available: 2 Insufficient nvidia.com/gpu."}
+    (status,) = run([(T0, {"child": child("Created"), "pods": (pod("worker", 0, conditions=[scheduled]),)})])
+    assert "worker-0: 0/2 nodes" in next(c for c in status["conditions"] if c["type"] == "Blocked")["message"]
+
+
+def test_progress_and_checkpoints_merge_with_what_was_known():
+    first = progress.Reports(progress={"kind": "mft.progress", "step": 10, "total_steps": 100, "loss": 2.0,
+                                       "valid_loss": 2.5, "time": 1767225600},
+                             checkpoint={"kind": "mft.checkpoint", "latest": "checkpoint-10", "best": "checkpoint-10",
+                                         "best_valid_loss": 2.5})
+    second = progress.Reports(progress={"kind": "mft.progress", "step": 20, "total_steps": 100, "loss": 1.5,
+                                        "time": 1767225660})
+    statuses = run([
+        (T0, {"child": child("Created", "Running"), "reports": first}),
+        (T1, {"child": child("Created", "Running"), "reports": second}),
+    ])
+    assert statuses[1]["progress"] == {"step": 20, "totalSteps": 100, "loss": 1.5, "validLoss": 2.5,
+                                       "updatedAt": "2026-01-01T00:01:00Z", "summary": "20/100 (20%)"}
+    assert statuses[1]["checkpoints"] == {"latest": "checkpoint-10", "best": "checkpoint-10", "bestValidLoss": 2.5}
+
+
+def test_final_progress_is_kept_after_success():
+    done = progress.Reports(progress={"kind": "mft.progress", "step": 100, "total_steps": 100})
+    statuses = run([
+        (T0, {"child": child("Created", "Succeeded")}),
+        (T1, {"reports": done}),
+    ])
+    assert statuses[1]["progress"]["summary"] == "100/100 (100%)"
+
+
+def test_recreation_counts_a_restart():
+    statuses = run([(T0, {"child": child("Created")}), (T1, {"child": child(), "recreated": True})])
+    assert [s["restarts"] for s in statuses] == [0, 1]
+
+
+def test_observed_generation_follows_the_job():
+    status = derive(job(generation=7), Observation(now=T0, child=child("Created")))
+    assert status["observedGeneration"] == 7
+    assert all(c["observedGeneration"] == 7 for c in status["conditions"])
+
+
+def test_events_for_transitions_problems_and_recreations():
+    statuses = run([
+        (T0, {"problems": (Problem("ClaimNotFound", "missing data"),)}),
+        (T1, {"problems": (Problem("ClaimNotFound", "missing data"),)}),
+        (T2, {"child": child("Created", "Running"), "recreated": True}),
+        (T3, {"child": child("Created", "Failed", message="boom")}),
+    ])
+    before = [{}] + statuses[:-1]
+    found = [[(e.type, e.reason) for e in events(b, a)] for b, a in zip(before, statuses)]
+    assert found == [
+        [("Normal", "Pending"), ("Warning", "ClaimNotFound")],
+        [],  # the same problem again: no new event
+        [("Normal", "Running"), ("Warning", "PyTorchJobRecreated")],
+        [("Warning", "Failed")],
+    ]

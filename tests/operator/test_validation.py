@@ -1,0 +1,122 @@
+"""Offline validation says what the apiserver says (messages checked against kube-apiserver
+1.36 with this CRD): examples pass, every invalid example fails with its expected line."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from mft_operator import schema, validation, yamlio
+
+from .helpers import EXAMPLES, INVALID, load
+
+
+def _expected(path) -> str:
+    first = path.read_text(encoding="utf-8").splitlines()[0]
+    assert first.startswith("# expect: "), f"{path.name}: first line must be '# expect: <field path>: <message>'"
+    return first.removeprefix("# expect: ")
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_examples_are_valid(path):
+    assert [str(e) for e in validation.validate(load(path))] == []
+
+
+def test_there_are_enough_invalid_cases():
+    assert len(INVALID) >= 15
+
+
+@pytest.mark.parametrize("path", INVALID, ids=lambda p: p.name)
+def test_invalid_examples_fail_with_the_expected_field_path_and_message(path):
+    errors = [str(e) for e in validation.validate(load(path))]
+    expected = _expected(path)
+    assert any(e.startswith(expected) for e in errors), f"expected {expected!r}, got {errors}"
+
+
+def test_yaml_numbers_without_a_dot_are_numbers():
+    doc = yamlio.load("learningRate: 2e-4\nminLr: 1E-6\nseed: 42\nname: '2e-4'\n")
+    assert doc == {"learningRate": 2e-4, "minLr": 1e-6, "seed": 42, "name": "2e-4"}
+
+
+def _lora():
+    return load(EXAMPLES[0].parent / "lora.yaml")
+
+
+def test_defaults_are_applied_like_the_apiserver():
+    job = validation.with_defaults({"apiVersion": "mft.dev/v1alpha1", "kind": "MFTJob", "metadata": {"name": "x"},
+                                    "spec": {"mode": "sft", "model": {"path": "/m"}, "data": {"paths": ["/d"]}}})
+    spec = job["spec"]
+    assert spec["training"]["learningRate"] == 1e-4 and spec["training"]["evaluationStrategy"] == ["steps", "epoch"]
+    assert spec["checkpoint"]["mountPath"] == "/checkpoints" and spec["resources"]["nodes"] == 1
+    assert spec["model"]["type"] == "gpt_neox" and "lora" not in spec
+    assert isinstance(validation.with_defaults({**job, "spec": {**spec, "training": {"minLr": 0}}})["spec"]["training"]["minLr"], float)
+
+
+def _started(job):
+    return {**copy.deepcopy(job), "status": {"phase": "Running", "startTime": "2026-01-01T00:00:00Z"}}
+
+
+def test_training_fields_are_immutable_once_started():
+    old = _started(_lora())
+    new = copy.deepcopy(old)
+    new["spec"]["training"]["epochs"] = 5
+    new["spec"]["lora"]["r"] = 8
+    errors = [str(e) for e in validation.validate(new, old=old)]
+    assert errors == ["spec.training: Invalid value: training is immutable once the job has started",
+                      "spec.lora: Invalid value: lora is immutable once the job has started"]
+
+
+def test_run_policy_may_change_once_started_and_anything_before():
+    old = _started(_lora())
+    new = copy.deepcopy(old)
+    new["spec"]["runPolicy"].update(suspend=True, activeDeadlineSeconds=10, ttlSecondsAfterFinished=5)
+    assert validation.validate(new, old=old) == []
+    not_started = copy.deepcopy(_lora())
+    changed = copy.deepcopy(not_started)
+    changed["spec"]["training"]["epochs"] = 5
+    assert validation.validate(changed, old=not_started) == []
+
+
+def test_wrong_kind_and_missing_name():
+    errors = [str(e) for e in validation.validate({"apiVersion": "v1", "kind": "Pod", "metadata": {}})]
+    assert errors == ['apiVersion: Unsupported value: "v1": supported values: "mft.dev/v1alpha1"',
+                      'kind: Unsupported value: "Pod": supported values: "MFTJob"',
+                      "metadata.name: Required value: name or generateName is required"]
+
+
+def test_schema_walker_reports_like_the_apiserver():
+    # Expected lines as kube-apiserver 1.36 printed them for the same object.
+    job = _lora()
+    spec = job["spec"]
+    spec["image"] = "x" * 600
+    spec["training"]["evaluationStrategy"] = ["steps", "steps", "epoch", "epoch"]
+    spec["training"]["seqLength"] = 2.0  # an integral number is an integer
+    spec["resources"]["nodeSelector"] = {"a": 1}
+    spec["volumes"].append({"name": "models", "claimName": "y", "mountPath": "/b"})
+    spec["data"]["paths"] = [""]
+    errors = [str(e) for e in validation.validate(job)]
+    assert set(errors) == {
+        "spec.image: Too long: may not be more than 512 bytes",
+        'spec.training.evaluationStrategy: Too many: 4: must have at most 3 items',
+        'spec.training.evaluationStrategy[1]: Duplicate value: "steps"',
+        'spec.training.evaluationStrategy[3]: Duplicate value: "epoch"',
+        'spec.resources.nodeSelector.a: Invalid value: "integer": spec.resources.nodeSelector.a in body must be of type string: "integer"',
+        'spec.volumes[2]: Duplicate value: {"name":"models"}',
+        'spec.data.paths[0]: Invalid value: "": spec.data.paths[0] in body should be at least 1 chars long',
+    }
+
+
+def test_int_or_string_quantities():
+    crd_quantity = {"anyOf": [{"type": "integer"}, {"type": "string"}], "x-kubernetes-int-or-string": True,
+                    "pattern": "^[0-9]+(Gi)?$"}
+    assert schema.validate(32, crd_quantity) == [] and schema.validate("32Gi", crd_quantity) == []
+    assert [str(e) for e in schema.validate(1.5, crd_quantity, "spec.cpu")] == [
+        'spec.cpu: Invalid value: "number": spec.cpu in body must be of type integer,string: "number"']
+
+
+def test_unknown_field_suggests_the_declared_one():
+    job = _lora()
+    job["spec"]["training"]["learningrate"] = job["spec"]["training"].pop("learningRate")
+    (error,) = validation.validate(job)
+    assert str(error) == 'spec.training.learningrate: Unknown field: field not declared in schema (did you mean "learningRate"?)'
