@@ -48,6 +48,10 @@ def _parser() -> argparse.ArgumentParser:
     _settings_flags(run)
     run.set_defaults(command=cmd_run)
 
+    reference = commands.add_parser("reference", help="print the MFTJob API reference (Markdown) from the CRD")
+    reference.add_argument("--write", type=Path, metavar="FILE", help="replace the reference section of FILE instead")
+    reference.set_defaults(command=cmd_reference)
+
     operator = commands.add_parser("operator", help="run the operator (kopf, standalone)")
     scope = operator.add_mutually_exclusive_group()
     scope.add_argument("--namespace", "-n", action="append", dest="namespaces", metavar="NS",
@@ -153,6 +157,16 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 1
     grace = job["spec"].get("checkpoint", {}).get("preemptionGraceSeconds", 120)
     return local.execute(plan, grace)
+
+
+def cmd_reference(args: argparse.Namespace) -> int:
+    from . import reference
+
+    if args.write is None:
+        sys.stdout.write(reference.markdown())
+        return 0
+    args.write.write_text(reference.embed(args.write.read_text(encoding="utf-8")), encoding="utf-8")
+    return 0
 
 
 def cmd_operator(args: argparse.Namespace) -> int:

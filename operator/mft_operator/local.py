@@ -83,8 +83,7 @@ def plan(job: dict[str, Any], manifest_dir: Path, settings: Settings, *, workdir
     command = [_substitute(arg, env) for arg in layout.command]
     command = [_local_path(arg, mounts) if arg == layout.config_path else arg for arg in command]
     command = [f"--nproc_per_node={procs}" if arg.startswith("--nproc_per_node=") else arg for arg in command]
-    if command[0] == "torchrun":
-        command[0] = shutil.which("torchrun") or "torchrun"
+    command = [shutil.which(arg) or arg if arg in ("mft-train", "torchrun") else arg for arg in command]
     config = _map_paths(layout.config, mounts)
     return LocalPlan(command, env, config, config_path, workdir, mounts, warnings)
 
@@ -179,7 +178,8 @@ def execute(local: LocalPlan, grace_seconds: float, out=sys.stderr) -> int:
     except KeyboardInterrupt:
         print(f"\ninterrupted: asking the trainer to save a checkpoint (up to {grace_seconds:.0f}s; "
               "Ctrl-C again to kill)", file=out)
-        os.killpg(process.pid, signal.SIGTERM)
+        # What the kubelet does on preemption: SIGTERM to the pod's first process, the launch supervisor.
+        process.send_signal(signal.SIGTERM)
         try:
             for line in process.stdout:
                 report.feed(line)

@@ -165,7 +165,11 @@ class Launch:
 def launch_layout(ctx: Context) -> Launch:
     procs = ctx.resources["gpusPerNode"] or 1
     config_path = f"{CONFIG_DIR}/{CONFIG_FILE}"
+    # The supervisor turns the kubelet's SIGTERM into a checkpoint on every worker and exit 143
+    # (retried by the ExitCode restart policy); torchrun alone would exit 1 (not retried).
+    grace = ctx.spec["checkpoint"]["preemptionGraceSeconds"]
     command = [
+        "mft-train", "launch", f"--grace-seconds={grace}", "--",
         "torchrun",
         "--nnodes=$(PET_NNODES)",
         f"--nproc_per_node={procs}",

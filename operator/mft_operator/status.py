@@ -72,6 +72,10 @@ def derive(job: dict[str, Any], seen: Observation) -> dict[str, Any]:
     failure = _failure(seen, phase, child_condition)
     if failure:
         status["failure"] = failure
+        if "replica" in failure and child_condition:
+            # The condition names the replica and exit code, not only the child's summary.
+            summary = child_condition.get("message") or f"The job is {phase}."
+            child_condition = {**child_condition, "message": f"{summary} {failure_summary(failure)}"}
 
     conditions = _phase_conditions(previous.get("conditions", []), phase, child_condition, seen)
     status["conditions"] = _stamp(previous.get("conditions", []), conditions, seen.now, generation)
@@ -188,6 +192,18 @@ def _latest_container_failure(pods: tuple[dict[str, Any], ...]) -> dict[str, Any
     return max(found, key=lambda item: item[0])[1]
 
 
+def failure_summary(failure: dict[str, Any]) -> str:
+    """``master-0 exited with code 3 (Error): <message>``: the replica and exit code first."""
+    replica, message = failure.get("replica"), failure.get("message") or ""
+    if "exitCode" in failure:
+        head = f"{replica or 'a replica'} exited with code {failure['exitCode']} ({failure.get('reason') or 'Error'})"
+    else:
+        head = ": ".join(part for part in (replica, failure.get("reason")) if part)
+    if not head or head in message:
+        return message or head
+    return f"{head}: {message}" if message else head
+
+
 def _container_failure(replica: str, container: str, terminated: dict[str, Any]) -> dict[str, Any]:
     code = terminated["exitCode"]
     reason = terminated.get("reason") or "Error"
@@ -241,7 +257,7 @@ def events(before: dict[str, Any], after: dict[str, Any]) -> list[Event]:
     old_phase, new_phase = before.get("phase"), after.get("phase")
     if new_phase != old_phase:
         kind = "Warning" if new_phase in (FAILED, RESTARTING) else "Normal"
-        detail = after.get("failure", {}).get("message") if new_phase in (FAILED, RESTARTING) else None
+        detail = failure_summary(after["failure"]) if new_phase in (FAILED, RESTARTING) and after.get("failure") else None
         found.append(Event(kind, new_phase, f"{old_phase or 'New'} -> {new_phase}" + (f": {detail}" if detail else "")))
     old_blocked = _condition_of(before, BLOCKED)
     new_blocked = _condition_of(after, BLOCKED)

@@ -9,6 +9,7 @@ import sys
 
 COMMANDS = {
     "train": ("train", "train a model (launched by torchrun in every pod)"),
+    "launch": ("launch", "supervise torchrun: on SIGTERM let the workers checkpoint, then exit 143"),
     "tokenize": ("tokenize", "print assembled text, token ids and loss mask of each JSONL record"),
     "preprocess": ("preprocess", "turn JSONL task folders into memory-mapped binary datasets"),
     "merge-lora": ("merge_lora", "merge a LoRA adapter into its base model"),

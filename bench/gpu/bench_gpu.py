@@ -1,0 +1,168 @@
+"""GPU benchmark (one H200, < 8 minutes): our ATorch step vs a Hugging Face Trainer, GPT-NeoX ~410M
+and ~1.4B with random weights, bf16, packed rows of 2048 and 4096 tokens. Prints tokens/s/GPU and
+MFU against 989 TFLOP/s (dense bf16). Run through ``bench/gpu/run.sh``.
+
+Both sides get the same synthetic rows: several documents per row, random token ids. Ours keeps the
+documents apart (block-diagonal mask); the HF Trainer baseline, like any plain Trainer, attends
+across them with the fast causal kernel. Activation checkpointing is on for both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+
+REPO = Path(__file__).resolve().parents[2]
+MODELS = REPO / "trainer" / "mft_trainer" / "assets" / "models"
+PEAK = 989e12
+WARMUP, STEPS = 3, 10
+TOKENS_PER_STEP = 16384  # per GPU: 8 rows of 2048 or 4 rows of 4096
+DOCS_PER_ROW = 4
+
+
+def model_config(name: str) -> dict:
+    return json.loads((MODELS / f"gpt-neox-{name}.json").read_text())
+
+
+def rows(seq: int, count: int, vocab: int) -> list[dict]:
+    gen = torch.Generator().manual_seed(0)
+    out = []
+    for _ in range(count):
+        cuts = sorted(torch.randperm(seq - 1, generator=gen)[: DOCS_PER_ROW - 1].add(1).tolist())
+        sizes = [b - a for a, b in zip([0, *cuts], [*cuts, seq])]
+        ids = torch.randint(0, vocab, (seq,), generator=gen)
+        out.append({"input_ids": ids, "labels": torch.roll(ids, -1),
+                    "position_ids": torch.cat([torch.arange(s) for s in sizes]),
+                    "sample_index": torch.cat([torch.full((s,), i) for i, s in enumerate(sizes)]),
+                    "task_id": 0})
+    return out
+
+
+def batches(seq: int, vocab: int):
+    per_batch = TOKENS_PER_STEP // seq
+    data = rows(seq, per_batch * (WARMUP + STEPS), vocab)
+    for i in range(WARMUP + STEPS):
+        chunk = data[i * per_batch:(i + 1) * per_batch]
+        yield {k: torch.stack([r[k] for r in chunk]) for k in ("input_ids", "labels", "position_ids", "sample_index")} \
+            | {"task_ids": torch.zeros(per_batch, dtype=torch.long)}
+
+
+def flops_per_token(cfg: dict, params: int, seq: int) -> float:
+    from mft_trainer.metrics import flops_per_token as fpt
+
+    return fpt(params, cfg["num_hidden_layers"], cfg["hidden_size"], seq)
+
+
+def ours(name: str, seq: int) -> dict:
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    from mft_trainer import distributed
+    from mft_trainer.accelerate import accelerate
+    from mft_trainer.config import TrainerConfig, TrainingConfig
+    from mft_trainer.schedule import build_scheduler
+    from mft_trainer.train import Run, train_step
+
+    world = distributed.init()
+    cfg = model_config(name)
+    config = GPTNeoXConfig(**cfg)
+    config._attn_implementation = "sdpa"
+    torch.manual_seed(0)
+    model = GPTNeoXForCausalLM(config)
+    params = sum(p.numel() for p in model.parameters())
+    training = TrainingConfig(bf16=True, checkpoint_activations=True, seq_length=seq, weighted_loss_mode="case1",
+                              num_warmup_steps=0, lr_scheduler_type="constant")
+    acc = accelerate(model, training, world.size)
+    scheduler = build_scheduler(acc.optimizer, training, WARMUP + STEPS)
+    run = Run(TrainerConfig(mode="sst", training=training), world, None, SimpleNamespace(tasks=["t"]), None,
+              acc, scheduler, 1, WARMUP + STEPS, params)
+    seconds, tokens = 0.0, 0
+    for i, batch in enumerate(batches(seq, cfg["vocab_size"])):
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        train_step(run, [batch])
+        torch.cuda.synchronize()
+        if i >= WARMUP:
+            seconds += time.perf_counter() - start
+            tokens += batch["input_ids"].numel()
+    return report("ours", name, seq, tokens / seconds, flops_per_token(cfg, params, seq), acc.strategy)
+
+
+def hf(name: str, seq: int) -> dict:
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, Trainer, TrainerCallback, TrainingArguments
+
+    cfg = model_config(name)
+    config = GPTNeoXConfig(**cfg)
+    config._attn_implementation = "sdpa"
+    torch.manual_seed(0)
+    model = GPTNeoXForCausalLM(config)
+    params = sum(p.numel() for p in model.parameters())
+    data = [{"input_ids": b["input_ids"][i], "labels": b["input_ids"][i]}
+            for b in batches(seq, cfg["vocab_size"]) for i in range(len(b["input_ids"]))]
+    clock = {"step": 0, "seconds": 0.0}
+
+    class Clock(TrainerCallback):
+        def on_step_begin(self, *args, **kwargs):
+            torch.cuda.synchronize()
+            clock["start"] = time.perf_counter()
+
+        def on_step_end(self, *args, **kwargs):
+            torch.cuda.synchronize()
+            clock["step"] += 1
+            if clock["step"] > WARMUP:
+                clock["seconds"] += time.perf_counter() - clock["start"]
+
+    args = TrainingArguments(output_dir="/tmp/hf-bench", per_device_train_batch_size=TOKENS_PER_STEP // seq,
+                             max_steps=WARMUP + STEPS, bf16=True, gradient_checkpointing=True, report_to=[],
+                             save_strategy="no", logging_strategy="no", disable_tqdm=True,
+                             dataloader_num_workers=0, learning_rate=1e-4)
+    Trainer(model=model, args=args, train_dataset=data, callbacks=[Clock()]).train()
+    return report("hf", name, seq, STEPS * TOKENS_PER_STEP / clock["seconds"], flops_per_token(cfg, params, seq), [])
+
+
+def report(kind, name, seq, tps, fpt, strategy) -> dict:
+    return {"trainer": kind, "model": name, "seq": seq, "tokens_per_second_per_gpu": tps,
+            "mfu": fpt * tps / PEAK, "strategy": strategy}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--one", nargs=3, metavar=("TRAINER", "MODEL", "SEQ"))
+    parser.add_argument("--out", default="bench-gpu.jsonl")
+    args = parser.parse_args()
+    if args.one:
+        kind, name, seq = args.one
+        print(json.dumps((ours if kind == "ours" else hf)(name, int(seq))), flush=True)
+        return
+    torchrun = str(Path(sys.executable).with_name("torchrun"))
+    results = []
+    for name in ("410m", "1.4b"):
+        for seq in (2048, 4096):
+            for kind in ("ours", "hf"):
+                launcher = [torchrun, "--standalone", "--nproc_per_node=1"] if kind == "ours" else [sys.executable]
+                proc = subprocess.run([*launcher, __file__, "--one", kind, name, str(seq)],
+                                      capture_output=True, text=True, cwd=REPO, timeout=240)
+                if proc.returncode != 0:
+                    print(f"{kind} {name} {seq}: failed\n{proc.stderr[-3000:]}", flush=True)
+                    continue
+                result = json.loads([ln for ln in proc.stdout.splitlines() if ln.startswith("{")][-1])
+                results.append(result)
+                print(f"{kind:4s} {name:5s} seq {seq}: {result['tokens_per_second_per_gpu']:9.0f} tokens/s/GPU, "
+                      f"MFU {result['mfu']:.1%}", flush=True)
+                Path(args.out).open("a").write(json.dumps(result) + "\n")
+    by = {(r["trainer"], r["model"], r["seq"]): r for r in results}
+    for name in ("410m", "1.4b"):
+        for seq in (2048, 4096):
+            if ("ours", name, seq) in by and ("hf", name, seq) in by:
+                ratio = by[("ours", name, seq)]["tokens_per_second_per_gpu"] / by[("hf", name, seq)]["tokens_per_second_per_gpu"]
+                print(f"{name} seq {seq}: ours/HF Trainer = {ratio:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,49 @@
+"""Checkpoint bookkeeping on plain folders: completeness, stale temp folders, rotation."""
+
+import json
+
+from mft_trainer import checkpoint
+
+
+def fake(root, name, valid_loss=None, complete=True):
+    path = root / name
+    path.mkdir(parents=True)
+    (path / "model.safetensors").write_bytes(b"x")
+    if complete:
+        (path / checkpoint.STATE_FILE).write_text(json.dumps({"valid_loss": valid_loss}))
+    return path
+
+
+def test_only_folders_with_trainer_state_count_and_temp_folders_are_cleaned(tmp_path):
+    fake(tmp_path, "checkpoint-3")
+    fake(tmp_path, "checkpoint-6", complete=False)  # a crash before trainer_state.json: not a checkpoint
+    fake(tmp_path, ".tmp-checkpoint-9")
+    assert [c.name for c in checkpoint.complete(tmp_path)] == ["checkpoint-3"]
+    assert checkpoint.latest(tmp_path).step == 3
+    assert checkpoint.clean_stale(tmp_path) == [".tmp-checkpoint-9"]
+    assert not (tmp_path / ".tmp-checkpoint-9").exists()
+
+
+def test_rotation_keeps_best_and_latest_and_never_epoch_checkpoints(tmp_path):
+    fake(tmp_path, "checkpoint-2", 3.0)
+    fake(tmp_path, "checkpoint-4", 1.0)  # best
+    fake(tmp_path, "checkpoint-5-epoch-1", 2.5)
+    fake(tmp_path, "checkpoint-6", 2.0)
+    fake(tmp_path, "checkpoint-8", None)  # latest, not evaluated
+    assert checkpoint.rotate(tmp_path, 2) == ["checkpoint-2", "checkpoint-6"]
+    assert [c.name for c in checkpoint.complete(tmp_path)] == ["checkpoint-4", "checkpoint-5-epoch-1", "checkpoint-8"]
+    assert checkpoint.best(tmp_path).name == "checkpoint-4"
+    assert not list(tmp_path.glob(".tmp-*"))
+
+
+def test_rotation_limit_one_keeps_the_latest_and_zero_keeps_all(tmp_path):
+    fake(tmp_path, "checkpoint-2", 1.0)
+    fake(tmp_path, "checkpoint-4", 2.0)
+    assert checkpoint.rotate(tmp_path, 0) == []
+    assert checkpoint.rotate(tmp_path, 1) == ["checkpoint-2"]
+
+
+def test_epoch_copy_is_a_complete_checkpoint_under_a_second_name(tmp_path):
+    source = fake(tmp_path, "checkpoint-4", 1.0)
+    copy = checkpoint.copy(tmp_path, source, "checkpoint-4-epoch-1")
+    assert (copy / checkpoint.STATE_FILE).exists() and checkpoint.latest(tmp_path).epoch == 1

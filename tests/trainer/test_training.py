@@ -1,0 +1,272 @@
+"""Real training runs: ``mft-train train`` under ``torchrun --nproc_per_node=2`` (gloo), tiny GPT-NeoX,
+the tiny tokenizer and the sample multi-task data. Each run is shared by the tests that read it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from mft_trainer import checkpoint
+
+from .conftest import PYTHON, REPO, TINY, TOKENIZER, child_env, events, run_training, tiny_model, torchrun_command, \
+    write_config
+
+pytestmark = pytest.mark.slow
+
+DATA = [str(REPO / "examples" / "data" / task) for task in ("code-exam", "code-helper", "code-text")]
+
+
+def config(mount: Path, mode: str = "sst", *, base: Path | None = None, **training) -> dict:
+    raw = {
+        "mode": mode,
+        "model": {"tokenizer_path": str(TOKENIZER)} | ({"path": str(base)} if base else {"config": TINY}),
+        "data": {"paths": DATA, "valid_split": 0.1, "padding_mode": "pack"},
+        "training": {"epochs": 2, "per_device_train_batch_size": 4, "per_device_valid_batch_size": 8,
+                     "gradient_accumulation_steps": 2, "seq_length": 256, "learning_rate": 3e-3, "min_lr": 3e-4,
+                     "num_warmup_steps": 2, "log_interval": 1, "evaluation_strategy": ["steps", "epoch"],
+                     "evaluation_steps": 3, "early_stopping_patience": 0, "checkpoint_activations": True,
+                     "seed": 7} | training,
+        "checkpoint": {"mount_path": str(mount), "steps": 3, "save_total_limit": 2, "extra_save_by_epoch": True},
+    }
+    if mode == "lora":
+        raw["lora"] = {"r": 8, "alpha": 16, "dropout": 0.05}
+    return raw
+
+
+def train(tmp: Path, name: str, raw: dict, nproc: int = 2) -> subprocess.CompletedProcess:
+    proc = run_training(write_config(tmp / f"{name}.yaml", raw), nproc=nproc)
+    assert proc.returncode == 0, proc.stderr[-6000:]
+    return proc
+
+
+def step_losses(stdout: str) -> dict[int, float]:
+    """Training loss per step (progress lines written right after a step, not after an evaluation)."""
+    out = {}
+    for e in events(stdout, "mft.progress"):
+        out.setdefault(e["step"], e["loss"])
+    return out
+
+
+@pytest.fixture(scope="module")
+def base_model(tmp_path_factory, tokenizer) -> Path:
+    """A "pretrained" tiny GPT-NeoX folder for sft and lora, saved like any HF model."""
+    path = tmp_path_factory.mktemp("base")
+    tiny_model(len(tokenizer), seed=3).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def sst(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("sst")
+    raw = config(tmp / "ckpt")
+    return tmp, raw, train(tmp, "sst", raw)
+
+
+@pytest.fixture(scope="module")
+def lora(tmp_path_factory, base_model):
+    tmp = tmp_path_factory.mktemp("lora")
+    raw = config(tmp / "ckpt", "lora", base=base_model, weighted_loss_mode="case4", max_steps=9, learning_rate=1e-2)
+    return tmp, raw, train(tmp, "lora", raw)
+
+
+@pytest.fixture(scope="module")
+def sft(tmp_path_factory, base_model):
+    tmp = tmp_path_factory.mktemp("sft")
+    raw = config(tmp / "ckpt", "sft", base=base_model, weighted_loss_mode="case1", max_steps=8,
+                 checkpoint_activations=False)
+    raw["data"]["padding_mode"] = "padding"
+    return tmp, raw, train(tmp, "sft", raw)
+
+
+def assert_learns(stdout: str) -> None:
+    losses = list(step_losses(stdout).values())
+    assert len(losses) >= 8
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 0.3, losses
+    summary = events(stdout, "mft.summary")[-1]
+    assert summary["skipped_steps"] == 0 and summary["steps"] == len(losses)
+
+
+def test_sst_runs_to_completion_and_learns(sst):
+    _, _, proc = sst
+    assert_learns(proc.stdout)
+    assert events(proc.stdout, "mft.summary")[-1]["stopped_by"] in ("completed", "max_steps")
+    assert "parallel_mode(data=2), checkpoint(GPTNeoXLayer)" in proc.stderr  # ATorch applied the strategy
+
+
+def test_sft_padding_runs_to_completion_and_learns(sft):
+    assert_learns(sft[2].stdout)
+
+
+def test_lora_runs_to_completion_and_learns(lora):
+    assert_learns(lora[2].stdout)
+
+
+def test_progress_lines_follow_the_protocol(sst):
+    _, _, proc = sst
+    keys = {"kind", "step", "total_steps", "epoch", "loss", "valid_loss", "lr", "tokens_per_second", "mfu",
+            "eta_seconds", "time"}
+    progress = events(proc.stdout, "mft.progress")
+    assert progress and all(set(p) == keys for p in progress)
+    assert any(p["valid_loss"] is not None for p in progress)
+    for c in events(proc.stdout, "mft.checkpoint"):
+        assert set(c) == {"kind", "name", "latest", "best", "best_valid_loss"}
+    summary = events(proc.stdout, "mft.summary")[-1]
+    assert summary["data"]  # the data report's counts
+
+
+def test_tensorboard_scalars_are_written(sst):
+    root = Path(sst[1]["checkpoint"]["mount_path"])
+    assert list((root / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_rotation_keeps_best_latest_and_epoch_checkpoints_all_resumable(sst):
+    tmp, raw, proc = sst
+    root = Path(raw["checkpoint"]["mount_path"])
+    kept = checkpoint.complete(root)
+    steps = [c for c in kept if c.epoch is None]
+    epochs = [c for c in kept if c.epoch is not None]
+    saved = [c["name"] for c in events(proc.stdout, "mft.checkpoint")]
+    assert len(epochs) == 2 and all(c.name in saved for c in epochs)  # never rotated
+    latest = max(steps, key=lambda c: c.step)
+    scored = [c for c in steps if c.valid_loss is not None]
+    best = min(scored, key=lambda c: c.valid_loss)
+    assert {latest.path, best.path} <= {c.path for c in steps} and len(steps) == raw["checkpoint"]["save_total_limit"]
+    assert len(saved) > len(kept)  # something was rotated out
+    assert not list(root.glob(".tmp-*"))
+    for c in kept:
+        names = {p.name for p in c.path.iterdir()}
+        assert {"model.safetensors", "config.json", "optimizer.pt", "rank-00000.pt", "rank-00001.pt",
+                "trainer_state.json", "tokenizer.json"} <= names, (c.name, names)
+        state = checkpoint.load_trainer_state(c.path)
+        assert state["state"]["step"] == c.step and state["world_size"] == 2
+
+
+def test_checkpoint_weights_load_with_transformers(sst):
+    from transformers import AutoModelForCausalLM
+
+    root = Path(sst[1]["checkpoint"]["mount_path"])
+    model = AutoModelForCausalLM.from_pretrained(checkpoint.latest(root).path)
+    assert model.config.hidden_size == TINY["hidden_size"]
+
+
+def kill_after_first_checkpoint(cfg: Path) -> None:
+    """Start a run, SIGKILL the whole launch (torchrun and workers) once a checkpoint is reported."""
+    proc = subprocess.Popen(torchrun_command(2, "train", "--config", str(cfg)), env=child_env(), cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True)
+    try:
+        for line in proc.stdout:
+            if '"kind": "mft.checkpoint"' in line:
+                break
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+@pytest.mark.parametrize("which", ["sst", "lora"])
+def test_resume_after_a_kill_follows_the_uninterrupted_run(request, which, tmp_path):
+    _, raw, full = request.getfixturevalue(which)
+    resumed_raw = json.loads(json.dumps(raw))
+    resumed_raw["checkpoint"]["mount_path"] = str(tmp_path / "ckpt")
+    cfg = write_config(tmp_path / "resume.yaml", resumed_raw)
+    kill_after_first_checkpoint(cfg)
+    start = checkpoint.latest(tmp_path / "ckpt").step
+    assert 0 < start < events(full.stdout, "mft.summary")[-1]["steps"]
+
+    resumed = run_training(cfg)
+    assert resumed.returncode == 0, resumed.stderr[-6000:]
+    assert f"resuming from {tmp_path / 'ckpt'}" in resumed.stderr
+    expected, got = step_losses(full.stdout), step_losses(resumed.stdout)
+    assert min(got) == start + 1
+    for step, value in got.items():
+        assert value == pytest.approx(expected[step], abs=1e-6), step
+    weights = "adapter_model.safetensors" if which == "lora" else "model.safetensors"
+    final_full = load_file(checkpoint.latest(Path(raw["checkpoint"]["mount_path"])).path / weights)
+    final_resumed = load_file(checkpoint.latest(tmp_path / "ckpt").path / weights)
+    assert final_full.keys() == final_resumed.keys()
+    for key in final_full:
+        torch.testing.assert_close(final_resumed[key], final_full[key], atol=1e-6, rtol=0)
+
+
+def test_lora_checkpoint_holds_the_adapter_and_full_state(lora):
+    root = Path(lora[1]["checkpoint"]["mount_path"])
+    names = {p.name for p in checkpoint.latest(root).path.iterdir()}
+    assert {"adapter_model.safetensors", "adapter_config.json", "optimizer.pt", "rank-00001.pt"} <= names
+    assert "model.safetensors" not in names
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_143(tmp_path):
+    """A plain process: SIGTERM mid-run -> finish the step, save, exit 143."""
+    raw = config(tmp_path / "ckpt", epochs=50, evaluation_strategy=["no"])
+    raw["checkpoint"]["steps"] = 1000
+    cfg = write_config(tmp_path / "term.yaml", raw)
+    proc = subprocess.Popen([PYTHON, "-m", "mft_trainer", "train", "--config", str(cfg)], env=child_env(),
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in proc.stdout:
+        if '"step": 2,' in line:
+            break
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err[-4000:]
+    saved = checkpoint.latest(tmp_path / "ckpt")
+    assert saved is not None and saved.step >= 2
+    assert events(out, "mft.summary")[-1]["stopped_by"] == "preempted"
+
+
+def test_sigterm_to_the_pod_launcher_checkpoints_every_worker_and_exits_143(tmp_path):
+    """The pod's command: `mft-train launch -- torchrun ...`. SIGTERM to it (what the kubelet sends)
+    reaches both ranks, which agree on the step, save together, and the pod exits 143 (retried)."""
+    raw = config(tmp_path / "ckpt", epochs=50, evaluation_strategy=["no"])
+    raw["checkpoint"]["steps"] = 1000
+    cfg = write_config(tmp_path / "term.yaml", raw)
+    command = [PYTHON, "-m", "mft_trainer", "launch", "--grace-seconds", "60", "--",
+               *torchrun_command(2, "train", "--config", str(cfg))]
+    proc = subprocess.Popen(command, env=child_env(), cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in proc.stdout:
+        if '"step": 2,' in line:
+            break
+    time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err[-4000:]
+    saved = checkpoint.latest(tmp_path / "ckpt")
+    assert saved is not None and {"rank-00000.pt", "rank-00001.pt"} <= {p.name for p in saved.path.iterdir()}
+    assert err.count("exiting with 143") == 2, err[-4000:]
+
+
+def test_merge_lora_gives_the_logits_of_base_plus_adapter(lora, base_model, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from mft_trainer.lora import load_for_inference
+
+    adapter = checkpoint.latest(Path(lora[1]["checkpoint"]["mount_path"])).path
+    out = tmp_path / "merged"
+    proc = subprocess.run([PYTHON, "-m", "mft_trainer", "merge-lora", "--base", str(base_model),
+                           "--adapter", str(adapter), "--out", str(out)],
+                          env=child_env(), capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert (out / "model.safetensors").exists() and (out / "tokenizer.json").exists()
+    ids = torch.randint(2, 4000, (2, 24), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        merged = AutoModelForCausalLM.from_pretrained(out).eval()(input_ids=ids).logits
+        with_adapter = load_for_inference(adapter, base_model).eval()(input_ids=ids).logits
+        base = AutoModelForCausalLM.from_pretrained(base_model).eval()(input_ids=ids).logits
+    torch.testing.assert_close(merged, with_adapter, atol=1e-4, rtol=0)
+    assert (merged - base).abs().max() > 1e-3  # the adapter learned something
+
+
+def test_generate_cli_answers_from_a_lora_checkpoint(lora):
+    adapter = checkpoint.latest(Path(lora[1]["checkpoint"]["mount_path"])).path
+    proc = subprocess.run([PYTHON, "-m", "mft_trainer", "generate", "--model", str(adapter), "--prompt",
+                           "What is 2 + 2 in Python?", "--max-new-tokens", "8"],
+                          env=child_env(), capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-4000:]

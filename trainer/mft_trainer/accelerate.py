@@ -1,0 +1,145 @@
+"""ATorch acceleration: one explicit strategy list handed to ``auto_accelerate``.
+
+GPU: data parallel, ``module_replace`` (only where a replacement applies), FSDP wrapping each
+``GPTNeoXLayer``, bf16 ``amp_native`` and per-layer activation checkpointing, as in the reference.
+CPU: ATorch's fsdp/amp_native/half refuse to run there, so data parallel over gloo plus
+activation checkpointing. The dry run is skipped because the strategy is given, not searched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from mft_trainer.config import TrainingConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Accelerated:
+    model: nn.Module  # what ATorch returned (DDP/FSDP wrapper or the model itself)
+    optimizer: torch.optim.Optimizer
+    strategy: list[str]  # names of the applied optimization methods, in order
+
+    @property
+    def uses_fsdp(self) -> bool:
+        return "fsdp" in self.strategy
+
+
+def layer_class() -> type[nn.Module]:
+    from transformers.models.gpt_neox.modeling_gpt_neox import GPTNeoXLayer
+
+    return GPTNeoXLayer
+
+
+def build_strategy(training: TrainingConfig, world_size: int, cuda: bool) -> list[Any]:
+    layer = layer_class()
+    strategy: list[Any] = [("parallel_mode", ([("data", world_size)], None))]
+    if cuda:
+        if _apex_layer_norm_available():
+            # With transformers >= 4.38 ATorch's only GPT-NeoX replacement is LayerNorm -> apex LayerNorm.
+            strategy.append("module_replace")
+        fsdp = {"sync_module_states": True, "use_orig_params": True, "limit_all_gathers": True,
+                "atorch_wrap_cls": (layer,)}
+        strategy.append(("fsdp", fsdp))
+        if training.bf16:
+            strategy.append(("amp_native", {"dtype": torch.bfloat16}))
+    if training.checkpoint_activations:
+        # ATorch wants the class itself (a class name is not resolved for GPT-NeoX). Non-reentrant
+        # checkpointing: the reentrant default yields no gradients when the layer inputs do not
+        # require grad, which is the case under LoRA's frozen embeddings.
+        strategy.append(("checkpoint", {"wrap_class": (layer,), "no_reentrant": True}))
+    return strategy
+
+
+def accelerate(model: nn.Module, training: TrainingConfig, world_size: int) -> Accelerated:
+    from atorch.auto import auto_accelerate
+
+    strategy = build_strategy(training, world_size, torch.cuda.is_available())
+    ok, result, applied = auto_accelerate(
+        model,
+        optim_func=torch.optim.AdamW,
+        optim_args={"lr": training.learning_rate, "weight_decay": training.weight_decay},
+        optim_param_func=param_groups,
+        load_strategy=strategy,
+        ignore_dryrun_on_load_strategy=True,
+    )
+    if not ok:
+        raise RuntimeError(f"ATorch auto_accelerate failed for strategy {strategy}")
+    names = [opt[0] if isinstance(opt, (tuple, list)) else opt for opt in applied]
+    log.info("ATorch strategy: %s", describe(strategy))
+    return Accelerated(model=result.model, optimizer=result.optim, strategy=names)
+
+
+def describe(strategy: list[Any]) -> str:
+    parts = []
+    for opt in strategy:
+        name, cfg = (opt[0], opt[1]) if isinstance(opt, tuple) else (opt, None)
+        if name == "parallel_mode":
+            parts.append(f"parallel_mode(data={cfg[0][0][1]})")
+        elif name == "fsdp":
+            parts.append("fsdp(wrap=GPTNeoXLayer)")
+        elif name == "amp_native":
+            parts.append(f"amp_native({cfg['dtype']})")
+        elif name == "checkpoint":
+            parts.append("checkpoint(GPTNeoXLayer)")
+        else:
+            parts.append(name)
+    return ", ".join(parts)
+
+
+def param_groups(model: nn.Module, **_: Any) -> list[dict[str, Any]]:
+    """No weight decay for biases and LayerNorm weights; frozen (LoRA base) parameters left out.
+
+    Decided by name, not shape: under FSDP with use_orig_params the parameters are flat shards.
+    """
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        lowered = name.lower()
+        (no_decay if name.endswith("bias") or "norm" in lowered else decay).append(param)
+    return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def clip_grad_norm(acc: Accelerated, max_norm: float) -> torch.Tensor:
+    """Clip and return the total gradient norm.
+
+    Not ATorch's clip_grad_norm: on its unsharded (data parallel) path it computes the norm from a
+    parameter generator and then scales through the same, exhausted, generator, so nothing is
+    clipped (atorch 0.2.5). FSDP's own method reduces the norm across shards.
+    """
+    if acc.uses_fsdp:
+        return acc.model.clip_grad_norm_(max_norm)
+    return torch.nn.utils.clip_grad_norm_(acc.model.parameters(), max_norm)
+
+
+def no_sync(acc: Accelerated, last_micro_batch: bool):
+    """Skip DDP's gradient all-reduce on all but the last micro-batch of a step.
+
+    Under FSDP gradients stay sharded instead (no_sync would keep full gradients on every rank).
+    """
+    if last_micro_batch or acc.uses_fsdp or not hasattr(acc.model, "no_sync"):
+        return contextlib.nullcontext()
+    return acc.model.no_sync()
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The model inside ATorch's DDP wrapper (FSDP's root module keeps its own state_dict logic)."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+def _apex_layer_norm_available() -> bool:
+    try:
+        import apex.normalization  # noqa: F401
+    except ImportError:
+        return False
+    return True

@@ -1,0 +1,257 @@
+"""Checkpoints: atomic, Hugging Face-loadable, and resumable in every mode.
+
+Layout of ``<mount_path>/checkpoint-<step>[-epoch-<k>]/``:
+
+    config.json, model.safetensors        full model (sst, sft), ``save_pretrained``
+    adapter_config.json, adapter_model.safetensors   LoRA adapter instead (peft)
+    tokenizer files
+    optimizer.pt                          optimizer + LR scheduler state (rank 0 writes)
+    rank-<r>.pt                           RNG states and data position of rank r (each rank)
+    trainer_state.json                    step, epoch, best metric, early stopping, counters; written
+                                          last, so its presence marks a complete checkpoint
+
+Everything is written into ``.tmp-<name>``, fsynced, and renamed into place; a crash mid-write
+leaves only a ``.tmp-*`` folder, which the next start removes. Rotation keeps the best step
+checkpoint by valid loss and the newest ones; epoch checkpoints are never rotated.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from mft_trainer import distributed
+from mft_trainer.accelerate import Accelerated, unwrap
+
+NAME = re.compile(r"^checkpoint-(\d+)(?:-epoch-(\d+))?$")
+STATE_FILE = "trainer_state.json"
+OPTIMIZER_FILE = "optimizer.pt"
+TMP_PREFIX = ".tmp-"
+
+
+@dataclass(frozen=True)
+class Saved:
+    path: Path
+    step: int
+    epoch: int | None  # set for checkpoint-<step>-epoch-<k>
+    valid_loss: float | None
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+
+def name_for(step: int, epoch: int | None = None) -> str:
+    return f"checkpoint-{step}" if epoch is None else f"checkpoint-{step}-epoch-{epoch}"
+
+
+def rank_file(rank: int) -> str:
+    return f"rank-{rank:05d}.pt"
+
+
+def complete(root: Path) -> list[Saved]:
+    """Complete checkpoints under ``root``, oldest first (a step's plain one before its epoch one)."""
+    found = []
+    for path in root.glob("checkpoint-*"):
+        match = NAME.match(path.name)
+        if not match or not (path / STATE_FILE).is_file():
+            continue
+        state = json.loads((path / STATE_FILE).read_text())
+        epoch = int(match.group(2)) if match.group(2) else None
+        found.append(Saved(path, int(match.group(1)), epoch, state.get("valid_loss")))
+    return sorted(found, key=lambda c: (c.step, c.epoch is not None, c.epoch or 0))
+
+
+def latest(root: Path) -> Saved | None:
+    found = complete(root)
+    return found[-1] if found else None
+
+
+def best(root: Path) -> Saved | None:
+    scored = [c for c in complete(root) if c.valid_loss is not None]
+    return min(scored, key=lambda c: c.valid_loss) if scored else None
+
+
+def clean_stale(root: Path) -> list[str]:
+    """Remove leftovers of interrupted writes and deletions (rank 0, before anything is saved)."""
+    removed = []
+    for path in root.glob(f"{TMP_PREFIX}*"):
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path.name)
+    return removed
+
+
+def rotate(root: Path, limit: int) -> list[str]:
+    """Keep at most ``limit`` step checkpoints: the latest, the best by valid loss, then the newest."""
+    if limit <= 0:
+        return []
+    steps = [c for c in complete(root) if c.epoch is None]
+    if len(steps) <= limit:
+        return []
+    keep = {steps[-1].path}
+    scored = [c for c in steps if c.valid_loss is not None]
+    if limit >= 2 and scored:
+        keep.add(min(scored, key=lambda c: c.valid_loss).path)
+    for c in reversed(steps):
+        if len(keep) >= limit:
+            break
+        keep.add(c.path)
+    removed = []
+    for c in steps:
+        if c.path not in keep:
+            _delete(c.path)
+            removed.append(c.name)
+    return removed
+
+
+def save(root: Path, name: str, *, acc: Accelerated, scheduler: Any, tokenizer: Any,
+         trainer_state: dict[str, Any], rank_state: dict[str, Any], world: distributed.World) -> Path:
+    """Write checkpoint ``name`` collectively (every rank calls this) and return its final path."""
+    tmp, final = root / f"{TMP_PREFIX}{name}", root / name
+    if world.is_main:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    distributed.barrier()
+
+    weights = _full_state_dict(acc)  # collective under FSDP
+    optimizer_state = _optimizer_state(acc)  # collective under FSDP
+    if world.is_main:
+        _save_weights(unwrap(_fsdp_inner(acc.model)), weights, tmp)
+        tokenizer.save_pretrained(tmp)
+        torch.save({"optimizer": optimizer_state, "scheduler": scheduler.state_dict()}, tmp / OPTIMIZER_FILE)
+    torch.save({**rank_state, "rng": rng_state()}, tmp / rank_file(world.rank))
+    _fsync(tmp / rank_file(world.rank))
+    distributed.barrier()
+
+    if world.is_main:
+        (tmp / STATE_FILE).write_text(json.dumps(trainer_state, indent=2, sort_keys=True))
+        for path in tmp.rglob("*"):
+            if path.is_file():
+                _fsync(path)
+        _fsync(tmp)
+        if final.exists():  # the same step saved again (only after a resume re-saves its own step)
+            _delete(final)
+        os.rename(tmp, final)
+        _fsync(root)
+    distributed.barrier()
+    return final
+
+
+def copy(root: Path, source: Path, name: str) -> Path:
+    """A second name for a complete checkpoint (hard links, same atomic rename); rank 0 only."""
+    tmp, final = root / f"{TMP_PREFIX}{name}", root / name
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(source, tmp, copy_function=os.link)
+    _fsync(tmp)
+    if final.exists():
+        _delete(final)
+    os.rename(tmp, final)
+    _fsync(root)
+    return final
+
+
+def load_trainer_state(path: Path) -> dict[str, Any]:
+    return json.loads((path / STATE_FILE).read_text())
+
+
+def load_training_state(path: Path, acc: Accelerated, scheduler: Any, world: distributed.World) -> dict[str, Any] | None:
+    """Restore optimizer and scheduler; return this rank's saved state (RNG, data position), or None
+    when the checkpoint was written by fewer ranks than this run has."""
+    # Our own files: they hold Python and NumPy RNG tuples, not just tensors.
+    state = torch.load(path / OPTIMIZER_FILE, map_location="cpu", weights_only=False)
+    _load_optimizer_state(acc, state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    file = path / rank_file(world.rank)
+    return torch.load(file, map_location="cpu", weights_only=False) if file.exists() else None
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def _save_weights(model: torch.nn.Module, state_dict: dict[str, torch.Tensor] | None, folder: Path) -> None:
+    from peft import PeftModel
+
+    if isinstance(model, PeftModel):
+        from mft_trainer.lora import save_adapter
+
+        save_adapter(model, state_dict, folder)
+    else:
+        model.save_pretrained(folder, state_dict=state_dict, safe_serialization=True)
+
+
+def _fsdp_inner(model: torch.nn.Module) -> torch.nn.Module:
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+    return model.module if isinstance(model, FSDP) else model
+
+
+def _full_state_config(acc: Accelerated):
+    from torch.distributed.fsdp import FullOptimStateDictConfig, FullStateDictConfig, StateDictType
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+    return FSDP.state_dict_type(acc.model, StateDictType.FULL_STATE_DICT,
+                                FullStateDictConfig(offload_to_cpu=True, rank0_only=True),
+                                FullOptimStateDictConfig(offload_to_cpu=True, rank0_only=False))
+
+
+def _full_state_dict(acc: Accelerated) -> dict[str, torch.Tensor] | None:
+    """Gathered weights under FSDP; None means ``save_pretrained`` reads the (unsharded) model itself."""
+    if not acc.uses_fsdp:
+        return None
+    with _full_state_config(acc):
+        return acc.model.state_dict()
+
+
+def _optimizer_state(acc: Accelerated) -> dict[str, Any]:
+    if not acc.uses_fsdp:
+        return acc.optimizer.state_dict()  # identical on every rank under data parallel
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+    with _full_state_config(acc):
+        return FSDP.optim_state_dict(acc.model, acc.optimizer)
+
+
+def _load_optimizer_state(acc: Accelerated, state: dict[str, Any]) -> None:
+    if acc.uses_fsdp:
+        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+        with _full_state_config(acc):
+            state = FSDP.optim_state_dict_to_load(acc.model, acc.optimizer, state)
+    acc.optimizer.load_state_dict(state)
+
+
+def _delete(path: Path) -> None:
+    """Unmark, move aside, then remove: a crash never leaves a half-deleted folder that looks complete."""
+    (path / STATE_FILE).unlink(missing_ok=True)
+    doomed = path.with_name(f"{TMP_PREFIX}deleting-{path.name}")
+    os.rename(path, doomed)
+    shutil.rmtree(doomed, ignore_errors=True)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

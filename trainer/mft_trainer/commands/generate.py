@@ -1,0 +1,32 @@
+"""`mft-train generate --model DIR --prompt TEXT`: answer a question with a trained model."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True,
+                        help="model folder or checkpoint (full, or LoRA adapter with its base from adapter_config.json)")
+    parser.add_argument("--prompt", required=True, action="append",
+                        help="the question; repeat for a batch")
+    parser.add_argument("--system", help="optional system turn placed before the question")
+    parser.add_argument("--max-new-tokens", type=int, default=256)
+    parser.add_argument("--do-sample", action="store_true", help="sample instead of greedy/beam decoding")
+    parser.add_argument("--top-p", type=float, default=0.95)
+    parser.add_argument("--temperature", type=float, default=0.1)
+    parser.add_argument("--num-beams", type=int, default=1)
+
+
+def run(args: argparse.Namespace) -> int:
+    from mft_trainer.config import DataConfig
+    from mft_trainer.data import build_prompt
+    from mft_trainer.generation import Sampling, generate, load
+
+    model, tokenizer = load(args.model)
+    prompts = [build_prompt(question, system=args.system, data_config=DataConfig()) for question in args.prompt]
+    sampling = Sampling(max_new_tokens=args.max_new_tokens, do_sample=args.do_sample, top_p=args.top_p,
+                        temperature=args.temperature, num_beams=args.num_beams)
+    for answer in generate(model, tokenizer, prompts, sampling):
+        print(answer)
+    return 0

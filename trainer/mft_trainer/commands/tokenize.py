@@ -1,0 +1,62 @@
+"""`mft-train tokenize`: one JSON object per record of a JSONL file, before packing or padding:
+{"text": assembled string, "input_ids": [...], "loss_mask": [...]}, loss_mask[i] being the mask of
+input_ids[i] (before the shift). The same code path as training; the counts go to stderr."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from mft_trainer.config import ConfigError
+from mft_trainer.data.assembly import AssemblyStyle
+from mft_trainer.data.command_line import add_config_arguments, chosen_seq_length, config_from_arguments
+from mft_trainer.data.documents import apply_overlong_policy, count_overlong, tally
+from mft_trainer.data.encoding import EncodedChunk, Encoder, default_workers, encode_files
+from mft_trainer.data.errors import DataError
+from mft_trainer.data.report import DataReport, FileCounts, TaskCounts
+from mft_trainer.data.tokenizer import load_tokenizer
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--input", required=True, help="a .jsonl or .jsonl.gz file")
+    add_config_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        config = config_from_arguments(args)
+        tokenizer = load_tokenizer(config)
+        seq_length = chosen_seq_length(args, config)
+        encoder = Encoder(tokenizer, AssemblyStyle.from_config(config.data, config.mode))
+        path = Path(args.input)
+        counts = FileCounts(str(path))
+        chunks = encode_files([path], encoder, config.data.on_bad_record, default_workers([path]), keep_text=True)
+        for chunk in tally(chunks, [counts]):
+            _print_documents(chunk, seq_length, config.data.overlong_policy, counts)
+    except (DataError, ConfigError) as exc:
+        print(f"mft-train tokenize: {exc}", file=sys.stderr)
+        return 1
+    print(DataReport([TaskCounts(path.name, [counts])]).summary(), file=sys.stderr)
+    return 0
+
+
+def _print_documents(chunk: EncodedChunk, seq_length: int | None, policy: str, counts: FileCounts) -> None:
+    lengths, kept = chunk.lengths, np.ones(len(chunk.lengths), dtype=bool)
+    if seq_length:
+        count_overlong([counts], np.array([len(lengths)]), lengths, seq_length, policy)
+        lengths, kept = apply_overlong_policy(lengths, seq_length, policy)
+    start = 0
+    for text, length, stored, keep in zip(chunk.texts or [], lengths, chunk.lengths, kept):
+        if keep:
+            end = start + int(length)
+            record = {
+                "text": text,
+                "input_ids": chunk.tokens[start:end].tolist(),
+                "loss_mask": chunk.loss_mask[start:end].tolist(),
+            }
+            sys.stdout.write(json.dumps(record, ensure_ascii=False) + "\n")
+        start += int(stored)

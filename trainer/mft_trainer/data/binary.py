@@ -1,0 +1,193 @@
+"""Binary datasets (`data.format: bin`): one folder per task, written by `mft-train preprocess`.
+
+    {task}/tokens.bin      token ids of all documents back to back (uint16 if the vocabulary fits, else int32)
+    {task}/loss_mask.bin   uint8, one per token, before the shift
+    {task}/offsets.bin     int64, documents + 1: document d is tokens[offsets[d]:offsets[d+1]]
+    {task}/manifest.json   format version, tokenizer hash, mode, assembly settings, dtype, sizes and
+                           per-file counts (records, skipped with reasons, truncated/dropped at seq_length)
+
+Documents are stored whole; the over-long policy is applied when training loads them, so one
+preprocessed dataset serves any seq_length. Loading memory-maps the three files: tokens are never read
+until a row needs them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from transformers import PreTrainedTokenizerFast
+
+from mft_trainer.config import TrainerConfig
+from mft_trainer.data.assembly import AssemblyStyle, data_mode
+from mft_trainer.data.documents import TaskDocuments, count_overlong, file_ends, tally
+from mft_trainer.data.encoding import Encoder, default_workers, encode_files
+from mft_trainer.data.errors import DataError
+from mft_trainer.data.report import DataReport, FileCounts, TaskCounts
+from mft_trainer.data.tasks import MANIFEST, TaskSource, discover_jsonl_tasks
+from mft_trainer.data.tokenizer import tokenizer_fingerprint
+
+FORMAT, VERSION = "mft-bin", 1
+TOKENS, LOSS_MASK, OFFSETS = "tokens.bin", "loss_mask.bin", "offsets.bin"
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    return np.dtype(np.uint16 if vocab_size <= 1 << 16 else np.int32)
+
+
+def dataset_settings(config: TrainerConfig, tokenizer: PreTrainedTokenizerFast) -> dict[str, Any]:
+    """Everything that changes the stored ids or masks: a dataset is usable only if all of it matches."""
+    data = config.data
+    return {
+        "tokenizer_hash": tokenizer_fingerprint(tokenizer),
+        "mode": data_mode(config.mode),
+        "eos_token": tokenizer.eos_token,
+        "role_start": data.role_start,
+        "role_end": data.role_end,
+        "markers_as_special_tokens": data.markers_as_special_tokens,
+        "normalize_punctuation": data.normalize_punctuation,
+    }
+
+
+def preprocess(
+    config: TrainerConfig,
+    tokenizer: PreTrainedTokenizerFast,
+    inputs: list[str],
+    output: Path,
+    seq_length: int | None,
+    workers: int,
+) -> DataReport:
+    """Tokenize JSONL task folders into binary task folders under `output`, one after the other."""
+    tasks = discover_jsonl_tasks(inputs)
+    for task in tasks:
+        if (output / task.name).exists():
+            raise DataError(f"{output / task.name}: already exists; remove it or choose another --output")
+    writer = TaskWriter(config, tokenizer, seq_length, workers)
+    return DataReport([TaskCounts(task.name, writer.write(task, output)) for task in tasks])
+
+
+class TaskWriter:
+    """Writes JSONL task folders as binary task folders, all with the same tokenizer and settings."""
+
+    def __init__(self, config: TrainerConfig, tokenizer: PreTrainedTokenizerFast, seq_length: int | None, workers: int):
+        self.data = config.data
+        self.encoder = Encoder(tokenizer, AssemblyStyle.from_config(config.data, config.mode))
+        self.dtype = token_dtype(len(tokenizer))
+        self.seq_length, self.workers = seq_length, workers
+        self.manifest = {
+            "format": FORMAT,
+            "version": VERSION,
+            **dataset_settings(config, tokenizer),
+            "vocab_size": len(tokenizer),
+            "token_dtype": self.dtype.name,
+            "seq_length": seq_length,
+            "overlong_policy": config.data.overlong_policy,
+        }
+
+    def write(self, task: TaskSource, output: Path) -> list[FileCounts]:
+        """Write output/{task.name} through a partial folder renamed at the end, so that a failed or
+        interrupted run never leaves a folder that looks complete. Returns the per-file counts."""
+        partial = output / f".{task.name}.partial"
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+        try:
+            files = self._write_documents(task, partial)
+        except BaseException:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise
+        os.rename(partial, output / task.name)
+        return files
+
+    def _write_documents(self, task: TaskSource, folder: Path) -> list[FileCounts]:
+        files = [FileCounts(str(path)) for path in task.files]
+        workers = default_workers(task.files, self.workers)
+        chunks = encode_files(task.files, self.encoder, self.data.on_bad_record, workers)
+        lengths = []
+        with open(folder / TOKENS, "wb") as tokens, open(folder / LOSS_MASK, "wb") as mask:
+            for chunk in tally(chunks, files):
+                chunk.tokens.astype(self.dtype).tofile(tokens)
+                chunk.loss_mask.tofile(mask)
+                lengths.append(chunk.lengths)
+        all_lengths = np.concatenate(lengths or [np.empty(0, np.int64)])
+        np.concatenate([[0], np.cumsum(all_lengths)]).astype(np.int64).tofile(folder / OFFSETS)
+        if self.seq_length:
+            count_overlong(files, file_ends(files), all_lengths, self.seq_length, self.data.overlong_policy)
+        manifest = self.manifest | {
+            "task": task.name,
+            "documents": len(all_lengths),
+            "tokens": int(all_lengths.sum()),
+            "files": [dataclasses.asdict(f) for f in files],
+        }
+        (folder / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        return files
+
+
+def open_task(task: TaskSource, expected_settings: dict[str, Any]) -> TaskDocuments:
+    """Memory-map a preprocessed task folder after checking it was made for this training setup and
+    that its files have the sizes the manifest promises."""
+    folder = task.path
+    manifest = _read_manifest(folder)
+    _check_settings(folder, manifest, expected_settings)
+    dtype = np.dtype(manifest["token_dtype"])
+    n_tokens, n_documents = manifest["tokens"], manifest["documents"]
+    tokens = _map(folder / TOKENS, dtype, n_tokens)
+    loss_mask = _map(folder / LOSS_MASK, np.dtype(np.uint8), n_tokens)
+    offsets = _map(folder / OFFSETS, np.dtype(np.int64), n_documents + 1)
+    if offsets[0] != 0 or offsets[-1] != n_tokens or np.any(np.diff(offsets) < 0):
+        raise DataError(f"{folder / OFFSETS}: corrupt document index: expected offsets rising from 0 to {n_tokens}")
+    # Truncation and drop counts are recomputed for the training seq_length by the loader.
+    files = [dataclasses.replace(FileCounts.from_dict(f), truncated=0, dropped=0) for f in manifest["files"]]
+    if sum(f.records for f in files) != n_documents:
+        raise DataError(
+            f"{folder / MANIFEST}: corrupt manifest: file record counts do not add up to {n_documents} documents"
+        )
+    return TaskDocuments(task.name, tokens, loss_mask, offsets, files, file_ends(files))
+
+
+def _read_manifest(folder: Path) -> dict[str, Any]:
+    path = folder / MANIFEST
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise DataError(
+            f"{path}: expected a JSON manifest written by mft-train preprocess, cannot read it: {exc}"
+        ) from exc
+    if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
+        raise DataError(
+            f"{path}: expected format {FORMAT} version {VERSION}, found {manifest.get('format')!r} "
+            f"version {manifest.get('version')!r}"
+        )
+    return manifest
+
+
+def _check_settings(folder: Path, manifest: dict[str, Any], expected: dict[str, Any]) -> None:
+    found = manifest.get("tokenizer_hash")
+    if found != expected["tokenizer_hash"]:
+        raise DataError(
+            f"{folder}: made with another tokenizer: dataset tokenizer hash {found}, training tokenizer hash "
+            f"{expected['tokenizer_hash']}; run mft-train preprocess again with the training tokenizer"
+        )
+    for key, value in expected.items():
+        if manifest.get(key) != value:
+            raise DataError(
+                f"{folder}: {key}: training expects {value!r}, the dataset was preprocessed with "
+                f"{manifest.get(key)!r}; run mft-train preprocess again with the training config"
+            )
+
+
+def _map(path: Path, dtype: np.dtype, count: int) -> np.ndarray:
+    expected = count * dtype.itemsize
+    found = path.stat().st_size if path.exists() else None
+    if found != expected:
+        state = "missing" if found is None else f"{found} bytes"
+        raise DataError(
+            f"{path}: truncated or corrupt: expected {expected} bytes ({count} x {dtype.name}, per the manifest), found {state}"
+        )
+    if count == 0:  # an empty file cannot be memory-mapped
+        return np.empty(0, dtype=dtype)
+    return np.memmap(path, dtype=dtype, mode="r", shape=(count,))

@@ -1,0 +1,97 @@
+"""The documents of one task as three flat arrays, in memory (JSONL) or memory-mapped (binary),
+and the per-document decisions made before packing: over-long policy and train/valid split."""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from mft_trainer.data.encoding import EncodedChunk
+from mft_trainer.data.report import FileCounts
+
+
+@dataclass
+class TaskDocuments:
+    """Document d is tokens[offsets[d]:offsets[d + 1]] with loss_mask over the same range. Documents
+    come in file order; `file_ends[f]` is the number of documents in files 0..f."""
+
+    name: str
+    tokens: np.ndarray  # uint16 or int32
+    loss_mask: np.ndarray  # uint8
+    offsets: np.ndarray  # int64, documents + 1
+    files: list[FileCounts]
+    file_ends: np.ndarray  # int64, one per file
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+
+def count_per_file(ends: np.ndarray, selected: np.ndarray) -> np.ndarray:
+    """How many of the documents flagged in the boolean array `selected` each file holds, given the
+    files' cumulative document counts `ends`."""
+    files = np.searchsorted(ends, np.flatnonzero(selected), side="right")
+    return np.bincount(files, minlength=len(ends))
+
+
+def file_ends(files: list[FileCounts]) -> np.ndarray:
+    return np.cumsum([f.records for f in files], dtype=np.int64)
+
+
+def tally(chunks: Iterable[EncodedChunk], files: list[FileCounts]) -> Iterator[EncodedChunk]:
+    """Pass chunks through, counting records and skips in their file's counts."""
+    for chunk in chunks:
+        counts = files[chunk.file_index]
+        counts.records += len(chunk.lengths)
+        for reason, message in chunk.skips:
+            counts.add_skip(reason, message)
+        yield chunk
+
+
+def collect_documents(name: str, files: list[FileCounts], chunks: Iterable[EncodedChunk]) -> TaskDocuments:
+    """Join encoded chunks (in file order) into one in-memory TaskDocuments."""
+    tokens, masks, lengths = [], [], []
+    for chunk in tally(chunks, files):
+        tokens.append(chunk.tokens)
+        masks.append(chunk.loss_mask)
+        lengths.append(chunk.lengths)
+    offsets = np.concatenate([[0], np.cumsum(_join(lengths, np.int64))]).astype(np.int64)
+    return TaskDocuments(name, _join(tokens, np.int32), _join(masks, np.uint8), offsets, files, file_ends(files))
+
+
+def _join(parts: list[np.ndarray], dtype: type) -> np.ndarray:
+    return np.concatenate(parts) if parts else np.empty(0, dtype=dtype)
+
+
+def apply_overlong_policy(lengths: np.ndarray, seq_length: int, policy: str) -> tuple[np.ndarray, np.ndarray]:
+    """Lengths after the policy (truncate keeps the first seq_length tokens) and which documents are kept."""
+    if policy == "truncate":
+        return np.minimum(lengths, seq_length), np.ones(len(lengths), dtype=bool)
+    return lengths, lengths <= seq_length
+
+
+def count_overlong(
+    files: list[FileCounts], ends: np.ndarray, lengths: np.ndarray, seq_length: int, policy: str
+) -> None:
+    """Add to each file's counts how many of its documents the over-long policy truncates or drops."""
+    name = "truncated" if policy == "truncate" else "dropped"
+    for counts, n in zip(files, count_per_file(ends, lengths > seq_length)):
+        setattr(counts, name, getattr(counts, name) + int(n))
+
+
+def split_documents(count: int, valid_fraction: float, seed: int, task: str) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted train and valid document ids of one task.
+
+    Seeded by (seed, task name) only, so the split does not depend on the number of ranks, on the other
+    tasks or on seq_length. Every task with two or more documents gets at least one valid document, so
+    each task has a validation loss.
+    """
+    valid_count = min(count - 1, max(1, round(count * valid_fraction))) if count >= 2 else 0
+    order = np.random.default_rng([seed, zlib.crc32(task.encode())]).permutation(count)
+    return np.sort(order[valid_count:]), np.sort(order[:valid_count])

@@ -1,0 +1,86 @@
+"""Counts of everything read, skipped, truncated and dropped: nothing leaves the pipeline unreported."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class FileCounts:
+    path: str
+    records: int = 0  # records read into documents
+    skipped: int = 0
+    skip_reasons: dict[str, int] = field(default_factory=dict)
+    first_skips: dict[str, str] = field(default_factory=dict)  # one "file:line: message" per reason
+    truncated: int = 0
+    dropped: int = 0
+
+    def add_skip(self, reason: str, message: str) -> None:
+        self.skipped += 1
+        self.skip_reasons[reason] = self.skip_reasons.get(reason, 0) + 1
+        self.first_skips.setdefault(reason, message)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> FileCounts:
+        return cls(**{f.name: raw[f.name] for f in dataclasses.fields(cls) if f.name in raw})
+
+
+@dataclass
+class TaskCounts:
+    name: str
+    files: list[FileCounts]
+    train_documents: int = 0
+    valid_documents: int = 0
+    train_rows: int = 0
+    valid_rows: int = 0
+    train_tokens: int = 0
+    valid_tokens: int = 0
+
+
+@dataclass
+class DataReport:
+    tasks: list[TaskCounts] = field(default_factory=list)
+
+    @property
+    def files(self) -> list[FileCounts]:
+        return [f for task in self.tasks for f in task.files]
+
+    def total(self, name: str) -> int:
+        return sum(getattr(f, name) for f in self.files)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def summary(self) -> str:
+        lines = [
+            f"data: {len(self.tasks)} tasks, {self.total('records')} records, {self.total('skipped')} skipped, "
+            f"{self.total('truncated')} truncated, {self.total('dropped')} dropped"
+        ]
+        for task in self.tasks:
+            lines.append(
+                f"  task {task.name}" + (_split_line(task) if task.train_documents or task.valid_documents else "")
+            )
+            lines += [f"    {_file_line(f)}" for f in task.files]
+        return "\n".join(lines)
+
+
+def _split_line(task: TaskCounts) -> str:
+    return (
+        f": train {task.train_documents} documents in {task.train_rows} rows ({task.train_tokens} tokens), "
+        f"valid {task.valid_documents} documents in {task.valid_rows} rows ({task.valid_tokens} tokens)"
+    )
+
+
+def _file_line(counts: FileCounts) -> str:
+    line = f"{counts.path}: {counts.records} records"
+    for name in ("skipped", "truncated", "dropped"):
+        if getattr(counts, name):
+            line += f", {getattr(counts, name)} {name}"
+    if counts.skip_reasons:
+        reasons = "; ".join(
+            f"{n} {reason}, first at {counts.first_skips[reason]}" for reason, n in counts.skip_reasons.items()
+        )
+        line += f" ({reasons})"
+    return line

@@ -1,0 +1,61 @@
+"""Process-group setup and the few collectives the loop needs.
+
+Ranks come from the torchrun environment; a plain ``python`` process becomes a world of one
+(ATorch fills in RANK/WORLD_SIZE/MASTER_* when they are missing).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class World:
+    rank: int
+    local_rank: int
+    size: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init() -> World:
+    import atorch
+
+    cuda = torch.cuda.is_available()
+    if not dist.is_initialized():
+        ok = atorch.init_distributed("nccl" if cuda else "gloo", set_cuda_device_using_local_rank=cuda)
+        if not ok:
+            raise RuntimeError("atorch.init_distributed failed; see the log above")
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
+    return World(rank=dist.get_rank(), local_rank=local_rank, size=dist.get_world_size(), device=device)
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum in place over all ranks and return the tensor (a no-op in a world of one)."""
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def all_reduce_max(tensor: torch.Tensor) -> torch.Tensor:
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return tensor
+
+
+def barrier() -> None:
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
+
+
+def shutdown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()

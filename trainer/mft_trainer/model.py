@@ -1,0 +1,76 @@
+"""GPT-NeoX construction and the inputs one training forward pass takes.
+
+Packed rows hold several documents. Each document must see only itself, so packed batches carry a
+block-diagonal causal mask built from ``sample_index`` ([B, 1, L, L] bool, True = may attend), and
+position ids that restart at every document. sdpa takes that mask on CPU and GPU (under FSDP and
+bf16 autocast too); rows with a single document keep the plain causal path (no mask at all), which
+lets sdpa pick its fastest kernel. Right padding needs no mask under causal attention: pad tokens
+come after every real token and carry no targets.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
+
+from mft_trainer.config import TrainerConfig
+
+log = logging.getLogger(__name__)
+
+ATTENTION = "sdpa"
+
+
+def build_model(config: TrainerConfig, tokenizer: PreTrainedTokenizerBase,
+                weights: str | Path | None = None) -> PreTrainedModel:
+    """The full-precision model: from ``weights`` (a checkpoint), ``model.path``, or ``model.config``.
+
+    ``model.config`` is a GPT-NeoX config for random init (sst), or overrides on top of
+    ``model.path``'s config. Parameters stay fp32; bf16 is ATorch's autocast on GPU.
+    """
+    overrides = dict(config.model.config)
+    source = weights or config.model.path
+    if source:
+        model = GPTNeoXForCausalLM.from_pretrained(
+            source, torch_dtype=torch.float32, attn_implementation=ATTENTION, **overrides)
+    else:
+        overrides.setdefault("vocab_size", len(tokenizer))
+        model_config = GPTNeoXConfig(**overrides)
+        model_config._attn_implementation = ATTENTION
+        model = GPTNeoXForCausalLM(model_config)
+    if len(tokenizer) > model.config.vocab_size:
+        log.info("resizing embeddings from %d to the tokenizer's %d tokens", model.config.vocab_size, len(tokenizer))
+        model.resize_token_embeddings(len(tokenizer))
+    model.config.use_cache = False
+    model.config.eos_token_id = tokenizer.eos_token_id
+    model.config.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    return model
+
+
+def model_inputs(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    inputs = {"input_ids": batch["input_ids"].to(device)}
+    if is_packed(batch["sample_index"]):
+        inputs["position_ids"] = batch["position_ids"].to(device)
+        inputs["attention_mask"] = packed_attention_mask(batch["sample_index"].to(device))
+    return inputs
+
+
+def is_packed(sample_index: torch.Tensor) -> bool:
+    """True when some row holds more than one document."""
+    real = sample_index >= 0
+    first = torch.where(real, sample_index, sample_index.max() + 1).min(dim=1, keepdim=True).values
+    return bool(((sample_index != first) & real).any())
+
+
+def packed_attention_mask(sample_index: torch.Tensor) -> torch.Tensor:
+    """[B, 1, L, L] bool: causal and inside one document. A pad query (-1) sees the pads before it."""
+    length = sample_index.shape[1]
+    same = sample_index[:, :, None] == sample_index[:, None, :]
+    causal = torch.ones(length, length, dtype=torch.bool, device=sample_index.device).tril()
+    return (same & causal)[:, None]
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

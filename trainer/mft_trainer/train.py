@@ -1,0 +1,425 @@
+"""The training loop of ``mft-train train``: read it top to bottom.
+
+One optimizer step consumes, on every rank, ``gradient_accumulation_steps`` micro-batches of
+``per_device_train_batch_size`` rows. The loss of a step is the ``weighted_loss_mode`` formula applied
+to that whole global batch (see ``loss.py``), so gradient accumulation and world size change nothing
+but speed. Data position, RNG, optimizer, scheduler, best metric and early-stopping state all go
+into every checkpoint, and a resumed run repeats an uninterrupted one step for step.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+from mft_trainer import checkpoint, distributed, loss, metrics
+from mft_trainer.accelerate import Accelerated, accelerate, clip_grad_norm, no_sync, unwrap
+from mft_trainer.config import TrainerConfig, to_dict
+from mft_trainer.model import build_model, count_parameters, model_inputs
+from mft_trainer.schedule import build_scheduler
+
+log = logging.getLogger("mft_trainer")
+
+PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM: in the range the PyTorchJob ExitCode policy retries
+
+
+@dataclass
+class TrainState:
+    """Everything beyond weights, optimizer and RNG that a resumed run needs (trainer_state.json)."""
+
+    step: int = 0
+    epoch: int = 0  # epochs completed
+    offset: int = 0  # sample indices this rank consumed in the current epoch
+    tokens: float = 0.0  # input tokens seen, all ranks
+    skipped_steps: int = 0  # updates dropped for a non-finite loss or gradient
+    best_valid_loss: float | None = None
+    evals_without_improvement: int = 0
+    last_eval_step: int = -1
+    last_valid_loss: float | None = None
+    last_save_step: int = -1
+    last_loss: float | None = None
+
+
+@dataclass
+class StepResult:
+    loss: float
+    task_loss: list[float | None]
+    lr: float  # the rate this step's update used
+    tokens: float
+    grad_norm: float | None
+    skipped: bool
+
+
+@dataclass
+class Run:
+    """What the loop works with, built once by ``setup``."""
+
+    config: TrainerConfig
+    world: distributed.World
+    tokenizer: Any
+    datasets: Any
+    sampler: Any
+    acc: Accelerated
+    scheduler: Any
+    steps_per_epoch: int
+    total_steps: int
+    num_params: int
+    state: TrainState = field(default_factory=TrainState)
+
+
+def main(config: TrainerConfig) -> int:
+    run = setup(config)
+    reporter = metrics.Reporter(config.output_dir, run.world.is_main, run.total_steps)
+    preemption = Preemption(config.checkpoint.preemption_grace_seconds, run.world.device)
+    throughput = metrics.Throughput(_flops_per_token(run), metrics.peak_flops(), run.world.size)
+    t, state = config.training, run.state
+    rows_per_step = t.per_device_train_batch_size * t.gradient_accumulation_steps
+    stop: str | None = None
+
+    while stop is None and state.step < run.total_steps:
+        for micro_batches in epoch_steps(run):
+            started = time.perf_counter()
+            result = train_step(run, micro_batches)
+            throughput.add(result.tokens, time.perf_counter() - started)
+            state.step += 1
+            state.offset += rows_per_step
+            state.tokens += result.tokens
+            state.skipped_steps += result.skipped
+            state.last_loss = result.loss if not result.skipped else state.last_loss
+
+            if state.step % t.log_interval == 0 or state.step == run.total_steps:
+                log_step(run, reporter, result, throughput.report(run.total_steps - state.step))
+            if "steps" in t.evaluation_strategy and state.step % t.evaluation_steps == 0:
+                stop = evaluate_and_track(run, reporter)
+            if config.checkpoint.save_strategy == "steps" and state.step % config.checkpoint.steps == 0:
+                save(run, reporter)
+            stop = stop or preemption.check()
+            if stop or state.step >= run.total_steps:
+                break
+        if stop != "preempted" and state.offset >= run.steps_per_epoch * rows_per_step:  # epoch complete
+            state.epoch += 1
+            state.offset = 0
+            stop = end_of_epoch(run, reporter) or stop
+
+    if stop != "preempted" and _evaluates(t) and state.last_eval_step != state.step:
+        evaluate_and_track(run, reporter)
+    if state.last_save_step != state.step:
+        save(run, reporter)
+    summarize(run, reporter, stop or ("completed" if state.step == run.steps_per_epoch * t.epochs else "max_steps"))
+    reporter.close()
+    distributed.barrier()
+    distributed.shutdown()
+    if stop == "preempted":
+        log.warning("preempted: checkpoint saved at step %d, exiting with %d", state.step, PREEMPTED_EXIT_CODE)
+        return PREEMPTED_EXIT_CODE
+    return 0
+
+
+def setup(config: TrainerConfig) -> Run:
+    from mft_trainer.data import EpochSampler, build_datasets, load_tokenizer
+
+    world = distributed.init()
+    _configure_logging(world)
+    t = config.training
+    if t.bf16 and not torch.cuda.is_available():
+        log.info("training.bf16 is a GPU setting; no CUDA device here, so this run computes in fp32")
+    torch.manual_seed(t.seed)  # the same on every rank: identical initial weights
+    root = config.output_dir
+    if world.is_main:
+        root.mkdir(parents=True, exist_ok=True)
+        for name in checkpoint.clean_stale(root):
+            log.info("removed %s left by an interrupted write", name)
+    distributed.barrier()
+
+    tokenizer = load_tokenizer(config)
+    datasets = build_datasets(config, tokenizer)  # logs its own report
+    resume_from = checkpoint.latest(root) if config.checkpoint.resume == "auto" else None
+    if resume_from is not None:
+        log.info("resuming from %s", resume_from.path)
+
+    model = _build(config, tokenizer, resume_from.path if resume_from else None)
+    num_params = count_parameters(model)  # before FSDP shards it
+    log.info("mode %s, %d parameters", config.mode, num_params)
+    acc = accelerate(model, t, world.size)
+
+    sampler = EpochSampler(datasets.train, world.rank, world.size, t.seed,
+                           config.data.task_sampling, config.data.sampling_temperature)
+    rows_per_step = t.per_device_train_batch_size * t.gradient_accumulation_steps
+    steps_per_epoch = len(sampler) // rows_per_step
+    if steps_per_epoch == 0:
+        raise ValueError(f"each rank gets {len(sampler)} training rows per epoch, fewer than one step needs "
+                         f"({rows_per_step} = per_device_train_batch_size x gradient_accumulation_steps)")
+    total_steps = steps_per_epoch * t.epochs
+    if t.max_steps > 0:
+        total_steps = min(total_steps, t.max_steps)
+    scheduler = build_scheduler(acc.optimizer, t, total_steps)
+    run = Run(config, world, tokenizer, datasets, sampler, acc, scheduler, steps_per_epoch, total_steps, num_params)
+
+    if resume_from is not None:
+        saved = checkpoint.load_trainer_state(resume_from.path)
+        run.state = TrainState(**saved["state"])
+        if saved["world_size"] != world.size:
+            # Same global data position, rounded down; RNG streams cannot carry over.
+            run.state.offset = run.state.offset * saved["world_size"] // world.size
+            log.warning("resuming %d-rank state with %d ranks: data position kept, RNG streams restarted",
+                        saved["world_size"], world.size)
+        rank_state = checkpoint.load_training_state(resume_from.path, acc, scheduler, world)
+        if rank_state is not None:
+            checkpoint.set_rng_state(rank_state["rng"])  # last: nothing after this may draw random numbers
+    return run
+
+
+def _build(config: TrainerConfig, tokenizer: Any, resume_path: Any) -> torch.nn.Module:
+    if config.mode != "lora":
+        return build_model(config, tokenizer, weights=resume_path)
+    from mft_trainer.lora import apply_lora
+
+    return apply_lora(build_model(config, tokenizer), config.lora, adapter=resume_path)
+
+
+def epoch_steps(run: Run) -> Iterator[list[dict[str, torch.Tensor]]]:
+    """The remaining steps of the current epoch: lists of collated micro-batches.
+
+    The order is a function of (seed, epoch) only, so starting at ``offset`` (indices consumed, which
+    the loop counts itself) puts a resumed run exactly where the interrupted one stopped. A tail
+    shorter than one step is left out.
+    """
+    from mft_trainer.data import collate
+
+    t, state = run.config.training, run.state
+    bs, ga = t.per_device_train_batch_size, t.gradient_accumulation_steps
+    run.sampler.load_state_dict({"epoch": state.epoch, "offset": state.offset})
+    indices = list(run.sampler)
+    pad = _pad_id(run.tokenizer)
+    for start in range(0, len(indices) - bs * ga + 1, bs * ga):
+        step = indices[start:start + bs * ga]
+        yield [collate([run.datasets.train[i] for i in step[m:m + bs]], pad) for m in range(0, bs * ga, bs)]
+
+
+def train_step(run: Run, micro_batches: list[dict[str, torch.Tensor]]) -> StepResult:
+    """Forward/backward every micro-batch, then one update, or none when anything is non-finite."""
+    acc, device, mode = run.acc, run.world.device, run.config.training.weighted_loss_mode
+    num_tasks = len(run.datasets.tasks)
+    counts = sum(loss.target_counts(b["labels"], b["task_ids"], b["sample_index"], num_tasks)
+                 for b in micro_batches)
+    counts = distributed.all_reduce_sum(counts.to(device))
+    acc.model.train()
+    sums = torch.zeros(2, num_tasks, dtype=torch.float64, device=device)
+    tokens = 0.0
+    for i, batch in enumerate(micro_batches):
+        with no_sync(acc, last_micro_batch=i == len(micro_batches) - 1):
+            logits = acc.model(**model_inputs(batch, device)).logits
+            labels = batch["labels"].to(device)
+            batch_sums = loss.loss_sums(logits, labels, batch["task_ids"], batch["sample_index"], num_tasks)
+            # Data-parallel gradients are averaged over ranks; the global loss is their sum.
+            (loss.combine(batch_sums, counts, mode) * run.world.size).backward()
+        sums += batch_sums.detach().double()
+        tokens += float((batch["sample_index"] >= 0).sum())
+
+    reduced = distributed.all_reduce_sum(torch.cat([sums.flatten(), torch.tensor([tokens], device=device,
+                                                                                 dtype=torch.float64)]))
+    sums, tokens = reduced[:-1].view(2, num_tasks), float(reduced[-1])
+    step_loss = float(loss.combine(sums, counts, mode))
+    task_loss = loss.per_task_loss(sums, counts)
+    grad_norm, lr = None, _lr(run)
+    # The reduced loss is the same on every rank (a NaN anywhere makes it NaN everywhere), and so
+    # is the gradient norm, so every rank takes the same decision without another collective.
+    skipped = not math.isfinite(step_loss) or counts[0].sum() == 0
+    if not skipped:
+        grad_norm = float(clip_grad_norm(acc, run.config.training.max_grad_norm))
+        skipped = not math.isfinite(grad_norm)
+    if skipped:
+        log.warning("step %d: non-finite loss or gradient (loss %s, grad norm %s), update skipped",
+                    run.state.step + 1, step_loss, grad_norm)
+    else:
+        acc.optimizer.step()
+    run.scheduler.step()  # the schedule follows steps, taken or skipped
+    acc.optimizer.zero_grad(set_to_none=True)
+    return StepResult(step_loss, task_loss, lr, tokens, grad_norm, skipped)
+
+
+@torch.no_grad()
+def evaluate(run: Run) -> tuple[float | None, list[float | None]]:
+    """Valid loss (the training formula over the whole valid set, as one batch) and per-task losses.
+
+    Rank r takes rows r, r+W, ...; every rank runs the same number of forward passes (FSDP needs
+    that), padding its last batches with label-free copies of a row.
+    """
+    from mft_trainer.data import collate
+
+    t, valid, world = run.config.training, run.datasets.valid, run.world
+    num_tasks, bs = len(run.datasets.tasks), t.per_device_valid_batch_size
+    if len(valid) == 0:
+        return None, [None] * num_tasks
+    mine = list(range(world.rank, len(valid), world.size))
+    batches = math.ceil(math.ceil(len(valid) / world.size) / bs)
+    if t.max_valid_batches > 0:
+        batches = min(batches, t.max_valid_batches)
+    acc, device = run.acc, world.device
+    acc.model.eval()
+    stats = torch.zeros(4, num_tasks, dtype=torch.float64, device=device)
+    for b in range(batches):
+        chosen = mine[b * bs:(b + 1) * bs]
+        rows = [valid[i] for i in chosen] + [_without_targets(valid[(mine or [0])[0]])] * (bs - len(chosen))
+        batch = collate(rows, _pad_id(run.tokenizer))
+        logits = acc.model(**model_inputs(batch, device)).logits
+        labels = batch["labels"].to(device)
+        stats[:2] += loss.loss_sums(logits, labels, batch["task_ids"], batch["sample_index"], num_tasks).double()
+        stats[2:] += loss.target_counts(labels, batch["task_ids"], batch["sample_index"], num_tasks).to(device)
+    acc.model.train()
+    stats = distributed.all_reduce_sum(stats)
+    sums, counts = stats[:2], stats[2:]
+    if counts[0].sum() == 0:
+        return None, [None] * num_tasks
+    return float(loss.combine(sums, counts, t.weighted_loss_mode)), loss.per_task_loss(sums, counts)
+
+
+def evaluate_and_track(run: Run, reporter: metrics.Reporter) -> str | None:
+    """Evaluate, update best metric and patience; return "early_stop" when patience runs out."""
+    state, patience = run.state, run.config.training.early_stopping_patience
+    valid_loss, task_loss = evaluate(run)
+    state.last_eval_step, state.last_valid_loss = state.step, valid_loss
+    if valid_loss is None:
+        return None
+    if state.best_valid_loss is None or valid_loss < state.best_valid_loss:
+        state.best_valid_loss, state.evals_without_improvement = valid_loss, 0
+    else:
+        state.evals_without_improvement += 1
+    reporter.progress(step=state.step, epoch=_epoch(run), loss=state.last_loss, valid_loss=valid_loss,
+                      lr=_lr(run), throughput={})
+    reporter.scalars(state.step, {"valid/loss": valid_loss,
+                                  **_per_task("valid/loss", run.datasets.tasks, task_loss)})
+    if patience > 0 and state.evals_without_improvement >= patience:
+        log.info("early stopping: no improvement of the valid loss in %d evaluations", patience)
+        return "early_stop"
+    return None
+
+
+def end_of_epoch(run: Run, reporter: metrics.Reporter) -> str | None:
+    t, ck, state = run.config.training, run.config.checkpoint, run.state
+    stop = evaluate_and_track(run, reporter) if "epoch" in t.evaluation_strategy else None
+    saved = save(run, reporter) if ck.save_strategy == "epoch" else None
+    if ck.extra_save_by_epoch:
+        save(run, reporter, epoch=state.epoch, source=saved)
+    return stop
+
+
+def save(run: Run, reporter: metrics.Reporter, epoch: int | None = None, source: Any = None) -> Any:
+    """Write a checkpoint (or, for an epoch copy of one just written, hard-link it) and rotate."""
+    state, world, ck = run.state, run.world, run.config.checkpoint
+    root, name = run.config.output_dir, checkpoint.name_for(state.step, epoch)
+    if source is not None:
+        if world.is_main:
+            checkpoint.copy(root, source, name)
+        distributed.barrier()
+    else:
+        valid_loss = state.last_valid_loss if state.last_eval_step == state.step else None
+        trainer_state = {"state": asdict(state) | {"last_save_step": state.step}, "valid_loss": valid_loss,
+                         "world_size": world.size, "mode": run.config.mode, "config": to_dict(run.config)}
+        rank_state = {"sampler": {"epoch": state.epoch, "offset": state.offset}}
+        checkpoint.save(root, name, acc=run.acc, scheduler=run.scheduler, tokenizer=run.tokenizer,
+                        trainer_state=trainer_state, rank_state=rank_state, world=world)
+    state.last_save_step = state.step
+    if world.is_main:
+        for removed in checkpoint.rotate(root, ck.save_total_limit):
+            log.info("rotated out %s", removed)
+        latest, best = checkpoint.latest(root), checkpoint.best(root)
+        reporter.checkpoint(name=name, latest=latest.name if latest else None, best=best.name if best else None,
+                            best_valid_loss=best.valid_loss if best else None)
+    distributed.barrier()
+    return root / name
+
+
+def log_step(run: Run, reporter: metrics.Reporter, result: StepResult, throughput: dict[str, Any]) -> None:
+    state = run.state
+    reporter.progress(step=state.step, epoch=_epoch(run), loss=result.loss, valid_loss=state.last_valid_loss,
+                      lr=result.lr, throughput=throughput)
+    reporter.scalars(state.step, {"train/loss": result.loss, "train/lr": result.lr,
+                                  "train/grad_norm": result.grad_norm, "train/skipped_steps": state.skipped_steps,
+                                  "train/tokens_per_second": throughput["tokens_per_second"],
+                                  "train/mfu": throughput["mfu"],
+                                  **_per_task("train/loss", run.datasets.tasks, result.task_loss)})
+
+
+def summarize(run: Run, reporter: metrics.Reporter, stop: str) -> None:
+    if not run.world.is_main:
+        return
+    root, state = run.config.output_dir, run.state
+    latest, best = checkpoint.latest(root), checkpoint.best(root)
+    reporter.summary(steps=state.step, total_steps=run.total_steps, epoch=_epoch(run), final_loss=state.last_loss,
+                     final_valid_loss=state.last_valid_loss, best_valid_loss=state.best_valid_loss,
+                     stopped_by=stop, skipped_steps=state.skipped_steps, tokens=state.tokens,
+                     checkpoints=[c.name for c in checkpoint.complete(root)],
+                     latest=latest.name if latest else None, best=best.name if best else None,
+                     data=run.datasets.report.to_dict())
+
+
+class Preemption:
+    """SIGTERM asks for a checkpoint at the end of the current step, then exit 143.
+
+    torchrun forwards SIGTERM to every worker. The request is agreed on by all ranks (max all-reduce),
+    so they stop at the same step even if the signal reached them at different times. If the save
+    has not finished within the grace period, a watchdog exits anyway with the retryable code.
+    """
+
+    def __init__(self, grace_seconds: int, device: torch.device):
+        self.grace_seconds, self.device = grace_seconds, device
+        self.requested = False
+        signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            return
+        self.requested = True
+        log.warning("SIGTERM: saving a checkpoint after this step (grace %ds)", self.grace_seconds)
+        watchdog = threading.Timer(self.grace_seconds, os._exit, args=(PREEMPTED_EXIT_CODE,))
+        watchdog.daemon = True
+        watchdog.start()
+
+    def check(self) -> str | None:
+        flag = distributed.all_reduce_max(torch.tensor([float(self.requested)], device=self.device))
+        return "preempted" if flag.item() > 0 else None
+
+
+def _without_targets(row: dict[str, Any]) -> dict[str, Any]:
+    return {**row, "labels": row["labels"] * 0 + loss.IGNORE_INDEX}
+
+
+def _evaluates(t: Any) -> bool:
+    return any(s in t.evaluation_strategy for s in ("steps", "epoch"))
+
+
+def _epoch(run: Run) -> float:
+    return run.state.step / run.steps_per_epoch
+
+
+def _lr(run: Run) -> float:
+    return float(run.acc.optimizer.param_groups[0]["lr"])
+
+
+def _pad_id(tokenizer: Any) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
+def _per_task(prefix: str, tasks: list[str], values: list[float | None]) -> dict[str, float | None]:
+    return {f"{prefix}/{task}": value for task, value in zip(tasks, values)}
+
+
+def _flops_per_token(run: Run) -> float:
+    cfg = unwrap(run.acc.model).config
+    return metrics.flops_per_token(run.num_params, cfg.num_hidden_layers, cfg.hidden_size,
+                                   run.config.training.seq_length)
+
+
+def _configure_logging(world: distributed.World) -> None:
+    logging.basicConfig(level=logging.INFO if world.is_main else logging.WARNING,
+                        format=f"%(asctime)s rank{world.rank} %(levelname)s %(name)s: %(message)s")
