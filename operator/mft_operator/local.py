@@ -83,7 +83,7 @@ def plan(job: dict[str, Any], manifest_dir: Path, settings: Settings, *, workdir
     command = [_substitute(arg, env) for arg in layout.command]
     command = [_local_path(arg, mounts) if arg == layout.config_path else arg for arg in command]
     command = [f"--nproc_per_node={procs}" if arg.startswith("--nproc_per_node=") else arg for arg in command]
-    command = [shutil.which(arg) or arg if arg in ("mft-train", "torchrun") else arg for arg in command]
+    command = [_program(arg) if arg in ("mft-train", "torchrun") else arg for arg in command]
     config = _map_paths(layout.config, mounts)
     return LocalPlan(command, env, config, config_path, workdir, mounts, warnings)
 
@@ -105,6 +105,8 @@ def _env(spec_env: list[dict[str, Any]], master_port: int, procs: int, warnings:
         "PET_MASTER_ADDR": MASTER_ADDR, "PET_MASTER_PORT": str(master_port),
         "MASTER_ADDR": MASTER_ADDR, "MASTER_PORT": str(master_port), "WORLD_SIZE": "1", "RANK": "0",
         "PYTHONUNBUFFERED": "1",
+        # This runner draws the progress bar from the trainer's JSON lines.
+        "MFT_HUMAN_PROGRESS": "off",
     }
     for var in spec_env:
         if "value" in var:
@@ -114,6 +116,15 @@ def _env(spec_env: list[dict[str, Any]], master_port: int, procs: int, warnings:
         else:
             warnings.append(f"env {var['name']} comes from valueFrom; export {var['name']} to pass it locally")
     return env
+
+
+def _program(name: str) -> str:
+    """A console script on PATH, else beside this Python (an environment that is not activated)."""
+    beside = Path(sys.executable).parent / name
+    found = shutil.which(name) or (str(beside) if beside.exists() else None)
+    if found is None:
+        raise LocalRunError(f"{name} not found on PATH nor in {beside.parent}: install mft-trainer in this environment")
+    return found
 
 
 def _substitute(text: str, env: dict[str, str]) -> str:
@@ -168,8 +179,8 @@ def execute(local: LocalPlan, grace_seconds: float, out=sys.stderr) -> int:
     print(f"config:  {local.config_path}", file=out)
     env = {**os.environ, **local.env}
     # A session of its own: the terminal's Ctrl-C reaches only us, and we decide how the trainer stops.
-    process = subprocess.Popen(local.command, env=env, stdout=subprocess.PIPE, text=True, bufsize=1,
-                               start_new_session=True)
+    process = subprocess.Popen(local.command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True, bufsize=1, start_new_session=True)
     report = ProgressReport(out)
     started = time.monotonic()
     try:
@@ -238,18 +249,19 @@ class ProgressReport:
     def print_summary(self, code: int, seconds: float, local: LocalPlan) -> None:
         final = {**self.last, **self.summary}
         status = "succeeded" if code == 0 else f"exited with code {code}"
-        lines = [f"\njob {status} in {seconds:.0f}s"]
+        rows = []
         if "step" in final:
-            lines.append(f"  steps:        {final.get('step')}/{final.get('total_steps')}")
+            rows.append(("steps", f"{final.get('step')}/{final.get('total_steps')}"))
         for key, label in (("loss", "final loss"), ("valid_loss", "valid loss")):
             if isinstance(final.get(key), (int, float)):
-                lines.append(f"  {label + ':':13} {final[key]:.4f}")
+                rows.append((label, f"{final[key]:.4f}"))
         checkpoint_dir = Path(local.config["checkpoint"]["mount_path"])
         for key in ("latest", "best"):
             name = final.get(key) or self.checkpoint.get(key)
             if name:
-                lines.append(f"  {key + ' checkpoint:':13} {checkpoint_dir / name}")
-        lines.append(f"  output:       {checkpoint_dir}")
+                rows.append((f"{key} checkpoint", str(checkpoint_dir / name)))
+        rows.append(("output", str(checkpoint_dir)))
+        lines = [f"\njob {status} in {seconds:.0f}s"] + [f"  {label + ':':19} {value}" for label, value in rows]
         print("\n".join(lines), file=self.out)
 
 

@@ -85,5 +85,5 @@ def test_progress_report_turns_json_lines_into_a_summary(capsys, tmp_path):
     report.print_summary(0, 3.0, lora_plan(tmp_path))
     text = out.getvalue()
     assert "a plain line" in text and "checkpoint saved: checkpoint-10" in text
-    assert "steps:        10/10" in text and "final loss:   0.5000" in text
+    assert "steps:              10/10" in text and "final loss:         0.5000" in text
     assert str(tmp_path / "run" / "checkpoints" / "checkpoint-5") in text

@@ -61,6 +61,9 @@ def build_strategy(training: TrainingConfig, world_size: int, cuda: bool) -> lis
 def accelerate(model: nn.Module, training: TrainingConfig, world_size: int) -> Accelerated:
     from atorch.auto import auto_accelerate
 
+    # ATorch narrates every step of strategy loading at INFO on each rank; the applied strategy is
+    # logged once below, so keep only its warnings.
+    logging.getLogger("atorch.logger").setLevel(logging.WARNING)
     strategy = build_strategy(training, world_size, torch.cuda.is_available())
     ok, result, applied = auto_accelerate(
         model,

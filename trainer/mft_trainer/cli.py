@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import warnings
 
 COMMANDS = {
     "train": ("train", "train a model (launched by torchrun in every pod)"),
@@ -18,6 +19,11 @@ COMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> int:
+    # torch.cuda imports the deprecated pynvml shim that dlrover pulls in, and warns on every import.
+    warnings.filterwarnings("ignore", message="The pynvml package is deprecated", category=FutureWarning)
+    # ATorch's import-time notices about optional CUDA kernels (apex, deprecated amp decorators).
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"atorch\.")
+    warnings.filterwarnings("ignore", message="Try using apex", category=UserWarning)
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(prog="mft-train", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)

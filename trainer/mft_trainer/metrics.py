@@ -7,6 +7,7 @@ master pod's log: ``mft.progress``, ``mft.checkpoint`` and ``mft.summary`` objec
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Any
 
 import torch
 
+HUMAN_PROGRESS_ENV = "MFT_HUMAN_PROGRESS"
 # Dense bf16 peak per GPU, for MFU. Unknown devices report no MFU rather than a wrong one.
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "H800": 989e12, "A100": 312e12, "A800": 312e12}
 
@@ -38,6 +40,9 @@ class Throughput:
         self.tokens = 0.0
         self.seconds = 0.0
         self.steps = 0
+        # A report with no step since the previous one (e.g. right after an evaluation) repeats the
+        # last rates rather than claiming zero throughput.
+        self.last: dict[str, float | None] = {"tokens_per_second": None, "mfu": None, "eta_seconds": None}
 
     def add(self, tokens: float, seconds: float) -> None:
         self.tokens += tokens
@@ -45,18 +50,23 @@ class Throughput:
         self.steps += 1
 
     def report(self, remaining_steps: int) -> dict[str, float | None]:
+        if not self.steps:
+            return dict(self.last)
         tps = self.tokens / self.seconds if self.seconds > 0 else 0.0
         mfu = None
         if self.peak and self.flops_per_token:
             mfu = self.flops_per_token * tps / (self.peak * self.world_size)
         eta = remaining_steps * self.seconds / self.steps if self.steps else None
         self.tokens, self.seconds, self.steps = 0.0, 0.0, 0
-        return {"tokens_per_second": tps, "mfu": mfu, "eta_seconds": eta}
+        self.last = {"tokens_per_second": tps, "mfu": mfu, "eta_seconds": eta}
+        return dict(self.last)
 
 
 class Reporter:
     def __init__(self, output_dir: Path, enabled: bool, total_steps: int):
         self.enabled, self.total_steps = enabled, total_steps
+        # `mftctl run --local` draws its own progress bar from the JSON lines and turns these off.
+        self.human = os.environ.get(HUMAN_PROGRESS_ENV, "on") != "off"
         self.writer = None
         self.bar = None
         if not enabled:
@@ -64,7 +74,7 @@ class Reporter:
         from torch.utils.tensorboard import SummaryWriter
 
         self.writer = SummaryWriter(log_dir=str(output_dir / "tensorboard"))
-        if sys.stderr.isatty():
+        if self.human and sys.stderr.isatty():
             from tqdm import tqdm
 
             self.bar = tqdm(total=total_steps, file=sys.stderr, dynamic_ncols=True, desc="train")
@@ -75,7 +85,7 @@ class Reporter:
             return
         self._emit({"kind": "mft.progress", "step": step, "total_steps": self.total_steps, "epoch": epoch,
                     "loss": loss, "valid_loss": valid_loss, "lr": lr,
-                    "tokens_per_second": throughput.get("tokens_per_second") or 0.0,
+                    "tokens_per_second": throughput.get("tokens_per_second"),
                     "mfu": throughput.get("mfu"), "eta_seconds": throughput.get("eta_seconds"),
                     "time": time.time()})
         self._human(step, epoch, loss, valid_loss, lr, throughput)
@@ -119,6 +129,8 @@ class Reporter:
             parts.append(f"mfu {throughput['mfu']:.1%}")
         if throughput.get("eta_seconds") is not None:
             parts.append(f"eta {_duration(throughput['eta_seconds'])}")
+        if not self.human:
+            return
         if self.bar is not None:
             self.bar.n = step
             self.bar.set_postfix_str(" | ".join(parts))

@@ -25,6 +25,9 @@ declare -A MODULE_OF=(
   [helm]=helm.sh/helm/v3
 )
 ALL_COMPONENTS=(kubernetes etcd kwok training-operator helm)
+# Bumped when a component's build recipe changes (flags, copied files), so cached builds made by
+# the old recipe are not reused.
+declare -A RECIPE_REVISION=([helm]=2)
 
 die() { echo "build.sh: ERROR: $*" >&2; exit 1; }
 log() { echo "build.sh: $*" >&2; }
@@ -41,15 +44,15 @@ module_version() {
 }
 
 # Prints the cache directory of a component (used by up.sh too).
-component_dir() { echo "$CACHE/$1-$(module_version "$1")"; }
+component_dir() { echo "$CACHE/$1-$(module_version "$1")${RECIPE_REVISION[$1]:+-r${RECIPE_REVISION[$1]}}"; }
 
 GO_CHECKED=0
 require_go() {
   [[ $GO_CHECKED == 1 ]] && return 0
   GO="${GO:-$(command -v go || true)}"
   if [[ -z "$GO" && -x /usr/local/go/bin/go ]]; then GO=/usr/local/go/bin/go; fi
-  if [[ -z "$GO" ]]; then
-    die "'go' not found on PATH (nor /usr/local/go/bin/go). Go >= 1.26 is needed to build the test cluster; install it or set GO=/path/to/go."
+  if [[ -z "$GO" ]] || ! command -v "$GO" >/dev/null; then
+    die "'${GO:-go}' not found (looked on PATH and at /usr/local/go/bin/go). Go >= 1.26 is needed to build the test cluster; install it or set GO=/path/to/go."
   fi
   # GOTOOLCHAIN=local: a module that asks for a newer Go fails here instead of
   # silently downloading a toolchain (the test machines may not reach it).
@@ -128,14 +131,14 @@ build_training_operator() {
 build_helm() {
   local ver=$1 out=$2
   (cd "$MODULES/helm" && "$GO" build -trimpath \
-      -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$ver" \
+      -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$ver -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=36" \
       -o "$out/bin/helm" helm.sh/helm/v3/cmd/helm)
 }
 
 build_component() {
   local comp=$1 ver dir t0 tmp
   ver=$(module_version "$comp")
-  dir="$CACHE/$comp-$ver"
+  dir=$(component_dir "$comp")
   if [[ -f "$dir/.complete" ]]; then
     log "$comp $ver: cached in $dir"
     return 0

@@ -194,6 +194,8 @@ start_component "$DIR" kube-controller-manager "$K8S_DIR/bin/kube-controller-man
 
 # ---------------------------------------------------------------- scheduler
 # KWOK only runs pods that already have spec.nodeName, so a real scheduler is needed.
+# A second profile answers to schedulerName "volcano" (examples/sft.yaml asks for the
+# Volcano gang scheduler): it places pods one by one, with no gang semantics.
 cat > "$DIR/scheduler/config.yaml" <<EOF
 apiVersion: kubescheduler.config.k8s.io/v1
 kind: KubeSchedulerConfiguration
@@ -201,6 +203,9 @@ clientConnection:
   kubeconfig: "$KCFG"
 leaderElection:
   leaderElect: false
+profiles:
+- schedulerName: default-scheduler
+- schedulerName: volcano
 EOF
 start_component "$DIR" kube-scheduler "$K8S_DIR/bin/kube-scheduler" \
   --config="$DIR/scheduler/config.yaml" \

@@ -1,0 +1,181 @@
+"""Binary datasets: preprocess -> load equals tokenize; wrong tokenizer, settings and damaged files refused."""
+
+import json
+
+import numpy as np
+import pytest
+from data_fixtures import EXAMPLES, chat, make_config, write_jsonl
+from mft_trainer.cli import main
+from mft_trainer.data import DataError, binary, build_datasets, encoding, tokenizer_fingerprint
+from mft_trainer.data.binary import token_dtype
+from mft_trainer.data.builder import load_documents
+
+TASKS = [EXAMPLES / "code-helper", EXAMPLES / "code-exam", EXAMPLES / "code-text"]
+
+
+def preprocess(tokenizer_dir, output, *extra, inputs=TASKS):
+    argv = [
+        "preprocess",
+        "--tokenizer",
+        str(tokenizer_dir),
+        "--input",
+        *map(str, inputs),
+        "--output",
+        str(output),
+        *extra,
+    ]
+    assert main(argv) == 0
+    return [output / path.name for path in inputs]
+
+
+def assert_same_rows(a, b):
+    assert len(a) == len(b)
+    for i in range(len(a)):
+        x, y = a[i], b[i]
+        assert x["task_id"] == y["task_id"]
+        for key in ("input_ids", "labels", "position_ids", "sample_index"):
+            assert np.array_equal(x[key], y[key]), (i, key)
+
+
+@pytest.mark.parametrize(("mode", "padding_mode"), [("sft", "pack"), ("sft", "padding"), ("sst", "concat")])
+def test_round_trip_equals_jsonl(tmp_path, monkeypatch, tokenizer_dir, tokenizer, mode, padding_mode):
+    monkeypatch.setattr(encoding, "CHUNK_BYTES", 20_000)  # several chunks per task: the two workers share them
+    folders = preprocess(tokenizer_dir, tmp_path / "bin", "--mode", mode, "--workers", "2")
+    settings = dict(mode=mode, seq_length=200, padding_mode=padding_mode)
+    from_jsonl = build_datasets(make_config(tokenizer_dir, TASKS, **settings), tokenizer)
+    from_bin = build_datasets(make_config(tokenizer_dir, folders, format="bin", **settings), tokenizer)
+    assert from_bin.tasks == from_jsonl.tasks
+    assert_same_rows(from_bin.train, from_jsonl.train)
+    assert_same_rows(from_bin.valid, from_jsonl.valid)
+    assert from_bin.report.to_dict() == from_jsonl.report.to_dict()
+
+
+def test_loading_memory_maps(tmp_path, tiny_dir, tiny_tokenizer):
+    folders = preprocess(tiny_dir, tmp_path / "bin", "--mode", "sft")
+    (documents, *_) = load_documents(make_config(tiny_dir, folders, format="bin"), tiny_tokenizer)
+    assert isinstance(documents.tokens, np.memmap) and isinstance(documents.loss_mask, np.memmap)
+    assert documents.tokens.dtype == np.uint16
+
+
+def test_manifest(tmp_path, tiny_dir, tiny_tokenizer):
+    task = tmp_path / "qa"
+    write_jsonl(task / "a.jsonl", [chat(("human", "q"), ("bot", "a " * 40)), {"text": "x"}])
+    (folder,) = preprocess(tiny_dir, tmp_path / "bin", "--mode", "sft", "--seq-length", "20", inputs=[task])
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["tokenizer_hash"] == tokenizer_fingerprint(tiny_tokenizer)
+    assert {
+        k: manifest[k] for k in ("format", "version", "task", "mode", "token_dtype", "seq_length", "vocab_size")
+    } == {
+        "format": "mft-bin",
+        "version": 1,
+        "task": "qa",
+        "mode": "sft",
+        "token_dtype": "uint16",
+        "seq_length": 20,
+        "vocab_size": 4096,
+    }
+    (counts,) = manifest["files"]
+    assert (counts["path"], counts["records"], counts["skipped"], counts["truncated"]) == (
+        str(task / "a.jsonl"),
+        2,
+        0,
+        1,
+    )
+    assert manifest["documents"] == 2 and (folder / "offsets.bin").stat().st_size == 3 * 8
+
+
+@pytest.fixture
+def config_file(tmp_path, tiny_dir):
+    path = tmp_path / "config.yaml"
+    path.write_text(
+        f"mode: sft\nmodel: {{path: {tiny_dir}}}\ndata: {{paths: ['{tmp_path / 'qa'}'], on_bad_record: skip}}\n"
+        "training: {seq_length: 20}\n"
+    )
+    write_jsonl(tmp_path / "qa" / "a.jsonl", [chat(("human", "q"), ("bot", "a " * 40)), "{bad", {"text": "x"}])
+    return path
+
+
+def test_preprocess_from_config(tmp_path, config_file, capsys):
+    assert main(["preprocess", "--config", str(config_file), "--output", str(tmp_path / "bin")]) == 0
+    out, err = capsys.readouterr()
+    assert out.strip() == str(tmp_path / "bin" / "qa")
+    assert "2 records, 1 skipped, 1 truncated" in err
+    manifest = json.loads((tmp_path / "bin" / "qa" / "manifest.json").read_text())
+    assert manifest["seq_length"] == 20 and manifest["files"][0]["skipped"] == 1
+
+
+def test_int32_when_the_vocabulary_does_not_fit(tmp_path, monkeypatch, tiny_dir, tiny_tokenizer):
+    assert token_dtype(65536) == np.uint16 and token_dtype(65537) == np.int32
+    monkeypatch.setattr(binary, "token_dtype", lambda vocab_size: np.dtype(np.int32))
+    folders = preprocess(tiny_dir, tmp_path / "bin", "--mode", "sft", inputs=TASKS[1:2])
+    config = make_config(tiny_dir, folders, format="bin")
+    assert_same_rows(
+        build_datasets(config, tiny_tokenizer).train,
+        build_datasets(make_config(tiny_dir, TASKS[1:2]), tiny_tokenizer).train,
+    )
+
+
+def test_other_tokenizer_is_refused(tmp_path, tiny_dir, neox_dir, tiny_tokenizer, neox_tokenizer):
+    folders = preprocess(tiny_dir, tmp_path / "bin", "--mode", "sft", inputs=TASKS[1:2])
+    message = (
+        f"made with another tokenizer: dataset tokenizer hash {tokenizer_fingerprint(tiny_tokenizer)}, "
+        f"training tokenizer hash {tokenizer_fingerprint(neox_tokenizer)}"
+    )
+    with pytest.raises(DataError, match=message):
+        build_datasets(make_config(neox_dir, folders, format="bin"), neox_tokenizer)
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ({"mode": "sst"}, "mode: training expects 'sst', the dataset was preprocessed with 'sft'"),
+        (
+            {"role_start": "<s>"},
+            "role_start: training expects '<s>', the dataset was preprocessed with '<|role_start|>'",
+        ),
+    ],
+)
+def test_other_settings_are_refused(tmp_path, tiny_dir, tiny_tokenizer, setting, message):
+    folders = preprocess(tiny_dir, tmp_path / "bin", "--mode", "sft", inputs=TASKS[1:2])
+    with pytest.raises(DataError, match=message):
+        build_datasets(make_config(tiny_dir, folders, format="bin", **setting), tiny_tokenizer)
+
+
+@pytest.mark.parametrize(
+    ("name", "damage", "message"),
+    [
+        (
+            "tokens.bin",
+            lambda b: b[:-2],
+            r"tokens\.bin: truncated or corrupt: expected \d+ bytes \(\d+ x uint16, per the manifest\), found \d+ bytes",
+        ),
+        ("loss_mask.bin", lambda b: b + b"\0", r"loss_mask\.bin: truncated or corrupt"),
+        ("offsets.bin", lambda b: b[:8] + b[16:] + b[8:16], r"offsets\.bin: corrupt document index"),
+        ("offsets.bin", None, r"offsets\.bin: truncated or corrupt: expected \d+ bytes .* found missing"),
+        (
+            "manifest.json",
+            lambda b: b[:10],
+            r"manifest\.json: expected a JSON manifest written by mft-train preprocess",
+        ),
+    ],
+)
+def test_damaged_files_are_detected(tmp_path, tiny_dir, tiny_tokenizer, name, damage, message):
+    (folder,) = preprocess(tiny_dir, tmp_path / "bin", "--mode", "sft", inputs=TASKS[1:2])
+    path = folder / name
+    if damage is None:
+        path.unlink()
+    else:
+        path.write_bytes(damage(path.read_bytes()))
+    with pytest.raises(DataError, match=message):
+        build_datasets(make_config(tiny_dir, [folder], format="bin"), tiny_tokenizer)
+
+
+def test_existing_output_and_failures_leave_no_folder(tmp_path, tiny_dir, capsys):
+    preprocess(tiny_dir, tmp_path / "bin", "--mode", "sft", inputs=TASKS[1:2])
+    argv = ["preprocess", "--tokenizer", str(tiny_dir), "--mode", "sft", "--output", str(tmp_path / "bin")]
+    assert main([*argv, "--input", str(TASKS[1])]) == 1
+    assert "code-exam: already exists; remove it or choose another --output" in capsys.readouterr().err
+    write_jsonl(tmp_path / "bad" / "a.jsonl", [{"text": "x"}, "{"])
+    assert main([*argv, "--input", str(tmp_path / "bad")]) == 1
+    assert "a.jsonl:2: expected a JSON object, found invalid JSON" in capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "bin").iterdir()) == ["code-exam"]

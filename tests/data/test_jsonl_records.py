@@ -1,0 +1,116 @@
+"""Records: the three kinds, aliases, and an error naming file:line, what was expected and what was found."""
+
+import gzip
+
+import pytest
+from data_fixtures import chat, make_config, write_jsonl
+from mft_trainer.data import DataError, build_datasets
+from mft_trainer.data.records import RecordError, Turn, parse_record, read_line_chunks
+
+
+def test_chat_rounds_with_aliases():
+    line = b'{"chat_rounds": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}], "id": 7}'
+    assert parse_record(line) == [Turn("human", "q"), Turn("bot", "a")]
+
+
+def test_prompt_answer_with_and_without_system():
+    assert parse_record(b'{"prompt": "q", "answer": "a", "system": "s"}') == [
+        Turn("system", "s"),
+        Turn("human", "q"),
+        Turn("bot", "a"),
+    ]
+    assert parse_record(b'{"prompt": "q", "answer": "a"}') == [Turn("human", "q"), Turn("bot", "a")]
+
+
+def test_text_record():
+    assert parse_record('{"text": "héllo"}'.encode()) == [Turn("text", "héllo")]
+
+
+@pytest.mark.parametrize(
+    ("line", "reason", "message"),
+    [
+        (b'{"text": ', "invalid JSON", "expected a JSON object, found invalid JSON (Expecting value at column 10)"),
+        (b"[1, 2]", "wrong type", "expected a JSON object, found list [1, 2]"),
+        (b'{"text": 5}', "wrong type", "text: expected a string, found number 5"),
+        (b'{"prompt": "q"}', "missing field", "missing field 'answer'"),
+        (
+            b'{"meta": 1}',
+            "missing field",
+            "expected a record with 'chat_rounds', 'prompt' and 'answer', or 'text', found fields ['meta']",
+        ),
+        (b'{"chat_rounds": []}', "empty chat_rounds", "chat_rounds: expected at least one turn, found an empty list"),
+        (b'{"chat_rounds": {"role": "bot"}}', "wrong type", "chat_rounds: expected a list of turns, found object"),
+        (
+            b'{"chat_rounds": [{"role": "bot"}]}',
+            "missing field",
+            "chat_rounds[0]: missing field 'content', found fields ['role']",
+        ),
+        (
+            b'{"chat_rounds": [{"role": "bot", "content": null}]}',
+            "wrong type",
+            "chat_rounds[0].content: expected a string, found null",
+        ),
+        (
+            b'{"chat_rounds": [{"role": "human", "content": "q"}, {"role": "robot", "content": "a"}]}',
+            "unknown role",
+            "chat_rounds[1].role: expected system, human or bot (or user, assistant), found 'robot'",
+        ),
+        (b'{"text": "caf\xe9"}', "not UTF-8", "expected UTF-8 text, found byte 0xe9 at column 14"),
+    ],
+)
+def test_bad_records(line, reason, message):
+    with pytest.raises(RecordError) as caught:
+        parse_record(line)
+    assert caught.value.reason == reason
+    assert message in str(caught.value)
+
+
+def test_error_names_file_and_line(tmp_path, tiny_dir, tiny_tokenizer):
+    task = tmp_path / "qa"
+    write_jsonl(task / "a.jsonl", [chat(("human", "q"), ("bot", "a")), "", '{"prompt": "q", "answer": 3}'])
+    with pytest.raises(DataError, match=r"qa/a\.jsonl:3: answer: expected a string, found number 3$"):
+        build_datasets(make_config(tiny_dir, [task]), tiny_tokenizer)
+
+
+def test_skip_policy_counts_per_file_with_reasons(tmp_path, tiny_dir, tiny_tokenizer):
+    task = tmp_path / "qa"
+    good = chat(("human", "q"), ("bot", "a"))
+    write_jsonl(task / "a.jsonl", [good, "{oops", good, '{"chat_rounds": [{"role": "x", "content": ""}]}', "{bad"])
+    write_jsonl(task / "b.jsonl.gz", [good, b"\xff\xfe"])
+    datasets = build_datasets(make_config(tiny_dir, [task], on_bad_record="skip"), tiny_tokenizer)
+    a, b = datasets.report.files
+    assert (a.records, a.skipped, a.skip_reasons) == (2, 3, {"invalid JSON": 2, "unknown role": 1})
+    assert a.first_skips["invalid JSON"].startswith(f"{task / 'a.jsonl'}:2: ")
+    assert (b.records, b.skipped, b.skip_reasons) == (1, 1, {"not UTF-8": 1})
+    summary = datasets.report.summary()
+    assert "3 records, 4 skipped" in summary
+    assert "2 invalid JSON, first at " in summary
+
+
+def test_gzip_and_blank_lines_keep_line_numbers(tmp_path):
+    path = write_jsonl(tmp_path / "t.jsonl.gz", ['{"text": "a"}', "", '{"text": "b"}'])
+    (chunk,) = read_line_chunks(path, 0)
+    assert chunk.first_line == 1 and len(chunk.lines) == 3
+
+
+def test_chunks_cover_every_line_in_order(tmp_path):
+    path = write_jsonl(tmp_path / "t.jsonl", [{"text": "x" * 40} for _ in range(100)])
+    chunks = list(read_line_chunks(path, 0, chunk_bytes=200))
+    assert len(chunks) > 10
+    assert [c.first_line for c in chunks] == [1 + sum(len(c.lines) for c in chunks[:i]) for i in range(len(chunks))]
+    assert sum(len(c.lines) for c in chunks) == 100
+
+
+@pytest.mark.parametrize("content", [b"", b"\n\n  \n"])
+def test_empty_file_is_an_error(tmp_path, content):
+    path = tmp_path / "empty.jsonl"
+    path.write_bytes(content)
+    with pytest.raises(DataError, match=r"empty\.jsonl: empty file: expected JSON records, one per line, found none"):
+        list(read_line_chunks(path, 0))
+
+
+def test_damaged_gzip_is_an_error(tmp_path):
+    path = tmp_path / "t.jsonl.gz"
+    path.write_bytes(gzip.compress(b'{"text": "a"}\n' * 100)[:40])
+    with pytest.raises(DataError, match=r"t\.jsonl\.gz: cannot read the file"):
+        list(read_line_chunks(path, 0))

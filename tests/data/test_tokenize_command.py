@@ -1,0 +1,97 @@
+"""`mft-train tokenize`: the contract other checks rely on."""
+
+import json
+import unicodedata
+
+import pytest
+from data_fixtures import EXAMPLES, chat, write_jsonl
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from mft_trainer.cli import main
+
+turn = st.tuples(
+    st.sampled_from(["system", "human", "bot"]),
+    st.text(max_size=10) | st.sampled_from(["<|endoftext|>", "<|role_end|>"]),
+)
+
+
+def tokenize_command(capsys, *argv):
+    code = main(["tokenize", *map(str, argv)])
+    out, err = capsys.readouterr()
+    return (
+        code,
+        [json.loads(line) for line in out.split("\n") if line],
+        err,
+    )  # not splitlines: U+2028 is no line end in JSONL
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(dialogs=st.lists(st.lists(turn, min_size=1, max_size=5), min_size=1, max_size=4))
+def test_output_satisfies_the_mask_property(tmp_path, capsys, tokenizer_dir, tokenizer, dialogs):
+    path = write_jsonl(tmp_path / "chat.jsonl", [chat(*turns) for turns in dialogs])
+    code, outputs, _ = tokenize_command(capsys, "--tokenizer", tokenizer_dir, "--mode", "sft", "--input", path)
+    assert code == 0 and len(outputs) == len(dialogs)
+    for turns, output in zip(dialogs, outputs):
+        assert len(output["input_ids"]) == len(output["loss_mask"])
+        trained = [i for i, m in zip(output["input_ids"], output["loss_mask"]) if m]
+        bots = "".join(unicodedata.normalize("NFC", c) + tokenizer.eos_token for role, c in turns if role == "bot")
+        assert tokenizer.backend_tokenizer.decode(trained, skip_special_tokens=False) == bots
+
+
+def test_text_and_sst(capsys, tiny_dir):
+    code, outputs, _ = tokenize_command(
+        capsys, "--tokenizer", tiny_dir, "--mode", "sst", "--input", EXAMPLES / "code-helper" / "part-000.jsonl"
+    )
+    assert code == 0 and len(outputs) == 90
+    assert outputs[0]["text"].startswith("<|role_start|>")
+    assert all(set(o["loss_mask"]) == {1} for o in outputs)
+
+
+def test_seq_length_truncates_and_counts(capsys, tiny_dir):
+    code, outputs, err = tokenize_command(
+        capsys,
+        "--tokenizer",
+        tiny_dir,
+        "--mode",
+        "sft",
+        "--input",
+        EXAMPLES / "code-exam" / "exam.jsonl",
+        "--seq-length",
+        30,
+    )
+    assert code == 0 and len(outputs) == 160
+    assert max(len(o["input_ids"]) for o in outputs) == 30
+    assert "exam.jsonl: 160 records, " in err and " truncated" in err
+
+
+def test_drop_policy_from_config(tmp_path, capsys, tiny_dir):
+    path = write_jsonl(tmp_path / "t" / "a.jsonl", [{"text": "x " * 50}, {"text": "short"}])
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        f"mode: sst\nmodel: {{config: {{hidden_size: 8}}, tokenizer_path: {tiny_dir}}}\n"
+        f"data: {{paths: ['{tmp_path / 't'}'], overlong_policy: drop}}\ntraining: {{seq_length: 16}}\n"
+    )
+    code, outputs, err = tokenize_command(capsys, "--config", config, "--input", path)
+    assert code == 0 and [o["text"] for o in outputs] == ["short<|endoftext|>"]
+    assert "1 dropped" in err
+
+
+@pytest.mark.parametrize(
+    ("lines", "message"),
+    [
+        (
+            ['{"text": "a"}', '{"chat_rounds": [{"role": "bot", "content": 1}]}'],
+            "bad.jsonl:2: chat_rounds[0].content: expected a string, found number 1",
+        ),
+        ([], "bad.jsonl: empty file"),
+    ],
+)
+def test_errors_exit_non_zero_with_file_and_line(tmp_path, capsys, tiny_dir, lines, message):
+    path = write_jsonl(tmp_path / "bad.jsonl", lines)
+    code, _, err = tokenize_command(capsys, "--tokenizer", tiny_dir, "--input", path)
+    assert code == 1 and message in err
+
+
+def test_tokenizer_is_required(capsys, tmp_path):
+    code, _, err = tokenize_command(capsys, "--input", tmp_path / "a.jsonl")
+    assert code == 1 and "--tokenizer: required" in err

@@ -1,0 +1,125 @@
+"""The chart installs with real Helm, the operator runs as its ServiceAccount with exactly the
+RBAC the chart grants, and the CRD documents itself through ``kubectl explain``."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+
+from .conftest import RELEASE, RELEASE_NAMESPACE, SERVICE_ACCOUNT
+from .support import Cluster, Operator
+
+pytestmark = pytest.mark.e2e
+
+SUBJECT = f"system:serviceaccount:{RELEASE_NAMESPACE}:{SERVICE_ACCOUNT}"
+
+# Everything the chart's ServiceAccount may do (kubectl auth can-i --list), and nothing more:
+# resource -> verbs.
+ALLOWED_RESOURCES = {
+    "mftjobs.mft.dev": {"get", "list", "watch", "patch"},
+    "mftjobs.mft.dev/status": {"get", "patch"},
+    "pytorchjobs.kubeflow.org": {"get", "list", "watch", "create", "patch"},
+    "configmaps": {"get", "create", "patch"},
+    "persistentvolumeclaims": {"get", "create"},
+    "pods": {"get", "list", "watch"},
+    "pods/log": {"get"},
+    "events": {"create", "patch"},
+    "events.events.k8s.io": {"create", "patch"},
+    "customresourcedefinitions.apiextensions.k8s.io": {"get", "list", "watch"},
+    # Kubernetes' default roles for every authenticated user (system:basic-user).
+    "selfsubjectreviews.authentication.k8s.io": {"create"},
+    "selfsubjectaccessreviews.authorization.k8s.io": {"create"},
+    "selfsubjectrulesreviews.authorization.k8s.io": {"create"},
+}
+# Kubernetes' default discovery and public-info roles (system:discovery, system:public-info-viewer).
+ALLOWED_URLS = {
+    "/api", "/api/*", "/apis", "/apis/*", "/healthz", "/livez", "/readyz", "/version", "/version/",
+    "/openapi", "/openapi/*", "/.well-known/openid-configuration", "/.well-known/openid-configuration/",
+    "/openid/v1/jwks", "/openid/v1/jwks/",
+}
+
+
+def test_helm_install_creates_crd_rbac_and_service_account(cluster: Cluster, chart: dict):
+    assert chart["info"]["status"] == "deployed", chart["info"]
+    established = cluster.kubectl("wait", "--for=condition=Established", "crd/mftjobs.mft.dev", "--timeout=30s")
+    assert "condition met" in established.stdout
+    sa = json.loads(cluster.kubectl("get", "serviceaccount", SERVICE_ACCOUNT, "-n", RELEASE_NAMESPACE,
+                                    "-o", "json").stdout)
+    assert sa["metadata"]["labels"]["app.kubernetes.io/instance"] == RELEASE
+    binding = json.loads(cluster.kubectl("get", "clusterrolebinding", RELEASE, "-o", "json").stdout)
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": RELEASE}
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": SERVICE_ACCOUNT, "namespace": RELEASE_NAMESPACE}]
+    deployment = json.loads(cluster.kubectl("get", "deployment", RELEASE, "-n", RELEASE_NAMESPACE, "-o", "json").stdout)
+    assert deployment["spec"]["template"]["spec"]["serviceAccountName"] == SERVICE_ACCOUNT
+    # The short name and the category from the CRD work against the real apiserver.
+    assert cluster.kubectl("get", "mft", "-A").returncode == 0
+    assert cluster.kubectl("get", "mft", "-A", "-o", "name").stdout == cluster.kubectl("get", "mftjobs", "-A", "-o", "name").stdout
+
+
+def test_operator_authenticates_as_the_chart_service_account(cluster: Cluster, operator: Operator):
+    kubeconfig = operator.env["KUBECONFIG"]
+    whoami = json.loads(cluster.kubectl("auth", "whoami", "-o", "json", kubeconfig=kubeconfig).stdout)
+    assert whoami["status"]["userInfo"]["username"] == SUBJECT
+    # A token, not a client certificate: the operator has no other credentials.
+    assert "client-certificate" not in open(kubeconfig).read()
+    # And RBAC is enforced for it: what the chart does not grant is denied.
+    denied = cluster.kubectl("get", "secrets", "-A", kubeconfig=kubeconfig, check=False)
+    assert denied.returncode != 0 and "forbidden" in denied.stderr
+
+
+def _can_i_list(cluster: Cluster, namespace: str) -> tuple[dict[str, set[str]], set[str]]:
+    out = cluster.kubectl("auth", "can-i", "--list", f"--as={SUBJECT}", "-n", namespace).stdout
+    resources: dict[str, set[str]] = {}
+    urls: set[str] = set()
+    for line in out.splitlines()[1:]:
+        match = re.match(r"^(\S*)\s+\[(.*?)\]\s+\[(.*?)\]\s+\[(.*?)\]\s*$", line)
+        assert match, f"unexpected line in kubectl auth can-i --list: {line!r}"
+        resource, url, names, verbs = match.groups()
+        assert not names, f"unexpected resourceNames rule: {line!r}"
+        if resource:
+            resources.setdefault(resource, set()).update(verbs.split())
+        else:
+            urls.add(url)
+    return resources, urls
+
+
+def test_service_account_has_exactly_the_allowed_rbac(cluster: Cluster, chart: dict, ns: str):
+    for namespace in (ns, RELEASE_NAMESPACE):
+        resources, urls = _can_i_list(cluster, namespace)
+        assert resources == ALLOWED_RESOURCES, (
+            f"in {namespace}: extra {sorted(set(resources) - set(ALLOWED_RESOURCES))}, "
+            f"missing {sorted(set(ALLOWED_RESOURCES) - set(resources))}, "
+            f"verbs differ {[(r, sorted(v)) for r, v in resources.items() if ALLOWED_RESOURCES.get(r, v) != v]}"
+        )
+        assert urls == ALLOWED_URLS
+
+
+def _explain_fields(text: str) -> dict[str, str]:
+    """FIELDS of ``kubectl explain``: name -> description (whitespace normalised)."""
+    fields: dict[str, list[str]] = {}
+    current = None
+    for line in text.split("FIELDS:", 1)[1].splitlines():
+        match = re.match(r"^  (\w+)\t<", line)
+        if match:
+            current = match.group(1)
+            fields[current] = []
+        elif current and line.startswith("    "):
+            fields[current].append(line.strip())
+    return {name: " ".join(words) for name, words in fields.items()}
+
+
+def test_kubectl_explain_documents_every_training_field(cluster: Cluster, chart: dict):
+    from mft_operator.crd import mftjob_schema
+
+    schema = mftjob_schema()["properties"]["spec"]["properties"]["training"]["properties"]
+    explained = _explain_fields(cluster.kubectl("explain", "mftjob.spec.training").stdout)
+    assert set(explained) == set(schema)
+    for name, field in schema.items():
+        description = " ".join(field["description"].split())
+        assert explained[name] == description, f"spec.training.{name}: {explained[name]!r} != {description!r}"
+    # Every section of the spec is documented too.
+    spec = _explain_fields(cluster.kubectl("explain", "mftjob.spec").stdout)
+    assert all(spec[name] for name in mftjob_schema()["properties"]["spec"]["properties"]), spec

@@ -1,0 +1,139 @@
+"""Lifecycle against the real controllers: failure reasons, suspend and resume, garbage
+collection, no recreation of a finished job's child, recreation of a running job's child,
+checkpoint claim retention, and an operator killed mid-flight."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from .conftest import PROGRESS_INTERVAL
+from .support import Cluster, Operator, condition, job_manifest, owner_uids, wait_for
+
+pytestmark = pytest.mark.e2e
+
+
+def test_failing_pod_fails_the_job_with_replica_and_exit_code(cluster: Cluster, ns: str):
+    # Exit code 3 is not retryable under restartPolicy ExitCode (only 128-255 are).
+    cluster.apply(ns, job_manifest("broken", nodes=2, fail=True, exit_code=3))
+    job = cluster.wait_phase(ns, "broken", "Failed")
+    failure = job["status"]["failure"]
+    assert failure["exitCode"] == 3 and failure["replica"] in ("master-0", "worker-0"), failure
+    summary = f"{failure['replica']} exited with code 3 (Error)"
+    failed = condition(job["status"], "Failed")
+    assert failed["status"] == "True" and summary in failed["message"], failed
+    assert job["status"]["completionTime"]
+    waited = cluster.kubectl("wait", "-n", ns, "--for=condition=Failed", "mftjob/broken", "--timeout=10s", check=False)
+    assert waited.returncode == 0, waited.stderr
+    warnings = [e for e in cluster.events(ns, "broken") if e.type == "Warning" and e.reason == "Failed"]
+    assert warnings and summary in warnings[0].message, [e.message for e in cluster.events(ns, "broken")]
+
+
+def test_suspend_and_resume(cluster: Cluster, ns: str):
+    cluster.apply(ns, job_manifest("pausable", nodes=2, duration="1h"))
+    cluster.wait_phase(ns, "pausable", "Running")
+    wait_for("2 running pods", lambda: len([p for p in cluster.pods(ns, "pausable") if p.status.phase == "Running"]) == 2)
+
+    cluster.kubectl("patch", "mftjob", "pausable", "-n", ns, "--type=merge", "-p", '{"spec":{"runPolicy":{"suspend":true}}}')
+    job = cluster.wait_phase(ns, "pausable", "Suspended")
+    assert condition(job["status"], "Suspended")["status"] == "True"
+    assert cluster.pytorchjob(ns, "pausable")["spec"]["runPolicy"]["suspend"] is True
+    wait_for("the suspended job's pods to be deleted", lambda: cluster.pods(ns, "pausable") == [], 60)
+
+    cluster.kubectl("patch", "mftjob", "pausable", "-n", ns, "--type=merge", "-p", '{"spec":{"runPolicy":{"suspend":false}}}')
+    job = cluster.wait_phase(ns, "pausable", "Running")
+    assert condition(job["status"], "Suspended")["status"] == "False"
+    assert cluster.pytorchjob(ns, "pausable")["spec"]["runPolicy"]["suspend"] is False
+    wait_for("the resumed job's pods", lambda: len([p for p in cluster.pods(ns, "pausable")
+                                                    if p.status.phase == "Running"]) == 2, 60)
+    assert len(cluster.pytorchjobs(ns)) == 1 and cluster.status(ns, "pausable")["restarts"] == 0
+
+
+def test_deletion_cascades_through_the_garbage_collector(cluster: Cluster, ns: str):
+    cluster.apply(ns, job_manifest("doomed", nodes=2, duration="1h"))
+    cluster.wait_phase(ns, "doomed", "Running")
+    wait_for("the pods", lambda: len(cluster.pods(ns, "doomed")) == 2)
+    cluster.kubectl("delete", "mftjob", "doomed", "-n", ns, "--timeout=60s")
+    # Owner references only: the operator has no finalizer and no delete verb.
+    cluster.wait_gone("PyTorchJob doomed", lambda: cluster.pytorchjob(ns, "doomed"))
+    cluster.wait_gone("ConfigMap doomed-config", lambda: cluster.config_map(ns, "doomed-config"))
+    wait_for("the pods and services to be deleted",
+             lambda: cluster.pods(ns, "doomed") == [] and cluster.services(ns, "doomed") == [], 60)
+
+
+def test_finished_job_does_not_recreate_its_deleted_child(cluster: Cluster, ns: str):
+    cluster.apply(ns, job_manifest("done"))
+    cluster.wait_phase(ns, "done", "Succeeded")
+    cluster.kubectl("delete", "pytorchjob", "done", "-n", ns, "--timeout=60s")
+    # A change of the MFTJob triggers the operator; then several polling periods pass.
+    cluster.kubectl("annotate", "mftjob", "done", "-n", ns, "e2e/poke=1")
+    time.sleep(3 * PROGRESS_INTERVAL + 1)
+    assert cluster.pytorchjob(ns, "done") is None
+    status = cluster.status(ns, "done")
+    assert status["phase"] == "Succeeded" and status["restarts"] == 0, status
+
+
+def test_running_job_recreates_its_deleted_child_within_budget(cluster: Cluster, ns: str):
+    cluster.apply(ns, job_manifest("phoenix", duration="1h", runPolicy={"restartBudget": 1}))
+    cluster.wait_phase(ns, "phoenix", "Running")
+    first = cluster.pytorchjob(ns, "phoenix")["metadata"]["uid"]
+    cluster.kubectl("delete", "pytorchjob", "phoenix", "-n", ns, "--timeout=60s")
+    again = wait_for("a recreated PyTorchJob",
+                     lambda: (c := cluster.pytorchjob(ns, "phoenix")) and c["metadata"]["uid"] != first and c, 30,
+                     describe=lambda: cluster.describe(ns))
+    assert owner_uids(again) == [cluster.job(ns, "phoenix")["metadata"]["uid"]]
+    wait_for("status.restarts == 1", lambda: cluster.status(ns, "phoenix").get("restarts") == 1, 15)
+    assert any(e.reason == "PyTorchJobRecreated" for e in cluster.events(ns, "phoenix"))
+    cluster.wait_phase(ns, "phoenix", "Running")
+
+    # The budget (1) is spent: the next disappearance fails the job instead.
+    cluster.kubectl("delete", "pytorchjob", "phoenix", "-n", ns, "--timeout=60s")
+    job = cluster.wait_phase(ns, "phoenix", "Failed", timeout=30)
+    assert condition(job["status"], "Failed")["reason"] == "RestartBudgetExhausted"
+    time.sleep(2 * PROGRESS_INTERVAL)
+    assert cluster.pytorchjob(ns, "phoenix") is None
+
+
+def test_checkpoint_claim_retained_or_deleted_with_the_job(cluster: Cluster, ns: str):
+    for name, retain in (("keep", True), ("drop", False)):
+        cluster.provide_volume(ns, f"{name}-checkpoints")
+        cluster.apply(ns, job_manifest(name, checkpoint={"create": {"size": "1Gi"}, "retainOnDelete": retain}))
+    for name in ("keep", "drop"):
+        cluster.wait_phase(ns, name, "Succeeded")
+        claim = cluster.claim(ns, f"{name}-checkpoints")
+        assert claim is not None and claim.status.phase == "Bound"
+    assert not cluster.claim(ns, "keep-checkpoints").metadata.owner_references
+    assert owner_uids(cluster.claim(ns, "drop-checkpoints")) == [cluster.job(ns, "drop")["metadata"]["uid"]]
+
+    cluster.kubectl("delete", "mftjob", "keep", "drop", "-n", ns, "--timeout=60s")
+    cluster.wait_gone("PVC drop-checkpoints", lambda: cluster.claim(ns, "drop-checkpoints"))
+    cluster.wait_gone("PyTorchJob keep", lambda: cluster.pytorchjob(ns, "keep"))
+    kept = cluster.claim(ns, "keep-checkpoints")
+    assert kept is not None and kept.metadata.deletion_timestamp is None and kept.status.phase == "Bound"
+
+
+def test_operator_killed_mid_flight_converges_without_duplicates(cluster: Cluster, operator: Operator, ns: str):
+    cluster.apply(ns, job_manifest("steady", nodes=2, duration="10s"))
+    cluster.wait_phase(ns, "steady", "Running")
+    operator.kill()
+    try:
+        # Changes while the operator is down: a new job, and the running one finishes.
+        cluster.apply(ns, job_manifest("latecomer", nodes=2))
+        wait_for("the PyTorchJob to succeed without the operator",
+                 lambda: condition(cluster.pytorchjob(ns, "steady").get("status", {}), "Succeeded").get("status") == "True",
+                 60)
+        assert cluster.status(ns, "steady")["phase"] == "Running"  # nobody updated it
+        assert cluster.pytorchjob(ns, "latecomer") is None
+    finally:
+        operator.start()
+
+    for name in ("steady", "latecomer"):
+        job = cluster.wait_phase(ns, name, "Succeeded", timeout=60)
+        assert job["status"]["restarts"] == 0 and job["status"]["observedGeneration"] == job["metadata"]["generation"]
+    children = cluster.pytorchjobs(ns)
+    assert sorted(c["metadata"]["name"] for c in children) == ["latecomer", "steady"]
+    for child in children:
+        assert owner_uids(child) == [cluster.job(ns, child["metadata"]["name"])["metadata"]["uid"]]
+    config_maps = cluster.core.list_namespaced_config_map(ns, label_selector="app.kubernetes.io/managed-by=mft-operator")
+    assert sorted(c.metadata.name for c in config_maps.items) == ["latecomer-config", "steady-config"]
