@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 LOCKS := images/trainer/requirements.lock images/operator/requirements.lock requirements-dev.lock
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test test-unit test-trainer test-e2e demo cluster cluster-down cluster-build lint bench clean
+.PHONY: crds venv test test-unit test-trainer test-e2e demo cluster cluster-down cluster-build lint bench clean
 
 venv: $(STAMP)
 
@@ -45,3 +45,8 @@ bench: venv
 
 clean:
 	rm -rf $(VENV) .cluster
+
+# The CRD is edited in crds/; the chart and the operator package carry identical copies.
+crds:
+	cp crds/mftjob.yaml charts/mft-operator/crds/mftjob.yaml
+	cp crds/mftjob.yaml operator/mft_operator/crds/mftjob.yaml
