@@ -259,24 +259,30 @@ def scaled_copy(source: Path, target: Path, token_budget: int) -> int:
 
 
 LOAD_PROBE = """
-import ctypes, json, sys, time, psutil
+import ctypes, json, sys, time
 from mft_trainer.data import build_datasets, load_tokenizer
 sys.path.insert(0, {bench!r})
 from bench_data import config_for
+
+def resident_mb():  # anonymous (the process's own) and file-backed (page cache mapped in) memory
+    fields = dict(line.split(":") for line in open("/proc/self/status") if line.startswith(("RssAnon", "RssFile")))
+    return {{name: int(value.split()[0]) / 1024 for name, value in fields.items()}}
+
 config = config_for([{folder!r}], data_format="bin")
 tokenizer = load_tokenizer(config)
-process = psutil.Process()
 ctypes.CDLL("libc.so.6").malloc_trim(0)
-before = process.memory_info().rss
+before = resident_mb()
 start = time.perf_counter()
 datasets = build_datasets(config, tokenizer)
 load_s = time.perf_counter() - start
-rows = [datasets.train[i] for i in range(0, len(datasets.train), max(1, len(datasets.train) // 20))]
-after = process.memory_info().rss
-ctypes.CDLL("libc.so.6").malloc_trim(0)  # give freed heap back: what is left is what the dataset holds
-print(json.dumps({{"load_s": load_s, "growth_mb": (after - before) / 2**20,
-                  "held_mb": (process.memory_info().rss - before) / 2**20,
-                  "rows": len(datasets.train), "documents": datasets.report.total("records")}}))
+ctypes.CDLL("libc.so.6").malloc_trim(0)  # freed heap back to the system: what is left is held
+loaded = resident_mb()
+for i in range(0, len(datasets.train), max(1, len(datasets.train) // 20)):
+    datasets.train[i]
+read = resident_mb()
+print(json.dumps({{"load_s": load_s, "rows": len(datasets.train), "documents": datasets.report.total("records"),
+                  "anon_mb": loaded["RssAnon"] - before["RssAnon"], "file_mb": loaded["RssFile"] - before["RssFile"],
+                  "file_after_rows_mb": read["RssFile"] - before["RssFile"]}}))
 """
 
 
@@ -284,22 +290,24 @@ def load_cost(folder: Path, repeats: int) -> dict:
     runs = []
     for _ in range(repeats):
         probe = LOAD_PROBE.format(bench=str(Path(__file__).parent), folder=str(folder))
-        output = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
-        runs.append(json.loads(output.strip().splitlines()[-1]))
-    medians = {key: statistics.median(r[key] for r in runs) for key in ("growth_mb", "held_mb")}
+        done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"load probe failed:\n{done.stderr}")
+        runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    medians = {key: statistics.median(r[key] for r in runs) for key in ("anon_mb", "file_mb", "file_after_rows_mb")}
     return medians | {"load_s": [r["load_s"] for r in runs], "rows": runs[0]["rows"], "documents": runs[0]["documents"]}
 
 
 def load_costs(folders: list[Path], tokenizer, repeats: int) -> dict:
+    """Preprocess one task (timed), then load scaled copies of it."""
     binary = WORK / "bin-source"
-    if not (binary / "complete").exists():
-        shutil.rmtree(binary, ignore_errors=True)
-        start = time.perf_counter()
-        report = preprocess(
-            config_for(folders), tokenizer, [str(folders[0])], binary, SEQ_LENGTH, len(os.sched_getaffinity(0))
-        )
-        print(f"preprocess {folders[0].name}: {time.perf_counter() - start:.1f} s, {report.total('records')} records")
-        (binary / "complete").touch()
+    shutil.rmtree(binary, ignore_errors=True)
+    start = time.perf_counter()
+    workers = len(os.sched_getaffinity(0))
+    report = preprocess(config_for(folders), tokenizer, [str(folders[0])], binary, SEQ_LENGTH, workers)
+    print(
+        f"   (preprocess of {folders[0].name}: {report.total('records')} records in {time.perf_counter() - start:.1f} s)"
+    )
     result = {}
     for label, budget in (("10MB", 10_000_000 // 3), ("1GB", 1_000_000_000 // 3)):  # 3 bytes a token on disk
         target = WORK / f"bin-{label}" / TASKS[0]
@@ -332,19 +340,9 @@ def machine() -> str:
     )
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--size-mb", type=int, default=100)
-    parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args()
-    folders = generated_jsonl(args.size_mb)
-    size = sum(p.stat().st_size for f in folders for p in f.iterdir())
-    tokenizer = load_tokenizer(config_for(folders))
-    print(f"machine: {machine()}")
-    print(f"data: {size / 1e6:.0f} MB JSONL in {len(folders)} tasks; tokenizer GPT-NeoX-20B; seq_length {SEQ_LENGTH}")
-
-    speed = throughput(folders, tokenizer, args.repeats)
-    print(f"\n1. tokenize+pack, {speed['tokens']:,} tokens, {args.repeats} runs each (seconds: min / median)")
+def report_throughput(folders: list[Path], tokenizer, repeats: int) -> None:
+    speed = throughput(folders, tokenizer, repeats)
+    print(f"\n1. tokenize+pack, {speed['tokens']:,} tokens, {repeats} runs each (seconds: min / median)")
     print(
         f"   ours : {min(speed['ours_s']):7.1f} / {statistics.median(speed['ours_s']):7.1f}   {speed['ours_tokens_per_s']:12,.0f} tokens/s"
     )
@@ -353,6 +351,8 @@ def main() -> None:
     )
     print(f"   ratio ours/naive: {speed['ratio_median']:.2f}x (median), {speed['ratio_best']:.2f}x (best)")
 
+
+def report_efficiency(folders: list[Path], tokenizer) -> None:
     packing = efficiency(folders, tokenizer)
     print(
         f"\n2. non-pad fraction at seq_length {SEQ_LENGTH} (dynamic: batches of {BATCH_SIZE} padded to their longest row)"
@@ -362,14 +362,39 @@ def main() -> None:
             f"   {mode:8s}: {numbers['rows']:7d} rows, static {numbers['static']:.3f}, dynamic {numbers['dynamic']:.3f}"
         )
 
-    loads = load_costs(folders, tokenizer, args.repeats)
-    print(f"\n3. binary dataset load (build_datasets, pack, fresh process; {args.repeats} runs: min / median)")
+
+def report_loads(folders: list[Path], tokenizer, repeats: int) -> None:
+    print(
+        f"\n3. binary dataset load (build_datasets, pack, fresh process; {repeats} runs: time min / median, memory median)"
+    )
+    loads = load_costs(folders, tokenizer, repeats)
     for label, n in loads.items():
         print(
             f"   {label:5s}: {n['bytes'] / 1e6:7.1f} MB on disk, {n['documents']:8d} documents, {n['rows']:6d} rows; "
             f"load {min(n['load_s']):.3f} / {statistics.median(n['load_s']):.3f} s; "
-            f"RSS growth {n['growth_mb']:.1f} MB, held after malloc_trim {n['held_mb']:.1f} MB"
+            f"resident growth: own {n['anon_mb']:.1f} MB, mapped file {n['file_mb']:.1f} MB "
+            f"({n['file_after_rows_mb']:.1f} MB after reading 20 rows)"
         )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--size-mb", type=int, default=100)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--parts", default="123", help="which measurements to run (default: all three)")
+    args = parser.parse_args()
+    folders = generated_jsonl(args.size_mb)
+    size = sum(p.stat().st_size for f in folders for p in f.iterdir())
+    tokenizer = load_tokenizer(config_for(folders))
+    print(f"machine: {machine()}")
+    print(f"data: {size / 1e6:.0f} MB JSONL in {len(folders)} tasks; tokenizer GPT-NeoX-20B; seq_length {SEQ_LENGTH}")
+
+    if "1" in args.parts:
+        report_throughput(folders, tokenizer, args.repeats)
+    if "2" in args.parts:
+        report_efficiency(folders, tokenizer)
+    if "3" in args.parts:
+        report_loads(folders, tokenizer, args.repeats)
 
 
 if __name__ == "__main__":
