@@ -4,7 +4,8 @@ import torch
 
 from mft_trainer.config import DataConfig
 from mft_trainer.data import build_prompt
-from mft_trainer.generation import Sampling, generate
+from mft_trainer.data import encode_prompt
+from mft_trainer.generation import Sampling, generate, prompt_ids
 
 from .conftest import tiny_model
 
@@ -28,12 +29,19 @@ def test_generation_stops_at_eos(tokenizer):
     batch = tok([prompt], return_tensors="pt", add_special_tokens=False, return_token_type_ids=False)
     out = model.generate(**batch, max_new_tokens=10, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     assert out.shape[1] == batch["input_ids"].shape[1] + 1 and out[0, -1] == tok.eos_token_id
-    assert generate(model, tok, [prompt], Sampling(max_new_tokens=10)) == [""]
+    assert generate(model, tok, [prompt_ids(tok, "What is 1 + 1?")], Sampling(max_new_tokens=10)) == [""]
 
 
 def test_left_padded_batch_matches_single_prompts(tokenizer):
     model = tiny_model(len(tokenizer), seed=5)
     tok = left_padded(tokenizer)
-    prompts = [build_prompt(q, data_config=DataConfig()) for q in ("Hi", "Write a function that adds two numbers")]
+    prompts = [prompt_ids(tok, q) for q in ("Hi", "Write a function that adds two numbers")]
     sampling = Sampling(max_new_tokens=6)
     assert generate(model, tok, prompts, sampling) == [generate(model, tok, [p], sampling)[0] for p in prompts]
+
+
+def test_prompt_ids_are_the_training_tokenization_of_the_prompt(tokenizer):
+    question = "Fix this: print(x)"
+    ids = prompt_ids(tokenizer, question, system="Be brief.")
+    assert ids == encode_prompt(question, tokenizer, system="Be brief.")
+    assert tokenizer.decode(ids) == build_prompt(question, system="Be brief.", data_config=DataConfig())

@@ -34,16 +34,24 @@ def load(model_dir: str | Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBas
     return model.eval(), tokenizer
 
 
+def prompt_ids(tokenizer: PreTrainedTokenizerBase, question: str, system: str | None = None) -> list[int]:
+    """The prompt's token ids exactly as training tokenizes a conversation (markers apart from
+    content), which tokenizing the assembled prompt string in one piece does not guarantee."""
+    from mft_trainer.data import encode_prompt
+
+    return encode_prompt(question, tokenizer, system=system)
+
+
 @torch.no_grad()
-def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[str],
+def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[list[int]],
              sampling: Sampling) -> list[str]:
-    batch = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False,
-                      return_token_type_ids=False)
+    """Answers to prompts given as token ids (see ``prompt_ids``), batched with left padding."""
+    batch = tokenizer.pad({"input_ids": prompts}, padding=True, return_tensors="pt")
     kwargs = {"do_sample": sampling.do_sample, "num_beams": sampling.num_beams,
               "max_new_tokens": sampling.max_new_tokens}
     if sampling.do_sample:
         kwargs.update(top_p=sampling.top_p, temperature=sampling.temperature)
-    output = model.generate(**batch, **kwargs, eos_token_id=tokenizer.eos_token_id,
-                            pad_token_id=tokenizer.pad_token_id)
+    output = model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **kwargs,
+                            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
     new_tokens = output[:, batch["input_ids"].shape[1]:]
     return tokenizer.batch_decode(new_tokens, skip_special_tokens=True)

@@ -19,12 +19,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mft_trainer.config import DataConfig
-    from mft_trainer.data import build_prompt
-    from mft_trainer.generation import Sampling, generate, load
+    from mft_trainer.generation import Sampling, generate, load, prompt_ids
 
     model, tokenizer = load(args.model)
-    prompts = [build_prompt(question, system=args.system, data_config=DataConfig()) for question in args.prompt]
+    prompts = [prompt_ids(tokenizer, question, system=args.system) for question in args.prompt]
     sampling = Sampling(max_new_tokens=args.max_new_tokens, do_sample=args.do_sample, top_p=args.top_p,
                         temperature=args.temperature, num_beams=args.num_beams)
     for answer in generate(model, tokenizer, prompts, sampling):
