@@ -31,6 +31,18 @@ def model_config(name: str) -> dict:
     return json.loads((MODELS / f"gpt-neox-{name}.json").read_text())
 
 
+def random_model(name: str):
+    """The same randomly initialised GPT-NeoX for both sides: (config dict, model, parameter count)."""
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    cfg = model_config(name)
+    config = GPTNeoXConfig(**cfg)
+    config._attn_implementation = "sdpa"
+    torch.manual_seed(0)
+    model = GPTNeoXForCausalLM(config)
+    return cfg, model, sum(p.numel() for p in model.parameters())
+
+
 def rows(seq: int, count: int, vocab: int) -> list[dict]:
     gen = torch.Generator().manual_seed(0)
     out = []
@@ -61,8 +73,6 @@ def flops_per_token(cfg: dict, params: int, seq: int) -> float:
 
 
 def ours(name: str, seq: int) -> dict:
-    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
-
     from mft_trainer import distributed
     from mft_trainer.accelerate import accelerate
     from mft_trainer.config import TrainerConfig, TrainingConfig
@@ -70,12 +80,7 @@ def ours(name: str, seq: int) -> dict:
     from mft_trainer.train import Run, train_step
 
     world = distributed.init()
-    cfg = model_config(name)
-    config = GPTNeoXConfig(**cfg)
-    config._attn_implementation = "sdpa"
-    torch.manual_seed(0)
-    model = GPTNeoXForCausalLM(config)
-    params = sum(p.numel() for p in model.parameters())
+    cfg, model, params = random_model(name)
     training = TrainingConfig(bf16=True, checkpoint_activations=True, seq_length=seq, weighted_loss_mode="case1",
                               num_warmup_steps=0, lr_scheduler_type="constant")
     acc = accelerate(model, training, world.size)
@@ -95,14 +100,9 @@ def ours(name: str, seq: int) -> dict:
 
 
 def hf(name: str, seq: int) -> dict:
-    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, Trainer, TrainerCallback, TrainingArguments
+    from transformers import Trainer, TrainerCallback, TrainingArguments
 
-    cfg = model_config(name)
-    config = GPTNeoXConfig(**cfg)
-    config._attn_implementation = "sdpa"
-    torch.manual_seed(0)
-    model = GPTNeoXForCausalLM(config)
-    params = sum(p.numel() for p in model.parameters())
+    cfg, model, params = random_model(name)
     data = [{"input_ids": b["input_ids"][i], "labels": b["input_ids"][i]}
             for b in batches(seq, cfg["vocab_size"]) for i in range(len(b["input_ids"]))]
     clock = {"step": 0, "seconds": 0.0}

@@ -71,33 +71,9 @@ if as_sa get pods >/dev/null 2>&1; then
 fi
 pass "TokenRequest token authenticates as $whoami and RBAC denies it"
 
-pytorchjob() { # NAME [extra template annotations as YAML flow map]
+replica() { # TYPE [extra template annotations as YAML flow map]
   cat <<EOF
-apiVersion: kubeflow.org/v1
-kind: PyTorchJob
-metadata:
-  name: $1
-  namespace: default
-spec:
-  pytorchReplicaSpecs:
-    Master:
-      replicas: 1
-      restartPolicy: Never
-      template:
-        metadata:
-          annotations: ${2:-{\}}
-        spec:
-          containers:
-          - name: pytorch
-            image: busybox
-            command: ["sh", "-c", "echo training"]
-            ports:
-            - name: pytorchjob-port
-              containerPort: 23456
-            resources:
-              limits:
-                nvidia.com/gpu: "8"
-    Worker:
+    $1:
       replicas: 1
       restartPolicy: Never
       template:
@@ -115,6 +91,20 @@ spec:
               limits:
                 nvidia.com/gpu: "8"
 EOF
+}
+
+pytorchjob() { # NAME [extra template annotations as YAML flow map]
+  cat <<EOF
+apiVersion: kubeflow.org/v1
+kind: PyTorchJob
+metadata:
+  name: $1
+  namespace: default
+spec:
+  pytorchReplicaSpecs:
+EOF
+  replica Master "${2:-}"
+  replica Worker "${2:-}"
 }
 
 # --- success path
