@@ -15,6 +15,7 @@ import atexit
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -51,6 +52,10 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def _build(config: pytest.Config) -> None:
     """build.sh, its output shown live (a cold build takes minutes) and kept for the failure message."""
     started = time.monotonic()
@@ -85,6 +90,7 @@ def cluster(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
             subprocess.run(["bash", str(CLUSTER_SCRIPTS / "down.sh")], env=env, capture_output=True, timeout=120)
 
     atexit.register(down)  # also when the session is interrupted before the finalizer runs
+    signal.signal(signal.SIGTERM, _interrupt)  # a cancelled CI job: run the finalizers, stop the cluster
     started = time.monotonic()
     up = subprocess.run(["bash", str(CLUSTER_SCRIPTS / "up.sh")], env=env, capture_output=True, text=True,
                         timeout=300)

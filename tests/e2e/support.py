@@ -245,6 +245,10 @@ class Operator:
             self.proc.wait(timeout=30)
         self._close()
 
+    def restart(self) -> None:
+        self.kill()
+        self.start()
+
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGTERM)

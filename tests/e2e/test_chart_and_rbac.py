@@ -19,16 +19,15 @@ SUBJECT = f"system:serviceaccount:{RELEASE_NAMESPACE}:{SERVICE_ACCOUNT}"
 # Everything the chart's ServiceAccount may do (kubectl auth can-i --list), and nothing more:
 # resource -> verbs.
 ALLOWED_RESOURCES = {
-    "mftjobs.mft.dev": {"get", "list", "watch", "patch"},
-    "mftjobs.mft.dev/status": {"get", "patch"},
+    "mftjobs.mft.dev": {"get", "list", "watch"},
+    "mftjobs.mft.dev/status": {"patch"},
     "pytorchjobs.kubeflow.org": {"get", "list", "watch", "create", "patch"},
-    "configmaps": {"get", "create", "patch"},
+    "configmaps": {"get", "create"},
     "persistentvolumeclaims": {"get", "create"},
-    "pods": {"get", "list", "watch"},
+    "pods": {"list", "watch"},
     "pods/log": {"get"},
-    "events": {"create", "patch"},
-    "events.events.k8s.io": {"create", "patch"},
-    "customresourcedefinitions.apiextensions.k8s.io": {"get", "list", "watch"},
+    "events": {"create"},
+    "customresourcedefinitions.apiextensions.k8s.io": {"list", "watch"},
     # Kubernetes' default roles for every authenticated user (system:basic-user).
     "selfsubjectreviews.authentication.k8s.io": {"create"},
     "selfsubjectaccessreviews.authorization.k8s.io": {"create"},

@@ -13,6 +13,9 @@ Layout of ``<mount_path>/checkpoint-<step>[-epoch-<k>]/``:
 Everything is written into ``.tmp-<name>``, fsynced, and renamed into place; a crash mid-write
 leaves only a ``.tmp-*`` folder, which the next start removes. Rotation keeps the best step
 checkpoint by valid loss and the newest ones; epoch checkpoints are never rotated.
+
+Fault-injection tests set ``MFT_TEST_CHECKPOINT_DELAY`` (seconds, unset or 0 by default) to pause
+between the phases of a write and of a deletion, so that a kill can land inside each phase.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import os
 import random
 import re
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +38,7 @@ from mft_trainer.accelerate import Accelerated, unwrap
 
 NAME = re.compile(r"^checkpoint-(\d+)(?:-epoch-(\d+))?$")
 STATE_FILE = "trainer_state.json"
+TEST_DELAY_ENV = "MFT_TEST_CHECKPOINT_DELAY"
 OPTIMIZER_FILE = "optimizer.pt"
 TMP_PREFIX = ".tmp-"
 
@@ -90,6 +95,18 @@ def clean_stale(root: Path) -> list[str]:
     return removed
 
 
+def clean_unmarked(root: Path) -> list[str]:
+    """Remove ``checkpoint-*`` folders without trainer_state.json (rank 0, at start). Saves only ever
+    rename complete folders into place, so such a folder is the leftover of a deletion interrupted
+    between unmarking and moving aside: never resumable, only taking space."""
+    removed = []
+    for path in root.glob("checkpoint-*"):
+        if NAME.match(path.name) and path.is_dir() and not (path / STATE_FILE).is_file():
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path.name)
+    return sorted(removed)
+
+
 def rotate(root: Path, limit: int) -> list[str]:
     """Keep at most ``limit`` step checkpoints: the latest, the best by valid loss, then the newest."""
     if limit <= 0:
@@ -120,6 +137,7 @@ def save(root: Path, name: str, *, acc: Accelerated, scheduler: Any, tokenizer: 
     if world.is_main:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
+    _test_pause()
     distributed.barrier()
 
     weights = _full_state_dict(acc)  # collective under FSDP
@@ -130,6 +148,7 @@ def save(root: Path, name: str, *, acc: Accelerated, scheduler: Any, tokenizer: 
         torch.save({"optimizer": optimizer_state, "scheduler": scheduler.state_dict()}, tmp / OPTIMIZER_FILE)
     torch.save({**rank_state, "rng": rng_state()}, tmp / rank_file(world.rank))
     _fsync(tmp / rank_file(world.rank))
+    _test_pause()
     distributed.barrier()
 
     if world.is_main:
@@ -138,6 +157,7 @@ def save(root: Path, name: str, *, acc: Accelerated, scheduler: Any, tokenizer: 
             if path.is_file():
                 _fsync(path)
         _fsync(tmp)
+        _test_pause()
         if final.exists():  # the same step saved again (only after a resume re-saves its own step)
             _delete(final)
         os.rename(tmp, final)
@@ -244,9 +264,16 @@ def _load_optimizer_state(acc: Accelerated, state: dict[str, Any]) -> None:
 def _delete(path: Path) -> None:
     """Unmark, move aside, then remove: a crash never leaves a half-deleted folder that looks complete."""
     (path / STATE_FILE).unlink(missing_ok=True)
+    _test_pause()
     doomed = path.with_name(f"{TMP_PREFIX}deleting-{path.name}")
     os.rename(path, doomed)
     shutil.rmtree(doomed, ignore_errors=True)
+
+
+def _test_pause() -> None:
+    delay = float(os.environ.get(TEST_DELAY_ENV) or 0)
+    if delay > 0:
+        time.sleep(delay)
 
 
 def _fsync(path: Path) -> None:

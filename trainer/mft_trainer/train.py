@@ -138,6 +138,8 @@ def setup(config: TrainerConfig) -> Run:
         root.mkdir(parents=True, exist_ok=True)
         for name in checkpoint.clean_stale(root):
             log.info("removed %s left by an interrupted write", name)
+        for name in checkpoint.clean_unmarked(root):
+            log.info("removed %s left by an interrupted deletion (no %s)", name, checkpoint.STATE_FILE)
     distributed.barrier()
 
     tokenizer = load_tokenizer(config)

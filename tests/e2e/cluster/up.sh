@@ -159,8 +159,10 @@ log "kube-apiserver ready ($(elapsed)s)"
 kc apply --server-side --force-conflicts -f "$TO_DIR/crds/kubeflow.org_pytorchjobs.yaml" >/dev/null
 kc apply --server-side --force-conflicts -f "$KWOK_DIR/crds/kwok.x-k8s.io_logs.yaml" \
   -f "$KWOK_DIR/crds/kwok.x-k8s.io_clusterlogs.yaml" >/dev/null
-kc wait --for condition=Established --timeout=60s \
-  crd/pytorchjobs.kubeflow.org crd/logs.kwok.x-k8s.io crd/clusterlogs.kwok.x-k8s.io >/dev/null
+# Retried: kubectl wait fails at once ("status.conditions accessor error") when it reads a
+# CRD before the apiserver has written any condition.
+wait_for "$DIR" kube-apiserver 60 kc wait --for condition=Established --timeout=10s \
+  crd/pytorchjobs.kubeflow.org crd/logs.kwok.x-k8s.io crd/clusterlogs.kwok.x-k8s.io
 log "CRDs established ($(elapsed)s)"
 
 # ---------------------------------------------------------------- controller-manager

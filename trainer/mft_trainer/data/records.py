@@ -4,6 +4,9 @@ Record kinds, checked in this order (extra fields are ignored):
   {"chat_rounds": [{"role": "system"|"human"|"bot", "content": "..."}, ...]}   (user/assistant are aliases)
   {"prompt": "...", "answer": "...", "system": "..." (optional)}
   {"text": "..."}
+
+A line longer than MAX_RECORD_BYTES is a bad record ("record too large"): tokenizing text costs
+about a hundred times its size in memory, so one huge line could take down every rank of a node.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from mft_trainer.data.errors import DataError
 
 ROLES = {"system": "system", "human": "human", "bot": "bot", "user": "human", "assistant": "bot"}
 TEXT_ROLE = "text"  # the role of a `text` record's only turn: no marker, all of it trained on
+MAX_RECORD_BYTES = 4 << 20  # 4 MiB: about a million tokens, far beyond any seq_length
 
 
 @dataclass(frozen=True)
@@ -71,6 +75,12 @@ def read_line_chunks(path: Path, file_index: int, chunk_bytes: int = 1 << 20) ->
 
 
 def parse_record(line: bytes) -> list[Turn]:
+    if len(line) > MAX_RECORD_BYTES:
+        raise RecordError(
+            "record too large",
+            f"expected a record of at most {MAX_RECORD_BYTES} bytes, found {len(line)} bytes; "
+            f"split long documents into several records",
+        )
     try:
         text = line.decode("utf-8")
     except UnicodeDecodeError as exc:
