@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from datetime import datetime, timezone
 from typing import Any
 
@@ -13,6 +14,8 @@ from . import API_GROUP, API_VERSION, PLURAL
 from .reconcile import AlreadyExists, KindMissing, Rejected
 from .render import CONTAINER, JOB_NAME_LABEL
 from .status import Event
+
+log = logging.getLogger(__name__)
 
 # Enough lines to hold the last progress and checkpoint records between polls; the byte
 # cap bounds what a chatty trainer costs the operator.
@@ -78,7 +81,11 @@ class KubeCluster:
         except ApiException as exc:
             if exc.status in (400, 404):  # container not started yet, or the pod just went away
                 return ""
-            raise
+            # Progress is a report, not the job's state: a log that cannot be read (no pods/log
+            # right, the node's kubelet unreachable) leaves progress stale but must not stop the
+            # reconcile that keeps phase and conditions current.
+            log.warning("cannot read the log of pod %s/%s: %s", namespace, pod_name, _message(exc))
+            return ""
 
     def patch_status(self, job: dict[str, Any], new_status: dict[str, Any]) -> None:
         meta = job["metadata"]

@@ -3,6 +3,7 @@ the tiny tokenizer and the sample multi-task data. Each run is shared by the tes
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -10,6 +11,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -167,7 +169,12 @@ def kill_after_first_checkpoint(cfg: Path) -> None:
             if '"kind": "mft.checkpoint"' in line:
                 break
     finally:
+        # torchrun starts each worker in a session of its own: kill them by ancestry, not by group.
+        workers = psutil.Process(proc.pid).children(recursive=True)
         os.killpg(proc.pid, signal.SIGKILL)
+        for worker in workers:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                worker.kill()
         proc.wait()
 
 
