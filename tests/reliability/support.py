@@ -3,31 +3,16 @@
 from __future__ import annotations
 
 import json
-import os
 import random
-import sys
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-REPO = Path(__file__).resolve().parents[2]
-ASSETS = REPO / "trainer" / "mft_trainer" / "assets"
-TOKENIZER = ASSETS / "tokenizer-tiny"
-TINY = json.loads((ASSETS / "models" / "gpt-neox-tiny.json").read_text())
-PYTHON = sys.executable
-TORCHRUN = str(Path(sys.executable).with_name("torchrun"))
-# Set by a parent process for its own process group; a child must not inherit them.
-DIST_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
-             "GROUP_RANK", "NPROC_PER_NODE", "NODE_SIZE", "COWORKER_SIZE", "TORCHELASTIC_RUN_ID")
+from tests.training_processes import TINY, TOKENIZER, TORCHRUN
+
 WORDS = ("def return for while if else print list dict value index count total result data item "
          "x y z = ( ) : + - sum range len append").split()
-
-
-def child_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in DIST_VARS}
-    env.update({"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false", **extra})
-    return env
 
 
 def chat_record(rng: random.Random) -> dict[str, Any]:

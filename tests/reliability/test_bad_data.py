@@ -18,8 +18,9 @@ from mft_trainer.data.binary import OFFSETS, TOKENS, preprocess
 from mft_trainer.data.records import MAX_RECORD_BYTES
 from tests.tokenizer_fixtures import gpt_neox_20b_dir
 
-from .support import (PYTHON, REPO, TOKENIZER, chat_record, child_env, events, good_task, torchrun_command,
-                      trainer_config, write_config, write_jsonl)
+from tests.training_processes import PYTHON, REPO, TOKENIZER, child_env
+
+from .support import chat_record, events, good_task, torchrun_command, trainer_config, write_config, write_jsonl
 
 GOOD = {"chat_rounds": [{"role": "human", "content": "add two numbers"}, {"role": "bot", "content": "a + b"}]}
 

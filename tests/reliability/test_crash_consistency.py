@@ -32,7 +32,9 @@ from safetensors.torch import load_file
 
 from mft_trainer import checkpoint
 
-from .support import PYTHON, REPO, child_env, events, good_task, torchrun_command, trainer_config, write_config
+from tests.training_processes import PYTHON, REPO, child_env
+
+from .support import events, good_task, torchrun_command, trainer_config, write_config
 
 pytestmark = pytest.mark.slow
 

@@ -3,24 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
-REPO = Path(__file__).resolve().parents[2]
-ASSETS = REPO / "trainer" / "mft_trainer" / "assets"
-TOKENIZER = ASSETS / "tokenizer-tiny"
-TINY = json.loads((ASSETS / "models" / "gpt-neox-tiny.json").read_text())
-PYTHON = sys.executable
-TORCHRUN = str(Path(sys.executable).with_name("torchrun"))
-# Variables a parent process may have set for its own process group; a child must not inherit them.
-DIST_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
-             "GROUP_RANK", "NPROC_PER_NODE", "NODE_SIZE", "COWORKER_SIZE", "TORCHELASTIC_RUN_ID")
+from tests.training_processes import PYTHON, REPO, TINY, TOKENIZER, TORCHRUN, child_env
 
 
 @pytest.fixture(scope="session")
@@ -37,12 +27,6 @@ def tiny_model(vocab_size: int, seed: int = 0, **overrides):
     config = GPTNeoXConfig(**{**TINY, "vocab_size": vocab_size, **overrides})
     config._attn_implementation = "sdpa"
     return GPTNeoXForCausalLM(config).eval()
-
-
-def child_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in DIST_VARS}
-    env.update({"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false", **extra})
-    return env
 
 
 def write_config(path: Path, raw: dict) -> Path:

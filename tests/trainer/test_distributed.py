@@ -8,7 +8,7 @@ import pytest
 
 from mft_trainer import loss
 
-from .conftest import REPO, TORCHRUN, child_env
+from tests.training_processes import REPO, TORCHRUN, child_env
 
 pytestmark = pytest.mark.slow
 

@@ -18,8 +18,9 @@ from safetensors.torch import load_file
 
 from mft_trainer import checkpoint
 
-from .conftest import PYTHON, REPO, TINY, TOKENIZER, child_env, events, run_training, tiny_model, torchrun_command, \
-    write_config
+from tests.training_processes import PYTHON, REPO, TINY, TOKENIZER, child_env
+
+from .conftest import events, run_training, tiny_model, torchrun_command, write_config
 
 pytestmark = pytest.mark.slow
 
