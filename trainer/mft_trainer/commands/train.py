@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import sys
+
+# Exit code of input the user must fix (config, data): 1-127 is never retried by the PyTorchJob
+# ExitCode restart policy, which is right, since a retry would meet the same input.
+BAD_INPUT_EXIT_CODE = 1
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -10,7 +15,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mft_trainer.config import load_config
+    from mft_trainer.config import ConfigError, load_config
+    from mft_trainer.data import DataError
     from mft_trainer.train import main
 
-    return main(load_config(args.config))
+    try:
+        return main(load_config(args.config))
+    except (ConfigError, DataError) as exc:
+        # A message for people (file:line or field path, expected vs found), not a traceback.
+        print(f"mft-train: {exc}", file=sys.stderr)
+        return BAD_INPUT_EXIT_CODE
