@@ -173,6 +173,59 @@ class Cluster:
     def delete_volumes(self, namespace: str) -> None:
         self.core.delete_collection_persistent_volume(label_selector=f"mft-e2e/namespace={namespace}")
 
+    # ------------------------------------------------------------ control-plane faults
+
+    def restart_component(self, name: str, ready: Callable[[], bool], timeout: float = 90,
+                          env: dict[str, str] | None = None) -> float:
+        """Stop a component that up.sh started (its process group: SIGTERM, SIGKILL after 15 s)
+        and start it again with the command line up.sh recorded in ``logs/<name>.cmdline``, in a
+        session of its own, logging to the same file; ``pids/<name>.pid`` is rewritten so that
+        down.sh stops the new process. Waits for ``ready``; returns the seconds it was down."""
+        pid_file = self.dir / "pids" / f"{name}.pid"
+        pid = int(pid_file.read_text().split()[0])
+        stopped = time.monotonic()
+        os.killpg(pid, signal.SIGTERM)
+        try:
+            wait_for(f"{name} (pid {pid}) to exit on SIGTERM", lambda: not Path(f"/proc/{pid}").exists(), 15, 0.1)
+        except AssertionError:
+            os.killpg(pid, signal.SIGKILL)
+            wait_for(f"{name} (pid {pid}) to exit on SIGKILL", lambda: not Path(f"/proc/{pid}").exists(), 15, 0.1)
+        cmdline = (self.dir / "logs" / f"{name}.cmdline").read_text().strip()
+        with open(self.dir / "logs" / f"{name}.log", "ab") as log:
+            log.write(f"\n===== restarted by the tests: {cmdline}\n".encode())
+            log.flush()
+            process = subprocess.Popen(["bash", "-c", f"exec {cmdline}"], env=env, stdout=log, stderr=subprocess.STDOUT,
+                                       stdin=subprocess.DEVNULL, start_new_session=True)
+        # The same "PID start-time" record as lib.sh's start_component (field 22 of /proc/PID/stat).
+        start_time = Path(f"/proc/{process.pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+        pid_file.write_text(f"{process.pid} {start_time}\n")
+
+        def probe() -> bool:
+            if process.poll() is not None:
+                raise RuntimeError(f"{name} exited with code {process.returncode} after its restart; "
+                                   f"see {self.dir}/logs/{name}.log")
+            return ready()
+        wait_for(f"{name} to be ready after its restart", probe, timeout, 0.2)
+        return time.monotonic() - stopped
+
+    def restart_apiserver(self, timeout: float = 90) -> float:
+        """Restart kube-apiserver (etcd keeps the data); returns the seconds until /readyz was ok again."""
+        return self.restart_component(
+            "kube-apiserver", lambda: self.kubectl("get", "--raw", "/readyz", check=False, timeout=5).returncode == 0,
+            timeout)
+
+    def component_alive(self, name: str) -> bool:
+        """The process up.sh (or restart_component) recorded for ``name`` is still running."""
+        pid_file = self.dir / "pids" / f"{name}.pid"
+        if not pid_file.exists():
+            return False
+        pid, start_time = pid_file.read_text().split()[:2]
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return False
+        return stat.rsplit(")", 1)[1].split()[19] == start_time
+
 
 def job_manifest(name: str, *, nodes: int = 1, gpus: int = 1, duration: str | None = None, fail: bool = False,
                  exit_code: int | None = None, **spec: Any) -> dict[str, Any]:
