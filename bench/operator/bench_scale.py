@@ -210,6 +210,17 @@ def create_all(fn, names: list[str], threads: int = 8) -> tuple[float, float]:
     return t0, time.time()
 
 
+
+def stop(process: subprocess.Popen | None, sig: int, grace: float) -> None:
+    """Ask a child to stop with ``sig``; kill it when it has not stopped within ``grace`` seconds."""
+    if process is None or process.poll() is not None:
+        return
+    process.send_signal(sig)
+    try:
+        process.wait(grace)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
 def run_size(n: int, args: argparse.Namespace, workdir: Path) -> dict:
     state = Path(tempfile.mkdtemp(prefix=f"mft-bench-cluster-{n}-"))
     nodes = max(2, math.ceil(n / 100) + 1)
@@ -330,18 +341,8 @@ def run_size(n: int, args: argparse.Namespace, workdir: Path) -> dict:
             f"p99 child {pct(child_lat, .99):.2f} s, status {pct(status_lat, .99):.2f} s, peak RSS {peak / 2**20:.0f} MB")
         ok = True
     finally:
-        if profiler and profiler.poll() is None:
-            profiler.send_signal(signal.SIGINT)
-            try:
-                profiler.wait(30)
-            except subprocess.TimeoutExpired:
-                profiler.kill()
-        if operator and operator.poll() is None:
-            operator.send_signal(signal.SIGTERM)
-            try:
-                operator.wait(20)
-            except subprocess.TimeoutExpired:
-                operator.kill()
+        stop(profiler, signal.SIGINT, 30)  # py-spy writes its profile on SIGINT
+        stop(operator, signal.SIGTERM, 20)
         subprocess.run(["bash", str(CLUSTER / "down.sh")], env=env, capture_output=True, timeout=120)
         if ok:
             shutil.rmtree(state, ignore_errors=True)
