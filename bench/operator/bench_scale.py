@@ -210,7 +210,6 @@ def create_all(fn, names: list[str], threads: int = 8) -> tuple[float, float]:
     return t0, time.time()
 
 
-
 def stop(process: subprocess.Popen | None, sig: int, grace: float) -> None:
     """Ask a child to stop with ``sig``; kill it when it has not stopped within ``grace`` seconds."""
     if process is None or process.poll() is not None:
