@@ -178,6 +178,9 @@ def execute(local: LocalPlan, grace_seconds: float, out=sys.stderr) -> int:
     print(f"running: {' '.join(local.command)}", file=out)
     print(f"config:  {local.config_path}", file=out)
     env = {**os.environ, **local.env}
+    # Ctrl-C must reach us even when this process inherited SIGINT ignored (started in the
+    # background by a non-interactive shell): it is how a user asks for a checkpoint and a stop.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     # A session of its own: the terminal's Ctrl-C reaches only us, and we decide how the trainer stops.
     process = subprocess.Popen(local.command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                text=True, bufsize=1, start_new_session=True)

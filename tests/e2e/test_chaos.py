@@ -33,7 +33,7 @@ from .conftest import PROGRESS_INTERVAL, RELEASE, RELEASE_NAMESPACE, _free_port,
 from .support import (CLUSTER_SCRIPTS, KUBECTL, MFTCTL, TIMINGS, Cluster, Operator, condition, job_manifest, run,
                       wait_for)
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.chaos]
 
 SEED = 20261128
 JOBS = 50

@@ -19,7 +19,8 @@ from mft_trainer.config import TrainerConfig, TrainingConfig
 from mft_trainer.schedule import build_scheduler
 from mft_trainer.train import Run, train_step
 
-sys.path.insert(0, str(Path(__file__).parent))
+# Run as a script by torchrun: make this folder's test_loss and the repository's tests package importable.
+sys.path[:0] = [str(Path(__file__).parent), str(Path(__file__).resolve().parents[2])]
 from test_loss import LABELS, SAMPLE_INDEX, TASKS, by_hand, logits_with_token_losses  # noqa: E402
 
 VOCAB, ROWS, LENGTH = 48, 8, 12
@@ -60,7 +61,7 @@ def take(rows, idx):
 def tiny(seed=0):
     from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
-    from conftest import TINY
+    from tests.training_processes import TINY
 
     torch.manual_seed(seed)
     config = GPTNeoXConfig(**{**TINY, "vocab_size": VOCAB})
