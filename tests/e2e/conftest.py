@@ -139,11 +139,9 @@ def service_account_kubeconfig(cluster: Cluster, path: Path) -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
-def operator(cluster: Cluster, chart: dict, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operator]:
-    """The operator, started with the arguments and environment of the chart's Deployment
-    (only the ports are changed, to free ones on this machine)."""
-    work = tmp_path_factory.mktemp("operator")
+def operator_as_deployed(cluster: Cluster, work: Path) -> Operator:
+    """An out-of-cluster operator (not started) with the arguments and environment of the installed
+    chart's Deployment, authenticated as the chart's ServiceAccount; only the ports are free ones."""
     kubeconfig = service_account_kubeconfig(cluster, work / "kubeconfig")
     deployment = json.loads(cluster.kubectl("get", "deployment", RELEASE, "-n", RELEASE_NAMESPACE, "-o", "json").stdout)
     container = next(c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == "operator")
@@ -152,11 +150,18 @@ def operator(cluster: Cluster, chart: dict, tmp_path_factory: pytest.TempPathFac
     env = {k: v for k, v in os.environ.items() if not k.startswith(("KUBERNETES_", "MFT_"))}
     env.update({e["name"]: e["value"] for e in container.get("env", []) if "value" in e})
     env.update({"KUBECONFIG": str(kubeconfig), "PYTHONUNBUFFERED": "1"})
-    process = Operator(
+    return Operator(
         argv=[MFTCTL, "operator", *args, f"--liveness=http://127.0.0.1:{health_port}/healthz",
               f"--metrics-port={metrics_port}"],
         env=env, log_path=work / "operator.log", health_url=f"http://127.0.0.1:{health_port}/healthz",
     )
+
+
+@pytest.fixture(scope="session")
+def operator(cluster: Cluster, chart: dict, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operator]:
+    """The operator, started with the arguments and environment of the chart's Deployment
+    (only the ports are changed, to free ones on this machine)."""
+    process = operator_as_deployed(cluster, tmp_path_factory.mktemp("operator"))
     _OPERATOR["operator"] = process
     atexit.register(process.stop)
     started = time.monotonic()

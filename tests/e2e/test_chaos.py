@@ -29,8 +29,8 @@ import pytest
 
 from tests.cluster_tools import built_tool
 
-from .conftest import PROGRESS_INTERVAL, RELEASE, RELEASE_NAMESPACE, _free_port, service_account_kubeconfig
-from .support import (CLUSTER_SCRIPTS, KUBECTL, MFTCTL, TIMINGS, Cluster, Operator, condition, job_manifest, run,
+from .conftest import PROGRESS_INTERVAL, RELEASE, RELEASE_NAMESPACE, operator_as_deployed
+from .support import (CLUSTER_SCRIPTS, KUBECTL, TIMINGS, Cluster, Operator, condition, job_manifest, run,
                       wait_for)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.chaos]
@@ -83,20 +83,7 @@ def chaos_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Cluste
              "--wait", "--timeout", "120s"], timeout=180)
         # The operator as the session fixture runs it: the chart's arguments and environment,
         # authenticated as the chart's ServiceAccount.
-        work = tmp_path_factory.mktemp("chaos-operator")
-        kubeconfig = service_account_kubeconfig(cluster, work / "kubeconfig")
-        deployment = json.loads(cluster.kubectl("get", "deployment", RELEASE, "-n", RELEASE_NAMESPACE, "-o",
-                                                "json").stdout)
-        container = next(c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == "operator")
-        health_port, metrics_port = _free_port(), _free_port()
-        args = [a for a in container.get("args", []) if not a.startswith("--liveness")]
-        op_env = {k: v for k, v in os.environ.items() if not k.startswith(("KUBERNETES_", "MFT_"))}
-        op_env.update({e["name"]: e["value"] for e in container.get("env", []) if "value" in e})
-        op_env.update({"KUBECONFIG": str(kubeconfig), "PYTHONUNBUFFERED": "1"})
-        operator = Operator(argv=[MFTCTL, "operator", *args, f"--liveness=http://127.0.0.1:{health_port}/healthz",
-                                  f"--metrics-port={metrics_port}"],
-                            env=op_env, log_path=work / "operator.log",
-                            health_url=f"http://127.0.0.1:{health_port}/healthz")
+        operator = operator_as_deployed(cluster, tmp_path_factory.mktemp("chaos-operator"))
         operator.start()
         yield cluster, operator
     finally:
