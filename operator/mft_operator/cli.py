@@ -61,6 +61,8 @@ def _parser() -> argparse.ArgumentParser:
     operator.add_argument("--liveness", metavar="URL", help="liveness endpoint, e.g. http://0.0.0.0:8080/healthz")
     operator.add_argument("--metrics-port", type=int)
     operator.add_argument("--progress-interval", type=float, dest="progress_interval_seconds", metavar="SECONDS")
+    operator.add_argument("--max-concurrent-reconciles", type=int, metavar="N",
+                          help="MFTJobs reconciled at once (MFT_MAX_CONCURRENT_RECONCILES, default 16)")
     operator.add_argument("--log-format", choices=("json", "text"))
     _settings_flags(operator)
     operator.set_defaults(command=cmd_operator)

@@ -12,6 +12,7 @@ import asyncio
 import logging
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from typing import Any, Callable
 
@@ -42,30 +43,49 @@ def owner_job_name(obj: dict[str, Any]) -> str | None:
 
 
 class Runtime:
-    """What the handlers share: settings, the cluster, metrics, and one lock per MFTJob so that
-    triggers arriving together do not race (e.g. two creations of one child)."""
+    """What the handlers share: settings, the cluster, metrics, and which MFTJobs are being reconciled.
+
+    Triggers for one MFTJob coalesce: while it is being reconciled, further triggers only ask for
+    one more pass, which the running reconcile makes when it is done (reading the job afresh). So
+    one job is never reconciled twice at once (no two creations of one child), and a burst of pod
+    and status events costs one or two passes instead of one each, without holding a worker."""
+
+    _RUNNING, _AGAIN = "running", "again"
 
     def __init__(self, settings: Settings, cluster: KubeCluster, metrics: Metrics, clock: Callable[[], str] = now_rfc3339):
         self.settings = settings
         self.cluster = cluster
         self.metrics = metrics
         self.clock = clock
-        self._locks: dict[tuple[str, str], threading.Lock] = {}
-        self._locks_guard = threading.Lock()
-
-    def _lock(self, namespace: str, name: str) -> threading.Lock:
-        with self._locks_guard:
-            return self._locks.setdefault((namespace, name), threading.Lock())
+        self._passes: dict[tuple[str, str], str] = {}
+        self._passes_guard = threading.Lock()
 
     def reconcile(self, namespace: str, name: str, trigger: str) -> None:
-        """Reconcile the stored MFTJob (read under the lock: a trigger's copy may be stale)."""
+        """Reconcile the stored MFTJob now, or have the reconcile already running pass once more."""
         self.metrics.reconciles.labels(trigger=trigger).inc()
+        key = (namespace, name)
+        with self._passes_guard:
+            if key in self._passes:
+                self._passes[key] = self._AGAIN
+                self.metrics.skipped.labels(reason="coalesced").inc()
+                return
+            self._passes[key] = self._RUNNING
+        while True:
+            self._reconcile_once(namespace, name, trigger)
+            with self._passes_guard:
+                if self._passes[key] == self._RUNNING:
+                    del self._passes[key]
+                    return
+                self._passes[key] = self._RUNNING
+
+    def _reconcile_once(self, namespace: str, name: str, trigger: str) -> None:
         started = time.monotonic()
         try:
-            with self._lock(namespace, name):
-                job = self.cluster.get_job(namespace, name)
-                if job is not None:
-                    reconcile.reconcile(self.cluster, job, self.settings, self.clock())
+            job = self.cluster.get_job(namespace, name)  # afresh: a trigger's copy may be stale
+            if job is None:
+                self.cluster.forget(namespace, name)
+            else:
+                reconcile.reconcile(self.cluster, job, self.settings, self.clock())
         except Exception as exc:  # one job's failure must not stop the others; the next poll retries
             self.metrics.errors.labels(error=type(exc).__name__).inc()
             log.exception("reconciling %s/%s (%s) failed", namespace, name, trigger)
@@ -77,9 +97,9 @@ class Runtime:
         that repairs anything a missed watch event left behind."""
         jobs = [job for namespace in (self.settings.namespaces or (None,)) for job in self.cluster.list_jobs(namespace)]
         self.metrics.count_phases((job.get("status") or {}).get("phase") for job in jobs)
-        for job in jobs:
-            if (job.get("status") or {}).get("phase") not in status.TERMINAL:
-                self.reconcile(job["metadata"]["namespace"], job["metadata"]["name"], "timer")
+        active = [job["metadata"] for job in jobs if (job.get("status") or {}).get("phase") not in status.TERMINAL]
+        with ThreadPoolExecutor(self.settings.max_concurrent_reconciles, thread_name_prefix="poll") as pool:
+            list(pool.map(lambda meta: self.reconcile(meta["namespace"], meta["name"], "timer"), active))
 
 
 def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
@@ -92,6 +112,7 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
     @kopf.on.startup(id="start", registry=registry)
     async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
         settings.posting.enabled = False  # the reconciler emits its own, meaningful events
+        settings.execution.max_workers = runtime.settings.max_concurrent_reconciles
         runtime.metrics.serve(runtime.settings.metrics_port)
         memo["poller"] = asyncio.create_task(_poll_forever(runtime))
 
@@ -102,8 +123,12 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
             poller.cancel()
 
     @kopf.on.event(API_GROUP, API_VERSION, PLURAL, id="mftjob", registry=registry)
-    def mftjob_changed(type: str, name: str, namespace: str, **_: Any) -> None:
-        if type != "DELETED":
+    def mftjob_changed(type: str, name: str, namespace: str, meta: kopf.Meta, **_: Any) -> None:
+        if type == "DELETED":
+            runtime.cluster.forget(namespace, name)
+        elif runtime.cluster.is_own_status_write(namespace, name, meta.get("resourceVersion")):
+            runtime.metrics.skipped.labels(reason="own-status-write").inc()
+        else:
             runtime.reconcile(namespace, name, "mftjob")
 
     @kopf.on.event("kubeflow.org", "v1", "pytorchjobs", labels=MANAGED, id="pytorchjob", registry=registry)

@@ -31,6 +31,8 @@ class KubeCluster:
         self.core = client.CoreV1Api(api)
         self.custom = client.CustomObjectsApi(api)
         self.api = api
+        # resourceVersion of the MFTJob as our last status patch left it, per (namespace, name)
+        self._status_versions: dict[tuple[str, str], str] = {}
 
     def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         try:
@@ -89,9 +91,18 @@ class KubeCluster:
 
     def patch_status(self, job: dict[str, Any], new_status: dict[str, Any]) -> None:
         meta = job["metadata"]
-        self.custom.patch_namespaced_custom_object_status(
+        patched = self.custom.patch_namespaced_custom_object_status(
             API_GROUP, API_VERSION, meta["namespace"], PLURAL, meta["name"], {"status": new_status},
         )
+        self._status_versions[(meta["namespace"], meta["name"])] = patched["metadata"]["resourceVersion"]
+
+    def is_own_status_write(self, namespace: str, name: str, resource_version: str | None) -> bool:
+        """True when this version of the MFTJob is the one our last status patch produced: its watch
+        event brings nothing the reconcile that wrote it has not seen."""
+        return resource_version is not None and self._status_versions.get((namespace, name)) == resource_version
+
+    def forget(self, namespace: str, name: str) -> None:
+        self._status_versions.pop((namespace, name), None)
 
     def event(self, job: dict[str, Any], event: Event) -> None:
         meta = job["metadata"]

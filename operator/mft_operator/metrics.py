@@ -22,6 +22,9 @@ class Metrics:
                               ["error"], registry=self.registry)
         self.latency = Histogram("mft_reconcile_duration_seconds", "Time one reconciliation takes.",
                                  registry=self.registry)
+        self.skipped = Counter("mft_triggers_skipped", "Triggers that needed no reconcile of their own: coalesced "
+                               "into one in progress, or the watch echo of our own status patch.",
+                               ["reason"], registry=self.registry)
         self.jobs = Gauge("mft_jobs", "MFTJobs by phase.", ["phase"], registry=self.registry)
 
     def count_phases(self, phases: Iterable[str | None]) -> None:

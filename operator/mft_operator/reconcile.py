@@ -140,7 +140,7 @@ def _observe_and_act(cluster: Cluster, job: dict[str, Any], settings: Settings, 
         child = cluster.get(PYTORCHJOB, ctx.namespace, ctx.name)
     except KindMissing:
         return Observation(now=now, problems=(_crd_missing(),))
-    recreated = False
+    recreated = fresh = False
     if child is not None and not controlled_by(child, job):
         return Observation(now=now, problems=(_conflict(child),))
     if child is None:
@@ -151,7 +151,7 @@ def _observe_and_act(cluster: Cluster, job: dict[str, Any], settings: Settings, 
         blocking = missing_claims(ctx, cluster)
         if blocking:
             return Observation(now=now, problems=tuple(blocking))
-        child, problems = _create_children(cluster, job, settings)
+        child, fresh, problems = _create_children(cluster, job, settings)
         if problems:
             return Observation(now=now, problems=problems)
         recreated = decision == RECREATE
@@ -159,26 +159,31 @@ def _observe_and_act(cluster: Cluster, job: dict[str, Any], settings: Settings, 
         patch = child_patch(job, child)
         if patch:
             cluster.patch(PYTORCHJOB, ctx.namespace, ctx.name, patch)
-    pods = tuple(cluster.list_pods(ctx.namespace, ctx.name))
+    # A PyTorchJob created just now has no pods yet: skip the LIST (the costliest request here).
+    pods = () if fresh else tuple(cluster.list_pods(ctx.namespace, ctx.name))
     reports = _read_reports(cluster, ctx.namespace, pods) if reads_progress(child) else progress.Reports()
     return Observation(now=now, child=child, pods=pods, reports=reports, recreated=recreated)
 
 
-def _create_children(cluster: Cluster, job: dict[str, Any], settings: Settings) -> tuple[dict[str, Any] | None, tuple[Problem, ...]]:
-    """Create (or adopt) every rendered object in order; the PyTorchJob comes last."""
-    created = None
+def _create_children(cluster: Cluster, job: dict[str, Any],
+                     settings: Settings) -> tuple[dict[str, Any] | None, bool, tuple[Problem, ...]]:
+    """Create (or adopt) every rendered object in order; the PyTorchJob comes last. Returns it, whether
+    it was created now (not adopted), and the problems that stopped creation."""
+    created, fresh = None, False
     for manifest in render.render(job, settings):
         try:
-            created = cluster.create(manifest)
+            created, fresh = cluster.create(manifest), True
         except AlreadyExists:
+            fresh = False
             created = cluster.get(manifest["kind"], manifest["metadata"].get("namespace"), manifest["metadata"]["name"])
             if created is None or not adoptable(created, job):
-                return None, (_conflict(created or manifest),)
+                return None, False, (_conflict(created or manifest),)
         except KindMissing:
-            return None, (_crd_missing(),)
+            return None, False, (_crd_missing(),)
         except Rejected as exc:
-            return None, (Problem("ChildRejected", f"{manifest['kind']} {manifest['metadata']['name']} was rejected: {exc}"),)
-    return created, ()
+            return None, False, (Problem("ChildRejected",
+                                         f"{manifest['kind']} {manifest['metadata']['name']} was rejected: {exc}"),)
+    return created, fresh, ()
 
 
 def _read_reports(cluster: Cluster, namespace: str, pods: tuple[dict[str, Any], ...]) -> progress.Reports:

@@ -24,6 +24,9 @@ class Settings:
     default_memory: str = "16Gi"
     default_shm_size: str = "2Gi"
     progress_interval_seconds: float = 10.0
+    # Reconciles of different MFTJobs that may run at once (one MFTJob is never reconciled twice at
+    # once); they mostly wait on the apiserver, so more than the CPU count pays off.
+    max_concurrent_reconciles: int = 16
     metrics_port: int = 9090
     health_port: int = 8080
     log_format: str = "json"
@@ -40,6 +43,7 @@ ENV = {
     "default_memory": "MFT_DEFAULT_MEMORY",
     "default_shm_size": "MFT_DEFAULT_SHM_SIZE",
     "progress_interval_seconds": "MFT_PROGRESS_INTERVAL_SECONDS",
+    "max_concurrent_reconciles": "MFT_MAX_CONCURRENT_RECONCILES",
     "metrics_port": "MFT_METRICS_PORT",
     "health_port": "MFT_HEALTH_PORT",
     "log_format": "MFT_LOG_FORMAT",
@@ -85,5 +89,7 @@ def _check(settings: Settings) -> None:
         )
     if settings.log_format not in ("json", "text"):
         raise SettingsError(f"log format must be json or text, found {settings.log_format!r}")
+    if settings.max_concurrent_reconciles < 1:
+        raise SettingsError(f"max concurrent reconciles must be >= 1, found {settings.max_concurrent_reconciles}")
     if settings.default_gpus_per_node < 0:
         raise SettingsError(f"default GPUs per node must be >= 0, found {settings.default_gpus_per_node}")

@@ -259,9 +259,14 @@ def test_fifty_jobs_survive_operator_kills_apiserver_restart_and_child_deletions
                                          f"status {child and child.get('status')}")
                     for pod in cluster.pods(ns, name):
                         ledger.events.append(
-                            f"  pod {pod.metadata.name} uid {pod.metadata.uid} phase {pod.status.phase} owners "
-                            f"{[r.uid for r in pod.metadata.owner_references or []]} deletion "
-                            f"{pod.metadata.deletion_timestamp} finalizers {pod.metadata.finalizers}")
+                            f"  pod {pod.metadata.name} uid {pod.metadata.uid} phase {pod.status.phase} node "
+                            f"{pod.spec.node_name} owners {[r.uid for r in pod.metadata.owner_references or []]} "
+                            f"deletion {pod.metadata.deletion_timestamp} finalizers {pod.metadata.finalizers} "
+                            f"conditions {[(c.type, c.status, c.reason, c.message) for c in pod.status.conditions or []]}")
+                for node in cluster.core.list_node().items:
+                    ready = next((c.status for c in node.status.conditions or [] if c.type == "Ready"), None)
+                    ledger.events.append(f"node {node.metadata.name} Ready={ready} taints "
+                                         f"{[(t.key, t.effect) for t in node.spec.taints or []]}")
                 raise AssertionError(
                     f"after {DEADLINE}s: {len(jobs)} MFTJobs, not Succeeded: {stuck or 'none'}; chaos left: "
                     f"apiserver={apiserver_at}, kills={kill_at}; finished victims deleted/absent polls: "

@@ -20,6 +20,10 @@ class FakeCluster:
         self.crd_installed = crd_installed
         self.reject = reject
         self.creates = 0
+        self.pod_lists = 0
+        self.job_reads = 0
+        self.resource_version = 0
+        self.status_versions: dict[tuple[str, str], str] = {}
 
     def add(self, obj: dict[str, Any]) -> None:
         meta = obj["metadata"]
@@ -50,6 +54,7 @@ class FakeCluster:
         _merge(self.objects[(kind, namespace, name)], patch)
 
     def list_pods(self, namespace, job_name):
+        self.pod_lists += 1
         return copy.deepcopy(self.pods)
 
     def master_log(self, namespace, pod_name):
@@ -58,16 +63,25 @@ class FakeCluster:
     def patch_status(self, job, new_status):
         self.statuses.append(copy.deepcopy(new_status))
         key = (job["metadata"]["namespace"], job["metadata"]["name"])
+        self.resource_version += 1
+        self.status_versions[key] = str(self.resource_version)
         if key in self.jobs:
             self.jobs[key]["status"] = copy.deepcopy(new_status)
 
     def event(self, job, event):
         self.events.append(event)
 
+    def is_own_status_write(self, namespace, name, resource_version):
+        return resource_version is not None and self.status_versions.get((namespace, name)) == resource_version
+
+    def forget(self, namespace, name):
+        self.status_versions.pop((namespace, name), None)
+
     def list_jobs(self, namespace):
         return [copy.deepcopy(j) for (ns, _), j in self.jobs.items() if namespace in (None, ns)]
 
     def get_job(self, namespace, name):
+        self.job_reads += 1
         return copy.deepcopy(self.jobs.get((namespace, name)))
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 from mft_operator import handlers
 from mft_operator.metrics import Metrics
 from mft_operator.settings import Settings
@@ -59,3 +61,63 @@ def test_registry_has_event_handlers_only():
     watched = {h.id for h in registry._watching.get_all_handlers()}
     assert watched == {"mftjob", "pytorchjob", "pod"}
     assert not list(registry._changing.get_all_handlers()) and not list(registry._spawning.get_all_handlers())
+
+
+def test_triggers_arriving_during_a_reconcile_coalesce_into_one_more_pass():
+    cluster = FakeCluster()
+    for claim in ("shared-models", "code-data"):
+        cluster.claim("ml", claim)
+    cluster.jobs[("ml", "a")] = _job("a")
+    inside, release = threading.Event(), threading.Event()
+    read = cluster.get_job
+
+    def slow_first_read(namespace, name):
+        if not inside.is_set():
+            inside.set()
+            release.wait(5)
+        return read(namespace, name)
+
+    cluster.get_job = slow_first_read
+    runtime = _runtime(cluster)
+    first = threading.Thread(target=runtime.reconcile, args=("ml", "a", "mftjob"))
+    first.start()
+    assert inside.wait(5)
+    for trigger in ("pod", "pod", "pytorchjob", "timer"):  # each returns at once: the first one is running
+        runtime.reconcile("ml", "a", trigger)
+    release.set()
+    first.join(5)
+    assert cluster.job_reads == 2  # the running pass and exactly one more for the four triggers
+    assert cluster.creates == 3  # ConfigMap, checkpoint PVC and PyTorchJob, each created once
+    assert runtime.metrics.registry.get_sample_value("mft_triggers_skipped_total", {"reason": "coalesced"}) == 4
+    runtime.reconcile("ml", "a", "pod")  # nothing running any more: reconciled at once
+    assert cluster.job_reads == 3
+
+
+def test_the_watch_echo_of_our_own_status_patch_is_not_reconciled_again():
+    cluster = FakeCluster()
+    for claim in ("shared-models", "code-data"):
+        cluster.claim("ml", claim)
+    cluster.jobs[("ml", "a")] = _job("a")
+    runtime = _runtime(cluster)
+    registry = handlers.build_registry(runtime)
+    on_mftjob = next(h.fn for h in registry._watching.get_all_handlers() if h.id == "mftjob")
+    on_mftjob(type="ADDED", name="a", namespace="ml", meta={"resourceVersion": "100"})
+    assert cluster.job_reads == 1 and cluster.statuses
+    echo = cluster.status_versions[("ml", "a")]
+    on_mftjob(type="MODIFIED", name="a", namespace="ml", meta={"resourceVersion": echo})
+    assert cluster.job_reads == 1
+    assert runtime.metrics.registry.get_sample_value("mft_triggers_skipped_total", {"reason": "own-status-write"}) == 1
+    on_mftjob(type="MODIFIED", name="a", namespace="ml", meta={"resourceVersion": "user-edit"})
+    assert cluster.job_reads == 2
+
+
+def test_creating_the_child_skips_the_pod_list_and_later_passes_list_pods():
+    cluster = FakeCluster()
+    for claim in ("shared-models", "code-data"):
+        cluster.claim("ml", claim)
+    cluster.jobs[("ml", "a")] = _job("a")
+    runtime = _runtime(cluster)
+    runtime.reconcile("ml", "a", "mftjob")
+    assert ("PyTorchJob", "ml", "a") in cluster.objects and cluster.pod_lists == 0
+    runtime.reconcile("ml", "a", "pytorchjob")
+    assert cluster.pod_lists == 1

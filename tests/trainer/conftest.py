@@ -38,11 +38,12 @@ def torchrun_command(nproc: int, *args: str) -> list[str]:
     return [TORCHRUN, "--standalone", f"--nproc_per_node={nproc}", "-m", "mft_trainer", *args]
 
 
-def run_training(config: Path, nproc: int = 2, timeout: float = 600) -> subprocess.CompletedProcess:
-    """Launch ``mft-train train`` under torchrun and return the finished process (stdout = JSON lines)."""
+def run_training(config: Path, nproc: int = 2, timeout: float = 600, **env: str) -> subprocess.CompletedProcess:
+    """Launch ``mft-train train`` under torchrun and return the finished process (stdout = JSON lines);
+    ``env`` adds environment variables."""
     cmd = torchrun_command(nproc, "train", "--config", str(config)) if nproc > 1 else \
         [PYTHON, "-m", "mft_trainer", "train", "--config", str(config)]
-    return subprocess.run(cmd, env=child_env(), capture_output=True, text=True, timeout=timeout, cwd=REPO)
+    return subprocess.run(cmd, env=child_env(**env), capture_output=True, text=True, timeout=timeout, cwd=REPO)
 
 
 def events(stdout: str, kind: str) -> list[dict]:

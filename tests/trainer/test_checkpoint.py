@@ -1,6 +1,11 @@
-"""Checkpoint bookkeeping on plain folders: completeness, stale temp folders, rotation."""
+"""Checkpoint bookkeeping on plain folders (completeness, stale temp folders, rotation) and the
+background writer."""
 
 import json
+import threading
+
+import pytest
+import torch
 
 from mft_trainer import checkpoint
 
@@ -47,3 +52,41 @@ def test_epoch_copy_is_a_complete_checkpoint_under_a_second_name(tmp_path):
     source = fake(tmp_path, "checkpoint-4", 1.0)
     copy = checkpoint.copy(tmp_path, source, "checkpoint-4-epoch-1")
     assert (copy / checkpoint.STATE_FILE).exists() and checkpoint.latest(tmp_path).epoch == 1
+
+
+def test_writer_runs_jobs_in_order_off_the_caller_thread_and_reraises_failures():
+    done: list[tuple[int, str]] = []
+    gate = threading.Event()
+    writer = checkpoint.Writer(background=True)
+    writer.submit(lambda: (gate.wait(5), done.append((1, threading.current_thread().name))))
+    writer.submit(lambda: done.append((2, threading.current_thread().name)))
+    assert done == []  # the caller was not held: the first job is still waiting for the gate
+    gate.set()
+    writer.wait()
+    assert [n for n, _ in done] == [1, 2]
+    assert all(name.startswith("checkpoint-writer") for _, name in done)
+
+    writer.submit(lambda: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        writer.wait()
+    writer.close()
+
+
+def test_writer_in_the_foreground_runs_each_job_at_once():
+    done = []
+    writer = checkpoint.Writer(background=False)
+    writer.submit(lambda: done.append(threading.current_thread().name))
+    assert done == [threading.current_thread().name]
+    writer.close()
+
+
+def test_host_copy_is_independent_of_later_updates_and_keeps_ties():
+    weight = torch.ones(3)
+    state = {"a": weight, "tied": weight.detach(), "opt": {"state": {0: {"exp_avg": torch.zeros(2)}}, "lr": [0.1]}}
+    copied = checkpoint._host_copy(state, {})
+    weight.add_(1)
+    state["opt"]["state"][0]["exp_avg"].add_(5)
+    assert torch.equal(copied["a"], torch.ones(3))
+    assert copied["a"] is copied["tied"]  # one tensor, as save_pretrained expects for tied weights
+    assert torch.equal(copied["opt"]["state"][0]["exp_avg"], torch.zeros(2))
+    assert copied["opt"]["lr"] == [0.1]

@@ -204,6 +204,69 @@ def test_resume_after_a_kill_follows_the_uninterrupted_run(request, which, tmp_p
         torch.testing.assert_close(final_resumed[key], final_full[key], atol=1e-6, rtol=0)
 
 
+def saved_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a checkpoint folder, keyed by file and position: weights, optimizer, RNG states."""
+    out: dict[str, torch.Tensor] = {}
+
+    def walk(prefix: str, obj) -> None:
+        if isinstance(obj, torch.Tensor):
+            out[prefix] = obj
+        elif isinstance(obj, dict):
+            for key, value in obj.items():
+                walk(f"{prefix}/{key}", value)
+        elif isinstance(obj, (list, tuple)):
+            for i, value in enumerate(obj):
+                walk(f"{prefix}/{i}", value)
+
+    for file in sorted(path.iterdir()):
+        if file.suffix == ".safetensors":
+            walk(file.name, load_file(file))
+        elif file.suffix == ".pt":
+            walk(file.name, torch.load(file, weights_only=False))
+    return out
+
+
+def checkpoint_events_in_order(stdout: str) -> list[tuple[str, int]]:
+    """("progress", step) and ("checkpoint", step) in the order the trainer printed them."""
+    order = []
+    for line in stdout.splitlines():
+        if line.startswith('{"kind": "mft.progress"'):
+            order.append(("progress", json.loads(line)["step"]))
+        elif line.startswith('{"kind": "mft.checkpoint"'):
+            order.append(("checkpoint", checkpoint.NAME.match(json.loads(line)["name"]).group(1)))
+    return [(kind, int(step)) for kind, step in order]
+
+
+@pytest.mark.parametrize("async_save", [False, True])
+def test_background_saves_write_the_same_checkpoints_without_holding_the_loop(sst, async_save, tmp_path):
+    """Each phase of a write slowed to 0.3 s. In the background (the default) later steps run while a
+    write is in flight; with ``async_save: false`` no step starts before its checkpoint is on disk.
+    Either way the checkpoints are bitwise those of the undelayed run (the ``sst`` fixture)."""
+    _, reference_raw, reference = sst
+    raw = json.loads(json.dumps(reference_raw))
+    raw["checkpoint"] |= {"mount_path": str(tmp_path / "ckpt"), "async_save": async_save}
+    proc = run_training(write_config(tmp_path / "run.yaml", raw), MFT_TEST_CHECKPOINT_DELAY="0.3")
+    assert proc.returncode == 0, proc.stderr[-6000:]
+
+    order = checkpoint_events_in_order(proc.stdout)
+    overtaken = [(step, later) for i, (kind, step) in enumerate(order) if kind == "checkpoint"
+                 for later_kind, later in order[:i] if later_kind == "progress" and later > step]
+    if async_save:
+        assert overtaken, f"no step ran while a checkpoint was being written: {order}"
+    else:
+        assert not overtaken, f"steps ran before their checkpoint was written: {overtaken}"
+    assert step_losses(proc.stdout) == step_losses(reference.stdout)
+
+    ours = checkpoint.complete(tmp_path / "ckpt")
+    theirs = checkpoint.complete(Path(reference_raw["checkpoint"]["mount_path"]))
+    assert [c.name for c in ours] == [c.name for c in theirs]
+    for mine, other in zip(ours, theirs):
+        got, expected = saved_tensors(mine.path), saved_tensors(other.path)
+        assert got.keys() == expected.keys(), mine.name
+        for key in expected:
+            assert torch.equal(got[key], expected[key]), f"{mine.name}: {key}"
+
+
 def test_lora_checkpoint_holds_the_adapter_and_full_state(lora):
     root = Path(lora[1]["checkpoint"]["mount_path"])
     names = {p.name for p in checkpoint.latest(root).path.iterdir()}

@@ -5,13 +5,15 @@ Layout of ``<mount_path>/checkpoint-<step>[-epoch-<k>]/``:
     config.json, model.safetensors        full model (sst, sft), ``save_pretrained``
     adapter_config.json, adapter_model.safetensors   LoRA adapter instead (peft)
     tokenizer files
-    optimizer.pt                          optimizer + LR scheduler state (rank 0 writes)
-    rank-<r>.pt                           RNG states and data position of rank r (each rank)
+    optimizer.pt                          optimizer + LR scheduler state
+    rank-<r>.pt                           RNG states and data position of rank r
     trainer_state.json                    step, epoch, best metric, early stopping, counters; written
                                           last, so its presence marks a complete checkpoint
 
-Everything is written into ``.tmp-<name>``, fsynced, and renamed into place; a crash mid-write
-leaves only a ``.tmp-*`` folder, which the next start removes. Rotation keeps the best step
+Saving has two halves: ``snapshot`` copies the state to host memory (collective, the only part
+the training loop waits for), then rank 0 ``persist``s it, on the ``Writer``'s background thread
+unless asynchronous saving is off. Everything is written into ``.tmp-<name>``, fsynced, and
+renamed into place; a crash mid-write leaves only a ``.tmp-*`` folder, which the next start removes. Rotation keeps the best step
 checkpoint by valid loss and the newest ones; epoch checkpoints are never rotated.
 
 Fault-injection tests set ``MFT_TEST_CHECKPOINT_DELAY`` (seconds, unset or 0 by default) to pause
@@ -26,9 +28,11 @@ import random
 import re
 import shutil
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from copy import deepcopy
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -130,40 +134,89 @@ def rotate(root: Path, limit: int) -> list[str]:
     return removed
 
 
-def save(root: Path, name: str, *, acc: Accelerated, scheduler: Any, tokenizer: Any,
-         trainer_state: dict[str, Any], rank_state: dict[str, Any], world: distributed.World) -> Path:
-    """Write checkpoint ``name`` collectively (every rank calls this) and return its final path."""
+@dataclass
+class Snapshot:
+    """Everything a checkpoint holds, copied to host memory: training may go on while it is written."""
+
+    weights: dict[str, torch.Tensor]
+    optimizer: dict[str, Any]
+    scheduler: dict[str, Any]
+    rank_states: list[dict[str, Any]]  # index = rank: RNG states and data position
+
+
+def snapshot(acc: Accelerated, scheduler: Any, rank_state: dict[str, Any],
+             world: distributed.World) -> Snapshot | None:
+    """Copy the training state to host memory (every rank calls this); rank 0 gets it, others None.
+
+    Under FSDP the gathers are collective and already produce fresh host tensors; under data
+    parallelism every rank holds the same weights and optimizer state, so only rank 0 copies them.
+    """
+    rank_states = distributed.gather_to_main({**rank_state, "rng": rng_state()})
+    if acc.uses_fsdp:
+        weights, optimizer = _full_state_dict(acc), _optimizer_state(acc)
+    elif world.is_main:
+        memo: dict[tuple, torch.Tensor] = {}
+        weights = _host_copy(unwrap(acc.model).state_dict(), memo)
+        optimizer = _host_copy(acc.optimizer.state_dict(), memo)
+    if not world.is_main:
+        return None
+    return Snapshot(weights, optimizer, deepcopy(scheduler.state_dict()), rank_states)
+
+
+def persist(root: Path, name: str, snap: Snapshot, *, model: torch.nn.Module, tokenizer: Any,
+            trainer_state: dict[str, Any]) -> Path:
+    """Write ``snap`` as checkpoint ``name`` (rank 0 only, safe off the training thread) and return its
+    final path: files into ``.tmp-<name>``, fsync, trainer_state.json last, then one rename."""
     tmp, final = root / f"{TMP_PREFIX}{name}", root / name
-    if world.is_main:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
     _test_pause()
-    distributed.barrier()
-
-    weights = _full_state_dict(acc)  # collective under FSDP
-    optimizer_state = _optimizer_state(acc)  # collective under FSDP
-    if world.is_main:
-        _save_weights(unwrap(_fsdp_inner(acc.model)), weights, tmp)
-        tokenizer.save_pretrained(tmp)
-        torch.save({"optimizer": optimizer_state, "scheduler": scheduler.state_dict()}, tmp / OPTIMIZER_FILE)
-    torch.save({**rank_state, "rng": rng_state()}, tmp / rank_file(world.rank))
-    _fsync(tmp / rank_file(world.rank))
+    _save_weights(unwrap(_fsdp_inner(model)), snap.weights, tmp)
+    tokenizer.save_pretrained(tmp)
+    torch.save({"optimizer": snap.optimizer, "scheduler": snap.scheduler}, tmp / OPTIMIZER_FILE)
+    for rank, state in enumerate(snap.rank_states):
+        torch.save(state, tmp / rank_file(rank))
     _test_pause()
-    distributed.barrier()
-
-    if world.is_main:
-        (tmp / STATE_FILE).write_text(json.dumps(trainer_state, indent=2, sort_keys=True))
-        for path in tmp.rglob("*"):
-            if path.is_file():
-                _fsync(path)
-        _fsync(tmp)
-        _test_pause()
-        if final.exists():  # the same step saved again (only after a resume re-saves its own step)
-            _delete(final)
-        os.rename(tmp, final)
-        _fsync(root)
-    distributed.barrier()
+    (tmp / STATE_FILE).write_text(json.dumps(trainer_state, indent=2, sort_keys=True))
+    for path in tmp.rglob("*"):
+        if path.is_file():
+            _fsync(path)
+    _fsync(tmp)
+    _test_pause()
+    if final.exists():  # the same step saved again (only after a resume re-saves its own step)
+        _delete(final)
+    os.rename(tmp, final)
+    _fsync(root)
     return final
+
+
+class Writer:
+    """Runs checkpoint writes after the training loop has moved on: one at a time, in submission
+    order, on one background thread; a failed write is raised by the next ``wait``. With
+    ``background=False`` each job runs at once on the caller's thread."""
+
+    def __init__(self, background: bool):
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="checkpoint-writer") if background else None
+        self._pending: list[Future] = []
+
+    def submit(self, job: Callable[[], Any]) -> None:
+        if self._pool is None:
+            job()
+        else:
+            self._pending.append(self._pool.submit(job))
+
+    def wait(self) -> None:
+        """Block until every submitted write is on disk; re-raise the first failure."""
+        pending, self._pending = self._pending, []
+        for future in pending:
+            future.result()
+
+    def close(self) -> None:
+        try:
+            self.wait()
+        finally:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
 
 
 def copy(root: Path, source: Path, name: str) -> Path:
@@ -220,6 +273,21 @@ def _save_weights(model: torch.nn.Module, state_dict: dict[str, torch.Tensor] | 
         model.save_pretrained(folder, state_dict=state_dict, safe_serialization=True)
 
 
+def _host_copy(obj: Any, memo: dict[tuple, torch.Tensor]) -> Any:
+    """``obj`` with every tensor copied to host memory; tensors that share storage (tied weights)
+    stay shared, so ``save_pretrained`` sees the same ties as on the live model."""
+    if isinstance(obj, torch.Tensor):
+        key = (obj.untyped_storage().data_ptr(), obj.storage_offset(), tuple(obj.shape), obj.stride(), obj.dtype)
+        if key not in memo:
+            memo[key] = obj.detach().to("cpu", copy=True)
+        return memo[key]
+    if isinstance(obj, dict):
+        return {k: _host_copy(v, memo) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_host_copy(v, memo) for v in obj)
+    return obj
+
+
 def _fsdp_inner(model: torch.nn.Module) -> torch.nn.Module:
     from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 
@@ -235,17 +303,14 @@ def _full_state_config(acc: Accelerated):
                                 FullOptimStateDictConfig(offload_to_cpu=True, rank0_only=False))
 
 
-def _full_state_dict(acc: Accelerated) -> dict[str, torch.Tensor] | None:
-    """Gathered weights under FSDP; None means ``save_pretrained`` reads the (unsharded) model itself."""
-    if not acc.uses_fsdp:
-        return None
+def _full_state_dict(acc: Accelerated) -> dict[str, torch.Tensor]:
+    """Weights gathered from the FSDP shards into host memory on rank 0 (collective)."""
     with _full_state_config(acc):
         return acc.model.state_dict()
 
 
 def _optimizer_state(acc: Accelerated) -> dict[str, Any]:
-    if not acc.uses_fsdp:
-        return acc.optimizer.state_dict()  # identical on every rank under data parallel
+    """Optimizer state gathered from the FSDP shards into host memory (collective)."""
     from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 
     with _full_state_config(acc):

@@ -105,6 +105,7 @@ class CheckpointConfig:
     extra_save_by_epoch: bool = True
     resume: Literal["auto", "never"] = "auto"
     preemption_grace_seconds: int = 120
+    async_save: bool = True
 
 
 @dataclass

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -69,6 +70,7 @@ class Reporter:
         self.human = os.environ.get(HUMAN_PROGRESS_ENV, "on") != "off"
         self.writer = None
         self.bar = None
+        self._lock = threading.Lock()
         if not enabled:
             return
         from torch.utils.tensorboard import SummaryWriter
@@ -110,7 +112,11 @@ class Reporter:
             self.writer.close()
 
     def _emit(self, obj: dict[str, Any]) -> None:
-        print(json.dumps(obj), file=sys.stdout, flush=True)
+        # One write per line under a lock: checkpoint events come from the writer thread, and the
+        # operator parses these lines.
+        with self._lock:
+            sys.stdout.write(json.dumps(obj) + "\n")
+            sys.stdout.flush()
 
     def _scalars(self, step: int, values: dict[str, float | None]) -> None:
         for tag, value in values.items():

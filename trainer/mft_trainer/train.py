@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from typing import Any
 
 import torch
@@ -73,6 +74,7 @@ class Run:
     steps_per_epoch: int
     total_steps: int
     num_params: int
+    writer: checkpoint.Writer
     state: TrainState = field(default_factory=TrainState)
 
 
@@ -114,6 +116,7 @@ def main(config: TrainerConfig) -> int:
         evaluate_and_track(run, reporter)
     if state.last_save_step != state.step:
         save(run, reporter)
+    run.writer.close()  # every checkpoint on disk before the summary lists them and the process exits
     summarize(run, reporter, stop or ("completed" if state.step == run.steps_per_epoch * t.epochs else "max_steps"))
     reporter.close()
     distributed.barrier()
@@ -164,7 +167,9 @@ def setup(config: TrainerConfig) -> Run:
     if t.max_steps > 0:
         total_steps = min(total_steps, t.max_steps)
     scheduler = build_scheduler(acc.optimizer, t, total_steps)
-    run = Run(config, world, tokenizer, datasets, sampler, acc, scheduler, steps_per_epoch, total_steps, num_params)
+    writer = checkpoint.Writer(background=config.checkpoint.async_save and world.is_main)
+    run = Run(config, world, tokenizer, datasets, sampler, acc, scheduler, steps_per_epoch, total_steps, num_params,
+              writer)
 
     if resume_from is not None:
         saved = checkpoint.load_trainer_state(resume_from.path)
@@ -316,29 +321,40 @@ def end_of_epoch(run: Run, reporter: metrics.Reporter) -> str | None:
 
 
 def save(run: Run, reporter: metrics.Reporter, epoch: int | None = None, source: Any = None) -> Any:
-    """Write a checkpoint (or, for an epoch copy of one just written, hard-link it) and rotate."""
-    state, world, ck = run.state, run.world, run.config.checkpoint
+    """Checkpoint the current step (or, for an epoch copy of one just saved, hard-link it), then rotate.
+
+    The loop waits for the in-memory snapshot only; the writer puts it on disk in the background.
+    A new snapshot first waits for the previous write, so at most one copy is held at a time.
+    """
+    state, world = run.state, run.world
     root, name = run.config.output_dir, checkpoint.name_for(state.step, epoch)
     if source is not None:
-        if world.is_main:
-            checkpoint.copy(root, source, name)
-        distributed.barrier()
+        write = partial(checkpoint.copy, root, source, name)
     else:
+        run.writer.wait()
         valid_loss = state.last_valid_loss if state.last_eval_step == state.step else None
         trainer_state = {"state": asdict(state) | {"last_save_step": state.step}, "valid_loss": valid_loss,
                          "world_size": world.size, "mode": run.config.mode, "config": to_dict(run.config)}
         rank_state = {"sampler": {"epoch": state.epoch, "offset": state.offset}}
-        checkpoint.save(root, name, acc=run.acc, scheduler=run.scheduler, tokenizer=run.tokenizer,
-                        trainer_state=trainer_state, rank_state=rank_state, world=world)
+        snap = checkpoint.snapshot(run.acc, run.scheduler, rank_state, world)
+        write = partial(checkpoint.persist, root, name, snap, model=run.acc.model, tokenizer=run.tokenizer,
+                        trainer_state=trainer_state)
     state.last_save_step = state.step
     if world.is_main:
-        for removed in checkpoint.rotate(root, ck.save_total_limit):
-            log.info("rotated out %s", removed)
-        latest, best = checkpoint.latest(root), checkpoint.best(root)
-        reporter.checkpoint(name=name, latest=latest.name if latest else None, best=best.name if best else None,
-                            best_valid_loss=best.valid_loss if best else None)
-    distributed.barrier()
+        run.writer.submit(partial(_write_and_rotate, write, run, reporter, name))
     return root / name
+
+
+def _write_and_rotate(write: Any, run: Run, reporter: metrics.Reporter, name: str) -> None:
+    root = run.config.output_dir
+    started = time.perf_counter()
+    write()
+    log.info("saved %s in %.2fs", name, time.perf_counter() - started)
+    for removed in checkpoint.rotate(root, run.config.checkpoint.save_total_limit):
+        log.info("rotated out %s", removed)
+    latest, best = checkpoint.latest(root), checkpoint.best(root)
+    reporter.checkpoint(name=name, latest=latest.name if latest else None, best=best.name if best else None,
+                        best_valid_loss=best.valid_loss if best else None)
 
 
 def log_step(run: Run, reporter: metrics.Reporter, result: StepResult, throughput: dict[str, Any]) -> None:
