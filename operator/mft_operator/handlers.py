@@ -9,6 +9,7 @@ block deletion while the operator is down). Deletion cascades through owner refe
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 import threading
 import time
@@ -51,6 +52,7 @@ class Runtime:
     and status events costs one or two passes instead of one each, without holding a worker."""
 
     _RUNNING, _AGAIN = "running", "again"
+    _READS = 3  # passes over fresh reads when status writes keep meeting a newer MFTJob
 
     def __init__(self, settings: Settings, cluster: KubeCluster, metrics: Metrics, clock: Callable[[], str] = now_rfc3339):
         self.settings = settings
@@ -60,8 +62,11 @@ class Runtime:
         self._passes: dict[tuple[str, str], str] = {}
         self._passes_guard = threading.Lock()
 
-    def reconcile(self, namespace: str, name: str, trigger: str) -> None:
-        """Reconcile the stored MFTJob now, or have the reconcile already running pass once more."""
+    def reconcile(self, namespace: str, name: str, trigger: str, body: dict[str, Any] | None = None) -> None:
+        """Reconcile the MFTJob now, or have the reconcile already running pass once more.
+
+        ``body``, a copy from a watch event or a list, saves reading the job when it is current; a
+        pass that finds it stale (or would create from it) reads the job and passes again."""
         self.metrics.reconciles.labels(trigger=trigger).inc()
         key = (namespace, name)
         with self._passes_guard:
@@ -71,21 +76,31 @@ class Runtime:
                 return
             self._passes[key] = self._RUNNING
         while True:
-            self._reconcile_once(namespace, name, trigger)
+            self._reconcile_once(namespace, name, trigger, body)
+            body = None  # every further pass reads the job afresh
             with self._passes_guard:
                 if self._passes[key] == self._RUNNING:
                     del self._passes[key]
                     return
                 self._passes[key] = self._RUNNING
 
-    def _reconcile_once(self, namespace: str, name: str, trigger: str) -> None:
+    def _reconcile_once(self, namespace: str, name: str, trigger: str, body: dict[str, Any] | None) -> None:
         started = time.monotonic()
+        job, fresh = body, False
         try:
-            job = self.cluster.get_job(namespace, name)  # afresh: a trigger's copy may be stale
-            if job is None:
-                self.cluster.forget(namespace, name)
-            else:
-                reconcile.reconcile(self.cluster, job, self.settings, self.clock())
+            for _ in range(self._READS):
+                if job is None:
+                    job, fresh = self.cluster.get_job(namespace, name), True
+                    if job is None:
+                        self.cluster.forget(namespace, name)
+                        return
+                try:
+                    reconcile.reconcile(self.cluster, job, self.settings, self.clock(), fresh=fresh)
+                    return
+                except reconcile.Stale:
+                    self.metrics.skipped.labels(reason="stale-copy").inc()
+                    job = None
+            log.info("%s/%s kept changing during %d passes; the next trigger retries", namespace, name, self._READS)
         except Exception as exc:  # one job's failure must not stop the others; the next poll retries
             self.metrics.errors.labels(error=type(exc).__name__).inc()
             log.exception("reconciling %s/%s (%s) failed", namespace, name, trigger)
@@ -97,9 +112,10 @@ class Runtime:
         that repairs anything a missed watch event left behind."""
         jobs = [job for namespace in (self.settings.namespaces or (None,)) for job in self.cluster.list_jobs(namespace)]
         self.metrics.count_phases((job.get("status") or {}).get("phase") for job in jobs)
-        active = [job["metadata"] for job in jobs if (job.get("status") or {}).get("phase") not in status.TERMINAL]
+        active = [job for job in jobs if (job.get("status") or {}).get("phase") not in status.TERMINAL]
         with ThreadPoolExecutor(self.settings.max_concurrent_reconciles, thread_name_prefix="poll") as pool:
-            list(pool.map(lambda meta: self.reconcile(meta["namespace"], meta["name"], "timer"), active))
+            list(pool.map(lambda job: self.reconcile(job["metadata"]["namespace"], job["metadata"]["name"], "timer",
+                                                     job), active))
 
 
 def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
@@ -123,13 +139,13 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
             poller.cancel()
 
     @kopf.on.event(API_GROUP, API_VERSION, PLURAL, id="mftjob", registry=registry)
-    def mftjob_changed(type: str, name: str, namespace: str, meta: kopf.Meta, **_: Any) -> None:
+    def mftjob_changed(type: str, name: str, namespace: str, body: kopf.Body, **_: Any) -> None:
         if type == "DELETED":
             runtime.cluster.forget(namespace, name)
-        elif runtime.cluster.is_own_status_write(namespace, name, meta.get("resourceVersion")):
+        elif runtime.cluster.is_own_status_write(namespace, name, body.get("metadata", {}).get("resourceVersion")):
             runtime.metrics.skipped.labels(reason="own-status-write").inc()
         else:
-            runtime.reconcile(namespace, name, "mftjob")
+            runtime.reconcile(namespace, name, "mftjob", copy.deepcopy(dict(body)))
 
     @kopf.on.event("kubeflow.org", "v1", "pytorchjobs", labels=MANAGED, id="pytorchjob", registry=registry)
     def pytorchjob_changed(body: kopf.Body, namespace: str, **_: Any) -> None:

@@ -11,7 +11,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from . import API_GROUP, API_VERSION, PLURAL
-from .reconcile import AlreadyExists, KindMissing, Rejected
+from .reconcile import AlreadyExists, KindMissing, Rejected, Stale
 from .render import CONTAINER, JOB_NAME_LABEL
 from .status import Event
 
@@ -91,9 +91,15 @@ class KubeCluster:
 
     def patch_status(self, job: dict[str, Any], new_status: dict[str, Any]) -> None:
         meta = job["metadata"]
-        patched = self.custom.patch_namespaced_custom_object_status(
-            API_GROUP, API_VERSION, meta["namespace"], PLURAL, meta["name"], {"status": new_status},
-        )
+        # resourceVersion in a merge patch is a precondition: 409 if the MFTJob changed meanwhile.
+        body = {"metadata": {"resourceVersion": meta["resourceVersion"]}, "status": new_status}
+        try:
+            patched = self.custom.patch_namespaced_custom_object_status(
+                API_GROUP, API_VERSION, meta["namespace"], PLURAL, meta["name"], body)
+        except ApiException as exc:
+            if exc.status == 409:
+                raise Stale(_message(exc)) from exc
+            raise
         self._status_versions[(meta["namespace"], meta["name"])] = patched["metadata"]["resourceVersion"]
 
     def is_own_status_write(self, namespace: str, name: str, resource_version: str | None) -> bool:

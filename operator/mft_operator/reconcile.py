@@ -29,13 +29,19 @@ class Rejected(Exception):
     """The apiserver (or an admission webhook) refused an object; the message says why."""
 
 
+class Stale(Exception):
+    """The MFTJob changed since it was read (a status write's resourceVersion precondition failed),
+    or a pass that may create children was given a copy not read just now: read it again."""
+
+
 class Cluster(Protocol):
     def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None: ...
     def create(self, manifest: dict[str, Any]) -> dict[str, Any]: ...
     def patch(self, kind: str, namespace: str, name: str, patch: dict[str, Any]) -> None: ...
     def list_pods(self, namespace: str, job_name: str) -> list[dict[str, Any]]: ...
     def master_log(self, namespace: str, pod_name: str) -> str: ...
-    def patch_status(self, job: dict[str, Any], new_status: dict[str, Any]) -> None: ...
+    def patch_status(self, job: dict[str, Any], new_status: dict[str, Any]) -> None:
+        """Write status only if the MFTJob is still at job's resourceVersion; else raise Stale."""
     def event(self, job: dict[str, Any], event: Event) -> None: ...
 
 
@@ -119,31 +125,41 @@ def reads_progress(child: dict[str, Any] | None) -> bool:
 # ---------------------------------------------------------------- orchestration
 
 
-def reconcile(cluster: Cluster, job: dict[str, Any], settings: Settings, now: str) -> dict[str, Any]:
-    """Bring the children of ``job`` in line with it and write its status; returns the status."""
+def reconcile(cluster: Cluster, job: dict[str, Any], settings: Settings, now: str, *,
+              fresh: bool = True) -> dict[str, Any]:
+    """Bring the children of ``job`` in line with it and write its status; returns the status.
+
+    ``fresh=False`` marks a copy from a list or a watch event, which may lag behind: such a pass
+    only observes; if it would create a child it raises Stale instead, and its status write is
+    refused (Stale) if the MFTJob changed since. Events follow a successful write, so a stale
+    pass never announces anything twice."""
     previous = job.get("status") or {}
     seen = Observation(now=now)
     if previous.get("phase") not in status.TERMINAL:
-        seen = _observe_and_act(cluster, job, settings, now)
+        seen = _observe_and_act(cluster, job, settings, now, fresh)
     new_status = status.derive(job, seen)
-    for event in status.events(previous, new_status):
-        cluster.event(job, event)
     if new_status != previous:
         cluster.patch_status(job, new_status)
+    for event in status.events(previous, new_status):
+        cluster.event(job, event)
     return new_status
 
 
-def _observe_and_act(cluster: Cluster, job: dict[str, Any], settings: Settings, now: str) -> Observation:
+def _observe_and_act(cluster: Cluster, job: dict[str, Any], settings: Settings, now: str, fresh: bool) -> Observation:
     ctx = render.context(job, settings)
     job = ctx.job  # with defaults applied
     try:
-        child = cluster.get(PYTORCHJOB, ctx.namespace, ctx.name)
+        # Before the first child is recorded in status there is nothing to read: creation finds
+        # (and adopts) one left by an operator that stopped before writing the status.
+        child = cluster.get(PYTORCHJOB, ctx.namespace, ctx.name) if "pytorchJob" in (job.get("status") or {}) else None
     except KindMissing:
         return Observation(now=now, problems=(_crd_missing(),))
-    recreated = fresh = False
+    recreated = created_now = False
     if child is not None and not controlled_by(child, job):
         return Observation(now=now, problems=(_conflict(child),))
     if child is None:
+        if not fresh:  # creating (or spending restart budget) is decided on a copy read just now only
+            raise Stale(f"{ctx.namespace}/{ctx.name}")
         decision = plan_missing_child(job)
         if decision == BUDGET_SPENT:
             message = f"the PyTorchJob disappeared and the restart budget ({restart_budget(job)}) is spent"
@@ -151,7 +167,7 @@ def _observe_and_act(cluster: Cluster, job: dict[str, Any], settings: Settings, 
         blocking = missing_claims(ctx, cluster)
         if blocking:
             return Observation(now=now, problems=tuple(blocking))
-        child, fresh, problems = _create_children(cluster, job, settings)
+        child, created_now, problems = _create_children(cluster, job, settings)
         if problems:
             return Observation(now=now, problems=problems)
         recreated = decision == RECREATE
@@ -160,7 +176,7 @@ def _observe_and_act(cluster: Cluster, job: dict[str, Any], settings: Settings, 
         if patch:
             cluster.patch(PYTORCHJOB, ctx.namespace, ctx.name, patch)
     # A PyTorchJob created just now has no pods yet: skip the LIST (the costliest request here).
-    pods = () if fresh else tuple(cluster.list_pods(ctx.namespace, ctx.name))
+    pods = () if created_now else tuple(cluster.list_pods(ctx.namespace, ctx.name))
     reports = _read_reports(cluster, ctx.namespace, pods) if reads_progress(child) else progress.Reports()
     return Observation(now=now, child=child, pods=pods, reports=reports, recreated=recreated)
 
@@ -169,12 +185,12 @@ def _create_children(cluster: Cluster, job: dict[str, Any],
                      settings: Settings) -> tuple[dict[str, Any] | None, bool, tuple[Problem, ...]]:
     """Create (or adopt) every rendered object in order; the PyTorchJob comes last. Returns it, whether
     it was created now (not adopted), and the problems that stopped creation."""
-    created, fresh = None, False
+    created, created_now = None, False
     for manifest in render.render(job, settings):
         try:
-            created, fresh = cluster.create(manifest), True
+            created, created_now = cluster.create(manifest), True
         except AlreadyExists:
-            fresh = False
+            created_now = False
             created = cluster.get(manifest["kind"], manifest["metadata"].get("namespace"), manifest["metadata"]["name"])
             if created is None or not adoptable(created, job):
                 return None, False, (_conflict(created or manifest),)
@@ -183,7 +199,7 @@ def _create_children(cluster: Cluster, job: dict[str, Any],
         except Rejected as exc:
             return None, False, (Problem("ChildRejected",
                                          f"{manifest['kind']} {manifest['metadata']['name']} was rejected: {exc}"),)
-    return created, fresh, ()
+    return created, created_now, ()
 
 
 def _read_reports(cluster: Cluster, namespace: str, pods: tuple[dict[str, Any], ...]) -> progress.Reports:

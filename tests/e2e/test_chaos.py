@@ -35,7 +35,7 @@ from .support import (CLUSTER_SCRIPTS, KUBECTL, TIMINGS, Cluster, Operator, cond
 
 pytestmark = [pytest.mark.e2e, pytest.mark.chaos]
 
-SEED = 20261128
+SEED = int(os.environ.get("MFT_CHAOS_SEED") or 20261128)  # `make test-chaos` repeats the scenario with other seeds
 JOBS = 50
 NODES = 10  # 80 GPUs: 50 jobs, every third with 2 nodes, 1 GPU per pod = 67 GPUs, all scheduled at once
 OPERATOR_KILLS = 4

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from mft_operator.reconcile import AlreadyExists, KindMissing, Rejected
+from mft_operator.reconcile import AlreadyExists, KindMissing, Rejected, Stale
 
 
 class FakeCluster:
@@ -61,10 +61,15 @@ class FakeCluster:
         return self.logs.get(pod_name, "")
 
     def patch_status(self, job, new_status):
-        self.statuses.append(copy.deepcopy(new_status))
         key = (job["metadata"]["namespace"], job["metadata"]["name"])
+        stored = self.jobs.get(key, {}).get("metadata", {}).get("resourceVersion")
+        if stored is not None and stored != job["metadata"].get("resourceVersion"):
+            raise Stale(f"{key}: at {stored}, written from {job['metadata'].get('resourceVersion')}")
+        self.statuses.append(copy.deepcopy(new_status))
         self.resource_version += 1
         self.status_versions[key] = str(self.resource_version)
+        if key in self.jobs:
+            self.jobs[key]["metadata"]["resourceVersion"] = str(self.resource_version)
         if key in self.jobs:
             self.jobs[key]["status"] = copy.deepcopy(new_status)
 

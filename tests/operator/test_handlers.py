@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import threading
 
 from mft_operator import handlers
@@ -34,11 +35,17 @@ def _job(name, **status):
     return job
 
 
-def test_poll_reconciles_active_jobs_and_counts_phases():
+def _cluster_with_job(name):
+    """A cluster with an MFTJob from examples/sft.yaml and the claims it mounts."""
     cluster = FakeCluster()
     for claim in ("shared-models", "code-data"):
         cluster.claim("ml", claim)
-    cluster.jobs[("ml", "a")] = _job("a")
+    cluster.jobs[("ml", name)] = _job(name)
+    return cluster
+
+
+def test_poll_reconciles_active_jobs_and_counts_phases():
+    cluster = _cluster_with_job("a")
     cluster.jobs[("ml", "b")] = _job("b", phase="Succeeded", pytorchJob="b")
     runtime = _runtime(cluster)
     runtime.poll_once()
@@ -64,10 +71,7 @@ def test_registry_has_event_handlers_only():
 
 
 def test_triggers_arriving_during_a_reconcile_coalesce_into_one_more_pass():
-    cluster = FakeCluster()
-    for claim in ("shared-models", "code-data"):
-        cluster.claim("ml", claim)
-    cluster.jobs[("ml", "a")] = _job("a")
+    cluster = _cluster_with_job("a")
     inside, release = threading.Event(), threading.Event()
     read = cluster.get_job
 
@@ -93,29 +97,39 @@ def test_triggers_arriving_during_a_reconcile_coalesce_into_one_more_pass():
     assert cluster.job_reads == 3
 
 
-def test_the_watch_echo_of_our_own_status_patch_is_not_reconciled_again():
-    cluster = FakeCluster()
-    for claim in ("shared-models", "code-data"):
-        cluster.claim("ml", claim)
-    cluster.jobs[("ml", "a")] = _job("a")
+def test_watch_copies_save_reads_and_our_own_status_echo_is_skipped():
+    cluster = _cluster_with_job("a")
+    stored = cluster.jobs[("ml", "a")]
+    stored["metadata"]["resourceVersion"] = "100"
     runtime = _runtime(cluster)
     registry = handlers.build_registry(runtime)
     on_mftjob = next(h.fn for h in registry._watching.get_all_handlers() if h.id == "mftjob")
-    on_mftjob(type="ADDED", name="a", namespace="ml", meta={"resourceVersion": "100"})
-    assert cluster.job_reads == 1 and cluster.statuses
-    echo = cluster.status_versions[("ml", "a")]
-    on_mftjob(type="MODIFIED", name="a", namespace="ml", meta={"resourceVersion": echo})
-    assert cluster.job_reads == 1
-    assert runtime.metrics.registry.get_sample_value("mft_triggers_skipped_total", {"reason": "own-status-write"}) == 1
-    on_mftjob(type="MODIFIED", name="a", namespace="ml", meta={"resourceVersion": "user-edit"})
-    assert cluster.job_reads == 2
+
+    def event(kind, body):
+        on_mftjob(type=kind, name="a", namespace="ml", body=copy.deepcopy(body))
+
+    def skipped(reason):
+        return runtime.metrics.registry.get_sample_value("mft_triggers_skipped_total", {"reason": reason}) or 0
+
+    event("ADDED", stored)  # a new job: children are only created from a copy read just now
+    assert cluster.job_reads == 1 and ("PyTorchJob", "ml", "a") in cluster.objects and skipped("stale-copy") == 1
+    event("MODIFIED", stored)  # the echo of the status patch just made: nothing new
+    assert cluster.job_reads == 1 and skipped("own-status-write") == 1
+
+    stored["metadata"]["resourceVersion"] = "user-edit"
+    event("MODIFIED", stored)  # current copy: reconciled from it, no read
+    assert cluster.job_reads == 1 and skipped("stale-copy") == 1
+
+    lagging = copy.deepcopy(stored)
+    lagging["metadata"]["resourceVersion"] = "99"
+    lagging["status"].update(phase="Running", restarts=7)  # an older state: must never be written back
+    event("MODIFIED", lagging)  # the status write is refused; read again and passed again
+    assert cluster.job_reads == 2 and skipped("stale-copy") == 2
+    assert cluster.jobs[("ml", "a")]["status"].get("restarts", 0) == 0
 
 
 def test_creating_the_child_skips_the_pod_list_and_later_passes_list_pods():
-    cluster = FakeCluster()
-    for claim in ("shared-models", "code-data"):
-        cluster.claim("ml", claim)
-    cluster.jobs[("ml", "a")] = _job("a")
+    cluster = _cluster_with_job("a")
     runtime = _runtime(cluster)
     runtime.reconcile("ml", "a", "mftjob")
     assert ("PyTorchJob", "ml", "a") in cluster.objects and cluster.pod_lists == 0

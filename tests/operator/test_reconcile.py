@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from mft_operator import reconcile, render
 from mft_operator.settings import Settings
 
@@ -190,3 +192,11 @@ def test_a_retained_claim_from_an_earlier_job_is_reused():
         cluster.claim("ml", claim)
     job = step(cluster, job)
     assert job["status"]["phase"] == "Created"
+
+
+def test_a_copy_not_read_just_now_never_creates_or_recreates_children():
+    cluster = cluster_with_claims()
+    for job in (lora_job(), lora_job(phase="Running", pytorchJob="pythia-1b-code-lora", restarts=0)):
+        with pytest.raises(reconcile.Stale):
+            reconcile.reconcile(cluster, job, SETTINGS, NOW, fresh=False)
+        assert cluster.creates == 0 and not cluster.statuses and not cluster.events
