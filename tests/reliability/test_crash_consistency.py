@@ -38,7 +38,7 @@ from .support import events, good_task, torchrun_command, trainer_config, write_
 
 pytestmark = pytest.mark.slow
 
-SEED = 20261128
+SEED = int(os.environ.get("MFT_CRASH_SEED") or 20261128)  # other seeds: other kill moments
 KILLS = 20
 MAX_STEPS = 40
 DELAY_SECONDS = 0.15  # per phase of a checkpoint write or deletion, during the kill runs only
