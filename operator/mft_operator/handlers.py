@@ -61,6 +61,7 @@ class Runtime:
         self.clock = clock
         self._passes: dict[tuple[str, str], str] = {}
         self._passes_guard = threading.Lock()
+        self._last_pass: dict[tuple[str, str], float] = {}  # monotonic end of the last complete pass
 
     def reconcile(self, namespace: str, name: str, trigger: str, body: dict[str, Any] | None = None) -> None:
         """Reconcile the MFTJob now, or have the reconcile already running pass once more.
@@ -86,16 +87,17 @@ class Runtime:
 
     def _reconcile_once(self, namespace: str, name: str, trigger: str, body: dict[str, Any] | None) -> None:
         started = time.monotonic()
-        job, fresh = body, False
+        job, fresh = body, body is not None and not self.cluster.has_written_status(namespace, name)
         try:
             for _ in range(self._READS):
                 if job is None:
                     job, fresh = self.cluster.get_job(namespace, name), True
                     if job is None:
-                        self.cluster.forget(namespace, name)
+                        self.forget(namespace, name)
                         return
                 try:
                     reconcile.reconcile(self.cluster, job, self.settings, self.clock(), fresh=fresh)
+                    self._last_pass[(namespace, name)] = time.monotonic()
                     return
                 except reconcile.Stale:
                     self.metrics.skipped.labels(reason="stale-copy").inc()
@@ -107,12 +109,28 @@ class Runtime:
         finally:
             self.metrics.latency.observe(time.monotonic() - started)
 
+    def forget(self, namespace: str, name: str) -> None:
+        """Drop what is remembered about a deleted MFTJob."""
+        self.cluster.forget(namespace, name)
+        self._last_pass.pop((namespace, name), None)
+
     def poll_once(self) -> None:
         """Reconcile every active MFTJob: progress for running ones, and a level-based resync
-        that repairs anything a missed watch event left behind."""
+        that repairs anything a missed watch event left behind. Jobs an event reconciled in the
+        last half interval are skipped: their progress is that fresh already (so a report still
+        reaches the status within 1.5 intervals plus the poll's own duration)."""
         jobs = [job for namespace in (self.settings.namespaces or (None,)) for job in self.cluster.list_jobs(namespace)]
         self.metrics.count_phases((job.get("status") or {}).get("phase") for job in jobs)
-        active = [job for job in jobs if (job.get("status") or {}).get("phase") not in status.TERMINAL]
+        recent = time.monotonic() - self.settings.progress_interval_seconds / 2
+        active = []
+        for job in jobs:
+            meta = job["metadata"]
+            if (job.get("status") or {}).get("phase") in status.TERMINAL:
+                continue
+            if self._last_pass.get((meta["namespace"], meta["name"]), float("-inf")) > recent:
+                self.metrics.skipped.labels(reason="recently-reconciled").inc()
+                continue
+            active.append(job)
         with ThreadPoolExecutor(self.settings.max_concurrent_reconciles, thread_name_prefix="poll") as pool:
             list(pool.map(lambda job: self.reconcile(job["metadata"]["namespace"], job["metadata"]["name"], "timer",
                                                      job), active))
@@ -141,7 +159,7 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
     @kopf.on.event(API_GROUP, API_VERSION, PLURAL, id="mftjob", registry=registry)
     def mftjob_changed(type: str, name: str, namespace: str, body: kopf.Body, **_: Any) -> None:
         if type == "DELETED":
-            runtime.cluster.forget(namespace, name)
+            runtime.forget(namespace, name)
         elif runtime.cluster.is_own_status_write(namespace, name, body.get("metadata", {}).get("resourceVersion")):
             runtime.metrics.skipped.labels(reason="own-status-write").inc()
         else:

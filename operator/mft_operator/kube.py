@@ -102,6 +102,11 @@ class KubeCluster:
             raise
         self._status_versions[(meta["namespace"], meta["name"])] = patched["metadata"]["resourceVersion"]
 
+    def has_written_status(self, namespace: str, name: str) -> bool:
+        """Whether this process wrote the MFTJob's status. Only the operator writes status, so
+        until it does, any copy of the job (from a watch or a list) carries the current status."""
+        return (namespace, name) in self._status_versions
+
     def is_own_status_write(self, namespace: str, name: str, resource_version: str | None) -> bool:
         """True when this version of the MFTJob is the one our last status patch produced: its watch
         event brings nothing the reconcile that wrote it has not seen."""

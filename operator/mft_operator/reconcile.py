@@ -129,11 +129,10 @@ def reconcile(cluster: Cluster, job: dict[str, Any], settings: Settings, now: st
               fresh: bool = True) -> dict[str, Any]:
     """Bring the children of ``job`` in line with it and write its status; returns the status.
 
-    ``fresh=False`` marks a copy from a list or a watch event, which may lag behind. Its status write
-    is refused (Stale) if the MFTJob changed since, and events follow a successful write only, so a
-    stale pass never records or announces anything. The first creation of the children is safe from
-    any copy (fixed names: a second attempt adopts what the first made); recreating a vanished child
-    spends restart budget, so that is decided on a fresh read only (Stale otherwise)."""
+    ``fresh=False`` marks a copy from a list or a watch event whose status may lag behind our own
+    last write. Its status write is refused (Stale) if the MFTJob changed since, and events follow
+    a successful write only, so a stale pass never records or announces anything; and it raises
+    Stale rather than create or recreate a child (which spends restart budget) from such a copy."""
     previous = job.get("status") or {}
     seen = Observation(now=now)
     if previous.get("phase") not in status.TERMINAL:
@@ -159,9 +158,9 @@ def _observe_and_act(cluster: Cluster, job: dict[str, Any], settings: Settings, 
     if child is not None and not controlled_by(child, job):
         return Observation(now=now, problems=(_conflict(child),))
     if child is None:
-        decision = plan_missing_child(job)
-        if decision != CREATE and not fresh:  # spending restart budget is decided on a copy read just now only
+        if not fresh:  # children are only created from a copy whose status is known to be current
             raise Stale(f"{ctx.namespace}/{ctx.name}")
+        decision = plan_missing_child(job)
         if decision == BUDGET_SPENT:
             message = f"the PyTorchJob disappeared and the restart budget ({restart_budget(job)}) is spent"
             return Observation(now=now, problems=(Problem("RestartBudgetExhausted", message, terminal=True),))

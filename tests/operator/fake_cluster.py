@@ -76,6 +76,9 @@ class FakeCluster:
     def event(self, job, event):
         self.events.append(event)
 
+    def has_written_status(self, namespace, name):
+        return (namespace, name) in self.status_versions
+
     def is_own_status_write(self, namespace, name, resource_version):
         return resource_version is not None and self.status_versions.get((namespace, name)) == resource_version
 

@@ -135,3 +135,17 @@ def test_creating_the_child_skips_the_pod_list_and_later_passes_list_pods():
     assert ("PyTorchJob", "ml", "a") in cluster.objects and cluster.pod_lists == 0
     runtime.reconcile("ml", "a", "pytorchjob")
     assert cluster.pod_lists == 1
+
+
+def test_poll_skips_jobs_an_event_reconciled_within_half_an_interval():
+    cluster = _cluster_with_job("a")
+    runtime = _runtime(cluster)
+    runtime.reconcile("ml", "a", "mftjob")
+    reads = cluster.job_reads
+    runtime.poll_once()  # just reconciled: its progress is as fresh as a poll would make it
+    assert cluster.pod_lists == 0 and cluster.job_reads == reads
+    assert runtime.metrics.registry.get_sample_value("mft_triggers_skipped_total",
+                                                     {"reason": "recently-reconciled"}) == 1
+    runtime._last_pass[("ml", "a")] -= runtime.settings.progress_interval_seconds
+    runtime.poll_once()
+    assert cluster.pod_lists == 1
