@@ -29,6 +29,7 @@ from .settings import Settings
 log = logging.getLogger("mft_operator")
 
 MANAGED = {"app.kubernetes.io/managed-by": "mft-operator"}
+RESYNC_SECONDS = 60.0  # the poll's resync of jobs whose children have not started
 
 
 def now_rfc3339() -> str:
@@ -109,25 +110,32 @@ class Runtime:
         finally:
             self.metrics.latency.observe(time.monotonic() - started)
 
+    def _poll_after(self, phase: str | None) -> float:
+        """Seconds after its last pass that a job is due for the poll. Running ones every half
+        interval, for progress (a report reaches the status within 1.5 intervals plus the poll's
+        own duration); jobs without a child yet too, as what they wait for (a claim, the CRD) is
+        not watched. Jobs between (a child that has not started, a suspended one) change only
+        through watched objects: resyncing them once a minute repairs a missed event in time."""
+        if phase in (status.RUNNING, status.RESTARTING, status.PENDING, None):
+            return self.settings.progress_interval_seconds / 2
+        return max(RESYNC_SECONDS, self.settings.progress_interval_seconds)
+
     def forget(self, namespace: str, name: str) -> None:
         """Drop what is remembered about a deleted MFTJob."""
         self.cluster.forget(namespace, name)
         self._last_pass.pop((namespace, name), None)
 
     def poll_once(self) -> None:
-        """Reconcile every active MFTJob: progress for running ones, and a level-based resync
-        that repairs anything a missed watch event left behind. Jobs an event reconciled in the
-        last half interval are skipped: their progress is that fresh already (so a report still
-        reaches the status within 1.5 intervals plus the poll's own duration)."""
+        """Reconcile the active MFTJobs that are due: a level-based resync that repairs anything a
+        missed watch event left behind, and progress for running ones."""
         jobs = [job for namespace in (self.settings.namespaces or (None,)) for job in self.cluster.list_jobs(namespace)]
         self.metrics.count_phases((job.get("status") or {}).get("phase") for job in jobs)
-        recent = time.monotonic() - self.settings.progress_interval_seconds / 2
-        active = []
+        now, active = time.monotonic(), []
         for job in jobs:
-            meta = job["metadata"]
-            if (job.get("status") or {}).get("phase") in status.TERMINAL:
+            meta, phase = job["metadata"], (job.get("status") or {}).get("phase")
+            if phase in status.TERMINAL:
                 continue
-            if self._last_pass.get((meta["namespace"], meta["name"]), float("-inf")) > recent:
+            if now - self._last_pass.get((meta["namespace"], meta["name"]), float("-inf")) < self._poll_after(phase):
                 self.metrics.skipped.labels(reason="recently-reconciled").inc()
                 continue
             active.append(job)

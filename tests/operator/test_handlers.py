@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import threading
+import time
 
 from mft_operator import handlers
 from mft_operator.metrics import Metrics
@@ -137,15 +138,26 @@ def test_creating_the_child_skips_the_pod_list_and_later_passes_list_pods():
     assert cluster.pod_lists == 1
 
 
-def test_poll_skips_jobs_an_event_reconciled_within_half_an_interval():
+def test_poll_resyncs_waiting_jobs_once_a_minute_and_running_ones_every_half_interval():
     cluster = _cluster_with_job("a")
     runtime = _runtime(cluster)
+    interval, key = runtime.settings.progress_interval_seconds, ("ml", "a")
     runtime.reconcile("ml", "a", "mftjob")
-    reads = cluster.job_reads
-    runtime.poll_once()  # just reconciled: its progress is as fresh as a poll would make it
-    assert cluster.pod_lists == 0 and cluster.job_reads == reads
+    assert cluster.jobs[key]["status"]["phase"] == "Created" and cluster.pod_lists == 0
+
+    runtime._last_pass[key] -= interval  # a child that has not started: not due yet
+    runtime.poll_once()
+    assert cluster.pod_lists == 0
     assert runtime.metrics.registry.get_sample_value("mft_triggers_skipped_total",
                                                      {"reason": "recently-reconciled"}) == 1
-    runtime._last_pass[("ml", "a")] -= runtime.settings.progress_interval_seconds
+    runtime._last_pass[key] -= handlers.RESYNC_SECONDS
     runtime.poll_once()
     assert cluster.pod_lists == 1
+
+    cluster.jobs[key]["status"]["phase"] = "Running"  # progress: due every half interval
+    runtime._last_pass[key] = time.monotonic() - interval / 4
+    runtime.poll_once()
+    assert cluster.pod_lists == 1
+    runtime._last_pass[key] = time.monotonic() - interval / 2 - 0.01
+    runtime.poll_once()
+    assert cluster.pod_lists == 2
