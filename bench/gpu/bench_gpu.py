@@ -73,7 +73,7 @@ def flops_per_token(cfg: dict, params: int, seq: int) -> float:
 
 
 def ours(name: str, seq: int) -> dict:
-    from mft_trainer import distributed
+    from mft_trainer import checkpoint, distributed
     from mft_trainer.accelerate import accelerate
     from mft_trainer.config import TrainerConfig, TrainingConfig
     from mft_trainer.schedule import build_scheduler
@@ -86,7 +86,7 @@ def ours(name: str, seq: int) -> dict:
     acc = accelerate(model, training, world.size)
     scheduler = build_scheduler(acc.optimizer, training, WARMUP + STEPS)
     run = Run(TrainerConfig(mode="sst", training=training), world, None, SimpleNamespace(tasks=["t"]), None,
-              acc, scheduler, 1, WARMUP + STEPS, params)
+              acc, scheduler, 1, WARMUP + STEPS, params, checkpoint.Writer(background=False))
     seconds, tokens = 0.0, 0
     for i, batch in enumerate(batches(seq, cfg["vocab_size"])):
         torch.cuda.synchronize()

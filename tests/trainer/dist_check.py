@@ -13,7 +13,7 @@ from types import SimpleNamespace
 
 import torch
 
-from mft_trainer import distributed, loss
+from mft_trainer import checkpoint, distributed, loss
 from mft_trainer.accelerate import accelerate
 from mft_trainer.config import TrainerConfig, TrainingConfig
 from mft_trainer.schedule import build_scheduler
@@ -84,7 +84,8 @@ def make_run(world, mode, training_overrides=None):
     for group in acc.optimizer.param_groups:
         group["eps"] = EPS
     scheduler = build_scheduler(acc.optimizer, training, total_steps=10)
-    return Run(config, world, None, SimpleNamespace(tasks=["a", "b", "c"]), None, acc, scheduler, 1, 10, 0)
+    return Run(config, world, None, SimpleNamespace(tasks=["a", "b", "c"]), None, acc, scheduler, 1, 10, 0,
+               checkpoint.Writer(background=False))
 
 
 def params(run):
