@@ -18,9 +18,10 @@ from datetime import datetime, timezone
 from typing import Any, Callable
 
 import kopf
-from kubernetes import config
+from kubernetes import client, config
 
 from . import API_GROUP, API_VERSION, KIND, PLURAL, reconcile, status
+from .informer import CachedCluster, WatchCache
 from .kube import KubeCluster
 from .metrics import Metrics
 from .render import JOB_NAME_LABEL
@@ -45,19 +46,22 @@ def owner_job_name(obj: dict[str, Any]) -> str | None:
 
 
 class Runtime:
-    """What the handlers share: settings, the cluster, metrics, and which MFTJobs are being reconciled.
+    """What the handlers share: settings, the cluster (behind the watch cache the handlers feed),
+    metrics, and which MFTJobs are being reconciled.
 
     Triggers for one MFTJob coalesce: while it is being reconciled, further triggers only ask for
-    one more pass, which the running reconcile makes when it is done (reading the job afresh). So
+    one more pass, which the running reconcile makes when it is done (with the newest copy). So
     one job is never reconciled twice at once (no two creations of one child), and a burst of pod
     and status events costs one or two passes instead of one each, without holding a worker."""
 
     _RUNNING, _AGAIN = "running", "again"
     _READS = 3  # passes over fresh reads when status writes keep meeting a newer MFTJob
 
-    def __init__(self, settings: Settings, cluster: KubeCluster, metrics: Metrics, clock: Callable[[], str] = now_rfc3339):
+    def __init__(self, settings: Settings, cluster: reconcile.Cluster, metrics: Metrics,
+                 clock: Callable[[], str] = now_rfc3339, cache: WatchCache | None = None):
         self.settings = settings
-        self.cluster = cluster
+        self.cache = cache or WatchCache()
+        self.cluster = CachedCluster(cluster, self.cache)
         self.metrics = metrics
         self.clock = clock
         self._passes: dict[tuple[str, str], str] = {}
@@ -67,8 +71,9 @@ class Runtime:
     def reconcile(self, namespace: str, name: str, trigger: str, body: dict[str, Any] | None = None) -> None:
         """Reconcile the MFTJob now, or have the reconcile already running pass once more.
 
-        ``body``, a copy from a watch event or a list, saves reading the job when it is current; a
-        pass that finds it stale (or would create from it) reads the job and passes again."""
+        ``body``, a copy from a watch event or a list, saves reading the job (otherwise the watch
+        cache's newest copy does); a pass that finds its copy stale (or would create from it) reads
+        the job and passes again."""
         self.metrics.reconciles.labels(trigger=trigger).inc()
         key = (namespace, name)
         with self._passes_guard:
@@ -79,7 +84,7 @@ class Runtime:
             self._passes[key] = self._RUNNING
         while True:
             self._reconcile_once(namespace, name, trigger, body)
-            body = None  # every further pass reads the job afresh
+            body = None  # every further pass takes the newest copy
             with self._passes_guard:
                 if self._passes[key] == self._RUNNING:
                     del self._passes[key]
@@ -88,7 +93,8 @@ class Runtime:
 
     def _reconcile_once(self, namespace: str, name: str, trigger: str, body: dict[str, Any] | None) -> None:
         started = time.monotonic()
-        job, fresh = body, body is not None and not self.cluster.has_written_status(namespace, name)
+        job = body or self.cache.job(namespace, name)
+        fresh = job is not None and self.cache.is_current(job)
         try:
             for _ in range(self._READS):
                 if job is None:
@@ -122,7 +128,7 @@ class Runtime:
 
     def forget(self, namespace: str, name: str) -> None:
         """Drop what is remembered about a deleted MFTJob."""
-        self.cluster.forget(namespace, name)
+        self.cache.forget_job(namespace, name)
         self._last_pass.pop((namespace, name), None)
 
     def poll_once(self) -> None:
@@ -140,8 +146,12 @@ class Runtime:
                 continue
             active.append(job)
         with ThreadPoolExecutor(self.settings.max_concurrent_reconciles, thread_name_prefix="poll") as pool:
-            list(pool.map(lambda job: self.reconcile(job["metadata"]["namespace"], job["metadata"]["name"], "timer",
-                                                     job), active))
+            list(pool.map(self._poll_job, active))
+
+    def _poll_job(self, listed: dict[str, Any]) -> None:
+        namespace, name = listed["metadata"]["namespace"], listed["metadata"]["name"]
+        # The watch cache's copy is at least as new as the list's, unless the job is unknown to it.
+        self.reconcile(namespace, name, "timer", None if self.cache.has_job(namespace, name) else listed)
 
 
 def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
@@ -168,20 +178,26 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
     def mftjob_changed(type: str, name: str, namespace: str, body: kopf.Body, **_: Any) -> None:
         if type == "DELETED":
             runtime.forget(namespace, name)
-        elif runtime.cluster.is_own_status_write(namespace, name, body.get("metadata", {}).get("resourceVersion")):
+        elif runtime.cache.is_own_status_write(namespace, name, body.get("metadata", {}).get("resourceVersion")):
             runtime.metrics.skipped.labels(reason="own-status-write").inc()
         else:
-            runtime.reconcile(namespace, name, "mftjob", copy.deepcopy(dict(body)))
+            job = copy.deepcopy(dict(body))
+            runtime.cache.observe_job(job)
+            runtime.reconcile(namespace, name, "mftjob", job)
 
     @kopf.on.event("kubeflow.org", "v1", "pytorchjobs", labels=MANAGED, id="pytorchjob", registry=registry)
-    def pytorchjob_changed(body: kopf.Body, namespace: str, **_: Any) -> None:
-        parent = owner_job_name(dict(body))
+    def pytorchjob_changed(type: str, body: kopf.Body, namespace: str, **_: Any) -> None:
+        child = dict(body)  # the cache keeps its own copy
+        runtime.cache.observe_pytorchjob(child, deleted=type == "DELETED")
+        parent = owner_job_name(child)
         if parent:
             runtime.reconcile(namespace, parent, "pytorchjob")
 
     @kopf.on.event("v1", "pods", labels=MANAGED, id="pod", registry=registry)
-    def pod_changed(body: kopf.Body, namespace: str, **_: Any) -> None:
-        parent = owner_job_name(dict(body))
+    def pod_changed(type: str, body: kopf.Body, namespace: str, **_: Any) -> None:
+        pod = dict(body)  # the cache keeps its own copy
+        runtime.cache.observe_pod(pod, deleted=type == "DELETED")
+        parent = owner_job_name(pod)
         if parent:
             runtime.reconcile(namespace, parent, "pod")
 
@@ -206,7 +222,10 @@ def run(settings: Settings, liveness: str | None) -> None:
         config.load_incluster_config()
     except config.ConfigException:
         config.load_kube_config()
-    runtime = Runtime(settings, KubeCluster(), Metrics())
+    api = client.Configuration.get_default_copy()
+    # A connection for every reconcile and poll thread: one beyond the pool is a new TLS handshake.
+    api.connection_pool_maxsize = 2 * settings.max_concurrent_reconciles + 2
+    runtime = Runtime(settings, KubeCluster(client.ApiClient(api)), Metrics())
     kopf.run(
         registry=build_registry(runtime),
         standalone=True,

@@ -31,8 +31,6 @@ class KubeCluster:
         self.core = client.CoreV1Api(api)
         self.custom = client.CustomObjectsApi(api)
         self.api = api
-        # resourceVersion of the MFTJob as our last status patch left it, per (namespace, name)
-        self._status_versions: dict[tuple[str, str], str] = {}
 
     def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         try:
@@ -89,31 +87,17 @@ class KubeCluster:
             log.warning("cannot read the log of pod %s/%s: %s", namespace, pod_name, _message(exc))
             return ""
 
-    def patch_status(self, job: dict[str, Any], new_status: dict[str, Any]) -> None:
+    def patch_status(self, job: dict[str, Any], new_status: dict[str, Any]) -> dict[str, Any]:
         meta = job["metadata"]
         # resourceVersion in a merge patch is a precondition: 409 if the MFTJob changed meanwhile.
         body = {"metadata": {"resourceVersion": meta["resourceVersion"]}, "status": new_status}
         try:
-            patched = self.custom.patch_namespaced_custom_object_status(
+            return self.custom.patch_namespaced_custom_object_status(
                 API_GROUP, API_VERSION, meta["namespace"], PLURAL, meta["name"], body)
         except ApiException as exc:
             if exc.status == 409:
                 raise Stale(_message(exc)) from exc
             raise
-        self._status_versions[(meta["namespace"], meta["name"])] = patched["metadata"]["resourceVersion"]
-
-    def has_written_status(self, namespace: str, name: str) -> bool:
-        """Whether this process wrote the MFTJob's status. Only the operator writes status, so
-        until it does, any copy of the job (from a watch or a list) carries the current status."""
-        return (namespace, name) in self._status_versions
-
-    def is_own_status_write(self, namespace: str, name: str, resource_version: str | None) -> bool:
-        """True when this version of the MFTJob is the one our last status patch produced: its watch
-        event brings nothing the reconcile that wrote it has not seen."""
-        return resource_version is not None and self._status_versions.get((namespace, name)) == resource_version
-
-    def forget(self, namespace: str, name: str) -> None:
-        self._status_versions.pop((namespace, name), None)
 
     def event(self, job: dict[str, Any], event: Event) -> None:
         meta = job["metadata"]

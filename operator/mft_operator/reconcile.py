@@ -40,8 +40,9 @@ class Cluster(Protocol):
     def patch(self, kind: str, namespace: str, name: str, patch: dict[str, Any]) -> None: ...
     def list_pods(self, namespace: str, job_name: str) -> list[dict[str, Any]]: ...
     def master_log(self, namespace: str, pod_name: str) -> str: ...
-    def patch_status(self, job: dict[str, Any], new_status: dict[str, Any]) -> None:
-        """Write status only if the MFTJob is still at job's resourceVersion; else raise Stale."""
+    def patch_status(self, job: dict[str, Any], new_status: dict[str, Any]) -> dict[str, Any]:
+        """Write status only if the MFTJob is still at job's resourceVersion (else raise Stale);
+        return the MFTJob as written."""
     def event(self, job: dict[str, Any], event: Event) -> None: ...
 
 
@@ -154,7 +155,7 @@ def _observe_and_act(cluster: Cluster, job: dict[str, Any], settings: Settings, 
         child = cluster.get(PYTORCHJOB, ctx.namespace, ctx.name) if "pytorchJob" in (job.get("status") or {}) else None
     except KindMissing:
         return Observation(now=now, problems=(_crd_missing(),))
-    recreated = created_now = False
+    recreated = False
     if child is not None and not controlled_by(child, job):
         return Observation(now=now, problems=(_conflict(child),))
     if child is None:
@@ -167,7 +168,7 @@ def _observe_and_act(cluster: Cluster, job: dict[str, Any], settings: Settings, 
         blocking = missing_claims(ctx, cluster)
         if blocking:
             return Observation(now=now, problems=tuple(blocking))
-        child, created_now, problems = _create_children(cluster, job, settings)
+        child, problems = _create_children(cluster, job, settings)
         if problems:
             return Observation(now=now, problems=problems)
         recreated = decision == RECREATE
@@ -175,31 +176,29 @@ def _observe_and_act(cluster: Cluster, job: dict[str, Any], settings: Settings, 
         patch = child_patch(job, child)
         if patch:
             cluster.patch(PYTORCHJOB, ctx.namespace, ctx.name, patch)
-    # A PyTorchJob created just now has no pods yet: skip the LIST (the costliest request here).
-    pods = () if created_now else tuple(cluster.list_pods(ctx.namespace, ctx.name))
+    pods = tuple(cluster.list_pods(ctx.namespace, ctx.name))
     reports = _read_reports(cluster, ctx.namespace, pods) if reads_progress(child) else progress.Reports()
     return Observation(now=now, child=child, pods=pods, reports=reports, recreated=recreated)
 
 
 def _create_children(cluster: Cluster, job: dict[str, Any],
-                     settings: Settings) -> tuple[dict[str, Any] | None, bool, tuple[Problem, ...]]:
-    """Create (or adopt) every rendered object in order; the PyTorchJob comes last. Returns it, whether
-    it was created now (not adopted), and the problems that stopped creation."""
-    created, created_now = None, False
+                     settings: Settings) -> tuple[dict[str, Any] | None, tuple[Problem, ...]]:
+    """Create (or adopt) every rendered object in order; the PyTorchJob comes last. Returns it and
+    the problems that stopped creation."""
+    created = None
     for manifest in render.render(job, settings):
         try:
-            created, created_now = cluster.create(manifest), True
+            created = cluster.create(manifest)
         except AlreadyExists:
-            created_now = False
             created = cluster.get(manifest["kind"], manifest["metadata"].get("namespace"), manifest["metadata"]["name"])
             if created is None or not adoptable(created, job):
-                return None, False, (_conflict(created or manifest),)
+                return None, (_conflict(created or manifest),)
         except KindMissing:
-            return None, False, (_crd_missing(),)
+            return None, (_crd_missing(),)
         except Rejected as exc:
-            return None, False, (Problem("ChildRejected",
-                                         f"{manifest['kind']} {manifest['metadata']['name']} was rejected: {exc}"),)
-    return created, created_now, ()
+            return None, (Problem("ChildRejected",
+                                  f"{manifest['kind']} {manifest['metadata']['name']} was rejected: {exc}"),)
+    return created, ()
 
 
 def _read_reports(cluster: Cluster, namespace: str, pods: tuple[dict[str, Any], ...]) -> progress.Reports:

@@ -21,9 +21,9 @@ class FakeCluster:
         self.reject = reject
         self.creates = 0
         self.pod_lists = 0
+        self.child_reads = 0
         self.job_reads = 0
         self.resource_version = 0
-        self.status_versions: dict[tuple[str, str], str] = {}
 
     def add(self, obj: dict[str, Any]) -> None:
         meta = obj["metadata"]
@@ -35,6 +35,7 @@ class FakeCluster:
     def get(self, kind, namespace, name):
         if kind == "PyTorchJob" and not self.crd_installed:
             raise KindMissing(kind)
+        self.child_reads += kind == "PyTorchJob"
         return copy.deepcopy(self.objects.get((kind, namespace, name)))
 
     def create(self, manifest):
@@ -67,23 +68,13 @@ class FakeCluster:
             raise Stale(f"{key}: at {stored}, written from {job['metadata'].get('resourceVersion')}")
         self.statuses.append(copy.deepcopy(new_status))
         self.resource_version += 1
-        self.status_versions[key] = str(self.resource_version)
-        if key in self.jobs:
-            self.jobs[key]["metadata"]["resourceVersion"] = str(self.resource_version)
-        if key in self.jobs:
-            self.jobs[key]["status"] = copy.deepcopy(new_status)
+        written = self.jobs.get(key) or copy.deepcopy(job)
+        written["metadata"]["resourceVersion"] = str(self.resource_version)
+        written["status"] = copy.deepcopy(new_status)
+        return copy.deepcopy(written)
 
     def event(self, job, event):
         self.events.append(event)
-
-    def has_written_status(self, namespace, name):
-        return (namespace, name) in self.status_versions
-
-    def is_own_status_write(self, namespace, name, resource_version):
-        return resource_version is not None and self.status_versions.get((namespace, name)) == resource_version
-
-    def forget(self, namespace, name):
-        self.status_versions.pop((namespace, name), None)
 
     def list_jobs(self, namespace):
         return [copy.deepcopy(j) for (ns, _), j in self.jobs.items() if namespace in (None, ns)]

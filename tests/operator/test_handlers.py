@@ -6,7 +6,8 @@ import copy
 import threading
 import time
 
-from mft_operator import handlers
+from mft_operator import handlers, status
+from mft_operator.informer import WatchCache
 from mft_operator.metrics import Metrics
 from mft_operator.settings import Settings
 
@@ -25,8 +26,12 @@ def test_owner_job_name_from_owner_reference_or_label():
     assert handlers.owner_job_name({"metadata": {}}) is None
 
 
-def _runtime(cluster):
-    return handlers.Runtime(Settings(), cluster, Metrics(), clock=lambda: "2026-01-01T00:00:00Z")
+def _runtime(cluster, cache=None):
+    return handlers.Runtime(Settings(), cluster, Metrics(), clock=lambda: "2026-01-01T00:00:00Z", cache=cache)
+
+
+def _passes(runtime):
+    return runtime.metrics.registry.get_sample_value("mft_reconcile_duration_seconds_count")
 
 
 def _job(name, **status):
@@ -91,11 +96,12 @@ def test_triggers_arriving_during_a_reconcile_coalesce_into_one_more_pass():
         runtime.reconcile("ml", "a", trigger)
     release.set()
     first.join(5)
-    assert cluster.job_reads == 2  # the running pass and exactly one more for the four triggers
+    assert _passes(runtime) == 2  # the running pass and exactly one more for the four triggers
+    assert cluster.job_reads == 1  # the second pass took the copy the first one's status write returned
     assert cluster.creates == 3  # ConfigMap, checkpoint PVC and PyTorchJob, each created once
     assert runtime.metrics.registry.get_sample_value("mft_triggers_skipped_total", {"reason": "coalesced"}) == 4
     runtime.reconcile("ml", "a", "pod")  # nothing running any more: reconciled at once
-    assert cluster.job_reads == 3
+    assert _passes(runtime) == 3
 
 
 def test_watch_copies_save_reads_and_our_own_status_echo_is_skipped():
@@ -129,13 +135,33 @@ def test_watch_copies_save_reads_and_our_own_status_echo_is_skipped():
     assert cluster.jobs[("ml", "a")]["status"].get("restarts", 0) == 0
 
 
-def test_creating_the_child_skips_the_pod_list_and_later_passes_list_pods():
+def test_children_come_from_the_watch_cache_until_it_is_too_old():
     cluster = _cluster_with_job("a")
-    runtime = _runtime(cluster)
+    clock = [1000.0]
+    runtime = _runtime(cluster, WatchCache(clock=lambda: clock[0]))
     runtime.reconcile("ml", "a", "mftjob")
-    assert ("PyTorchJob", "ml", "a") in cluster.objects and cluster.pod_lists == 0
+    assert ("PyTorchJob", "ml", "a") in cluster.objects and cluster.job_reads == 1
+    runtime.reconcile("ml", "a", "pytorchjob")  # created just now: no pods yet, nothing read
+    assert (cluster.child_reads, cluster.pod_lists, cluster.job_reads) == (0, 0, 1)
+
+    pod = {"kind": "Pod", "metadata": {"namespace": "ml", "name": "a-master-0", "labels": {
+        "mft.dev/job-name": "a", status.REPLICA_TYPE_LABEL: "master", status.REPLICA_INDEX_LABEL: "0"}},
+        "status": {"phase": "Pending", "containerStatuses": [{"name": "trainer", "state": {"waiting": {
+            "reason": "ImagePullBackOff", "message": "no such image"}}}]}}
+    cluster.pods.append(pod)
+    runtime.cache.observe_pod(pod, deleted=False)  # the pod's watch event, as the handler passes it on
+    runtime.reconcile("ml", "a", "pod")
+    assert cluster.pod_lists == 0
+    assert cluster.jobs[("ml", "a")]["status"]["conditions"][-1]["reason"] == "ImagePullBackOff"
+
+    clock[0] += WatchCache().max_age + 1  # nothing confirmed them for too long: read both again
+    runtime.reconcile("ml", "a", "timer")
+    assert (cluster.child_reads, cluster.pod_lists) == (1, 1)
+
+    child = cluster.objects.pop(("PyTorchJob", "ml", "a"))  # deleted by hand: recreated after a read says so
+    runtime.cache.observe_pytorchjob(child, deleted=True)
     runtime.reconcile("ml", "a", "pytorchjob")
-    assert cluster.pod_lists == 1
+    assert cluster.child_reads == 2 and cluster.jobs[("ml", "a")]["status"]["restarts"] == 1
 
 
 def test_poll_resyncs_waiting_jobs_once_a_minute_and_running_ones_every_half_interval():
@@ -143,21 +169,24 @@ def test_poll_resyncs_waiting_jobs_once_a_minute_and_running_ones_every_half_int
     runtime = _runtime(cluster)
     interval, key = runtime.settings.progress_interval_seconds, ("ml", "a")
     runtime.reconcile("ml", "a", "mftjob")
-    assert cluster.jobs[key]["status"]["phase"] == "Created" and cluster.pod_lists == 0
+    assert cluster.jobs[key]["status"]["phase"] == "Created"
+
+    def polled():
+        return runtime.metrics.registry.get_sample_value("mft_reconciles_total", {"trigger": "timer"}) or 0
 
     runtime._last_pass[key] -= interval  # a child that has not started: not due yet
     runtime.poll_once()
-    assert cluster.pod_lists == 0
+    assert polled() == 0
     assert runtime.metrics.registry.get_sample_value("mft_triggers_skipped_total",
                                                      {"reason": "recently-reconciled"}) == 1
     runtime._last_pass[key] -= handlers.RESYNC_SECONDS
     runtime.poll_once()
-    assert cluster.pod_lists == 1
+    assert polled() == 1
 
     cluster.jobs[key]["status"]["phase"] = "Running"  # progress: due every half interval
     runtime._last_pass[key] = time.monotonic() - interval / 4
     runtime.poll_once()
-    assert cluster.pod_lists == 1
+    assert polled() == 1
     runtime._last_pass[key] = time.monotonic() - interval / 2 - 0.01
     runtime.poll_once()
-    assert cluster.pod_lists == 2
+    assert polled() == 2

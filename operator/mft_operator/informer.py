@@ -1,0 +1,225 @@
+"""The operator's memory of what it watches, in the spirit of client-go's informers: the newest
+MFTJob, PyTorchJob and pods that a watch event, a read or our own write delivered, so a
+reconcile reads them from memory instead of asking the API server on every pass.
+
+What is remembered is trusted within limits:
+- an MFTJob copy is *current* (children may be created from it) only while its status is the one
+  our last write produced, as the operator is the only writer of status; any other copy is used
+  under the resourceVersion precondition of the status write, which refuses it if it lags;
+- a PyTorchJob, or the set of one job's pods, is read again once no event or read has confirmed
+  it for ``max_age`` seconds, so an event lost in a watch reconnect costs at most that long;
+- a pod set counts as complete only from a LIST (or the creation of its PyTorchJob) on, plus
+  every event since; before that the pods are listed.
+A missing PyTorchJob is never taken from memory: the API confirms a deletion before anything is
+recreated (which spends restart budget).
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from .render import JOB_NAME_LABEL
+from .status import Event
+
+MAX_AGE_SECONDS = 60.0
+
+Key = tuple[str, str]
+
+
+def _key(obj: dict[str, Any]) -> Key:
+    return obj["metadata"]["namespace"], obj["metadata"]["name"]
+
+
+@dataclass
+class _PodSet:
+    complete_since: float | None = None  # when a LIST or the PyTorchJob's creation made it complete
+    pods: dict[str, dict[str, Any]] = field(default_factory=dict)
+    seen: dict[str, float] = field(default_factory=dict)  # pod -> when an event last delivered it
+    gone: dict[str, float] = field(default_factory=dict)  # pod -> when its deletion was seen
+
+
+class WatchCache:
+    def __init__(self, max_age: float = MAX_AGE_SECONDS, clock: Callable[[], float] = time.monotonic):
+        self.max_age = max_age
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._jobs: dict[Key, dict[str, Any]] = {}
+        self._written: dict[Key, str] = {}  # resourceVersion our last status write produced
+        self._pytorchjobs: dict[Key, tuple[float, dict[str, Any]]] = {}
+        self._pod_sets: dict[Key, _PodSet] = {}
+
+    # ------------------------------------------------------------ MFTJobs
+
+    def observe_job(self, job: dict[str, Any]) -> None:
+        """A copy from a watch event or a read."""
+        with self._lock:
+            self._jobs[_key(job)] = copy.deepcopy(job)
+
+    def wrote_status(self, patched: dict[str, Any]) -> None:
+        """The MFTJob as our status write left it."""
+        with self._lock:
+            self._jobs[_key(patched)] = copy.deepcopy(patched)
+            self._written[_key(patched)] = patched["metadata"]["resourceVersion"]
+
+    def job(self, namespace: str, name: str) -> dict[str, Any] | None:
+        with self._lock:
+            job = self._jobs.get((namespace, name))
+        return copy.deepcopy(job) if job is not None else None
+
+    def has_job(self, namespace: str, name: str) -> bool:
+        with self._lock:
+            return (namespace, name) in self._jobs
+
+    def is_current(self, job: dict[str, Any]) -> bool:
+        """Whether the copy carries the MFTJob's current status: nobody but us writes status, so a
+        copy is current before our first write and when it is the version our last write made."""
+        with self._lock:
+            written = self._written.get(_key(job))
+        return written is None or written == job["metadata"].get("resourceVersion")
+
+    def is_own_status_write(self, namespace: str, name: str, resource_version: str | None) -> bool:
+        """True when this version of the MFTJob is the one our last status write produced: its watch
+        event brings nothing the reconcile that wrote it has not seen."""
+        with self._lock:
+            return resource_version is not None and self._written.get((namespace, name)) == resource_version
+
+    def forget_job(self, namespace: str, name: str) -> None:
+        """Drop what is remembered for a deleted MFTJob (its children go with it)."""
+        with self._lock:
+            self._jobs.pop((namespace, name), None)
+            self._written.pop((namespace, name), None)
+            self._pod_sets.pop((namespace, name), None)
+
+    # ------------------------------------------------------------ PyTorchJobs
+
+    def observe_pytorchjob(self, child: dict[str, Any], deleted: bool) -> None:
+        with self._lock:
+            if deleted:
+                self._pytorchjobs.pop(_key(child), None)
+            else:
+                self._pytorchjobs[_key(child)] = (self.clock(), copy.deepcopy(child))
+
+    def remember_pytorchjob(self, child: dict[str, Any], read_at: float) -> None:
+        """A PyTorchJob read or created at ``read_at``, unless an event has delivered a newer one since."""
+        with self._lock:
+            seen_at, _ = self._pytorchjobs.get(_key(child), (float("-inf"), None))
+            if seen_at < read_at:
+                self._pytorchjobs[_key(child)] = (read_at, copy.deepcopy(child))
+
+    def pytorchjob(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The PyTorchJob, or None when it is not known (or no longer trusted): read it."""
+        with self._lock:
+            seen_at, child = self._pytorchjobs.get((namespace, name), (float("-inf"), None))
+        return child if self.clock() - seen_at <= self.max_age else None
+
+    # ------------------------------------------------------------ pods
+
+    def observe_pod(self, pod: dict[str, Any], deleted: bool) -> None:
+        job_name = pod["metadata"].get("labels", {}).get(JOB_NAME_LABEL)
+        if not job_name:
+            return
+        key, name, now = (pod["metadata"]["namespace"], job_name), pod["metadata"]["name"], self.clock()
+        with self._lock:
+            pod_set = self._pod_sets.get(key)
+            if deleted:
+                if pod_set is None:
+                    return
+                pod_set.pods.pop(name, None)
+                pod_set.seen.pop(name, None)
+                pod_set.gone[name] = now
+                if not pod_set.pods and pod_set.complete_since is None:
+                    del self._pod_sets[key]  # nothing left to remember for a job nobody listed
+                return
+            pod_set = self._pod_sets.setdefault(key, _PodSet())
+            pod_set.pods[name], pod_set.seen[name] = copy.deepcopy(pod), now
+            pod_set.gone.pop(name, None)
+
+    def remember_pods(self, namespace: str, job_name: str, pods: list[dict[str, Any]], listed_at: float) -> None:
+        """One job's pods as a LIST started at ``listed_at`` returned them (empty for a PyTorchJob
+        just created), merged with what events delivered since the LIST began."""
+        with self._lock:
+            previous = self._pod_sets.get((namespace, job_name), _PodSet())
+            fresh = _PodSet(complete_since=listed_at, pods={p["metadata"]["name"]: copy.deepcopy(p) for p in pods})
+            fresh.seen = {name: listed_at for name in fresh.pods}
+            for name, seen_at in previous.seen.items():
+                if seen_at >= listed_at:
+                    fresh.pods[name], fresh.seen[name] = previous.pods[name], seen_at
+            for name, gone_at in previous.gone.items():
+                if gone_at >= listed_at:
+                    fresh.pods.pop(name, None)
+                    fresh.seen.pop(name, None)
+                    fresh.gone[name] = gone_at
+            self._pod_sets[(namespace, job_name)] = fresh
+
+    def pods(self, namespace: str, job_name: str) -> tuple[dict[str, Any], ...] | None:
+        """The job's pods by name, or None when they are not known completely (or no longer trusted)."""
+        with self._lock:
+            pod_set = self._pod_sets.get((namespace, job_name))
+            if pod_set is None or pod_set.complete_since is None or self.clock() - pod_set.complete_since > self.max_age:
+                return None
+            return tuple(pod_set.pods[name] for name in sorted(pod_set.pods))
+
+
+class CachedCluster:
+    """A ``reconcile.Cluster`` that answers PyTorchJob and pod reads from a ``WatchCache`` when it
+    can, and keeps the cache up to date with what it reads and writes."""
+
+    def __init__(self, cluster: Any, cache: WatchCache):
+        self.cluster = cluster
+        self.cache = cache
+
+    def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        if kind != "PyTorchJob":
+            return self.cluster.get(kind, namespace, name)
+        child = self.cache.pytorchjob(namespace, name)
+        if child is None:
+            read_at = self.cache.clock()
+            child = self.cluster.get(kind, namespace, name)
+            if child is not None:
+                self.cache.remember_pytorchjob(child, read_at)
+        return child
+
+    def create(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        started = self.cache.clock()
+        created = self.cluster.create(manifest)
+        if manifest["kind"] == "PyTorchJob":
+            self.cache.remember_pytorchjob(created, started)
+            # A PyTorchJob that did not exist has no pods yet: every pod of it is an event from here on.
+            self.cache.remember_pods(*_key(created), [], started)
+        return created
+
+    def patch(self, kind: str, namespace: str, name: str, patch: dict[str, Any]) -> None:
+        self.cluster.patch(kind, namespace, name, patch)
+
+    def list_pods(self, namespace: str, job_name: str) -> list[dict[str, Any]]:
+        pods = self.cache.pods(namespace, job_name)
+        if pods is not None:
+            return list(pods)
+        listed_at = self.cache.clock()
+        listed = self.cluster.list_pods(namespace, job_name)
+        self.cache.remember_pods(namespace, job_name, listed, listed_at)
+        return listed
+
+    def master_log(self, namespace: str, pod_name: str) -> str:
+        return self.cluster.master_log(namespace, pod_name)
+
+    def patch_status(self, job: dict[str, Any], new_status: dict[str, Any]) -> dict[str, Any]:
+        patched = self.cluster.patch_status(job, new_status)
+        self.cache.wrote_status(patched)
+        return patched
+
+    def event(self, job: dict[str, Any], event: Event) -> None:
+        self.cluster.event(job, event)
+
+    def get_job(self, namespace: str, name: str) -> dict[str, Any] | None:
+        job = self.cluster.get_job(namespace, name)
+        if job is not None:
+            self.cache.observe_job(job)
+        return job
+
+    def list_jobs(self, namespace: str | None) -> list[dict[str, Any]]:
+        return self.cluster.list_jobs(namespace)

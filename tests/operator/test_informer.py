@@ -1,0 +1,108 @@
+"""The watch cache: what a reconcile may take from memory, and when it must ask the API again."""
+
+from __future__ import annotations
+
+from mft_operator.informer import WatchCache
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _pod(name, job="a", phase="Running"):
+    return {"kind": "Pod", "metadata": {"namespace": "ml", "name": name, "labels": {"mft.dev/job-name": job}},
+            "status": {"phase": phase}}
+
+
+def _names(pods):
+    return [p["metadata"]["name"] for p in pods]
+
+
+def test_pods_seen_only_through_events_are_not_a_complete_set():
+    cache = WatchCache(clock=Clock())
+    cache.observe_pod(_pod("a-worker-0"), deleted=False)
+    assert cache.pods("ml", "a") is None  # the master may exist without an event seen yet: list
+
+
+def test_a_list_and_the_events_after_it_make_the_set():
+    clock = Clock()
+    cache = WatchCache(clock=clock)
+    cache.remember_pods("ml", "a", [_pod("a-worker-0"), _pod("a-master-0")], listed_at=clock())
+    clock.now += 1
+    cache.observe_pod(_pod("a-worker-1"), deleted=False)
+    cache.observe_pod(_pod("a-worker-0"), deleted=True)
+    cache.observe_pod(_pod("a-master-0", phase="Failed"), deleted=False)
+    cache.observe_pod(_pod("b-master-0", job="b"), deleted=False)
+    pods = cache.pods("ml", "a")
+    assert _names(pods) == ["a-master-0", "a-worker-1"]
+    assert pods[0]["status"]["phase"] == "Failed"
+
+
+def test_events_during_a_list_survive_its_older_answer():
+    clock = Clock()
+    cache = WatchCache(clock=clock)
+    cache.remember_pods("ml", "a", [_pod("a-master-0"), _pod("a-worker-0")], listed_at=clock())
+    list_started = clock.now = 110.0
+    clock.now = 111.0  # while the LIST is in flight: a new pod, a deletion, a phase change
+    cache.observe_pod(_pod("a-worker-1"), deleted=False)
+    cache.observe_pod(_pod("a-worker-0"), deleted=True)
+    cache.observe_pod(_pod("a-master-0", phase="Succeeded"), deleted=False)
+    answer = [_pod("a-master-0"), _pod("a-worker-0")]  # what the API held when the LIST began
+    cache.remember_pods("ml", "a", answer, listed_at=list_started)
+    pods = cache.pods("ml", "a")
+    assert _names(pods) == ["a-master-0", "a-worker-1"]
+    assert pods[0]["status"]["phase"] == "Succeeded"
+
+
+def test_an_old_set_or_child_is_read_again():
+    clock = Clock()
+    cache = WatchCache(max_age=60, clock=clock)
+    cache.remember_pods("ml", "a", [], listed_at=clock())
+    cache.observe_pytorchjob({"metadata": {"namespace": "ml", "name": "a"}}, deleted=False)
+    clock.now += 60
+    assert cache.pods("ml", "a") == () and cache.pytorchjob("ml", "a") is not None
+    clock.now += 1
+    assert cache.pods("ml", "a") is None and cache.pytorchjob("ml", "a") is None
+
+
+def test_a_read_never_replaces_a_newer_event_and_a_deletion_is_not_remembered():
+    clock = Clock()
+    cache = WatchCache(clock=clock)
+    read_at = clock()
+    clock.now += 1
+    cache.observe_pytorchjob({"metadata": {"namespace": "ml", "name": "a", "resourceVersion": "2"}}, deleted=False)
+    cache.remember_pytorchjob({"metadata": {"namespace": "ml", "name": "a", "resourceVersion": "1"}}, read_at)
+    assert cache.pytorchjob("ml", "a")["metadata"]["resourceVersion"] == "2"
+    cache.observe_pytorchjob({"metadata": {"namespace": "ml", "name": "a"}}, deleted=True)
+    assert cache.pytorchjob("ml", "a") is None  # unknown: the API decides whether it is gone
+
+
+def test_a_copy_is_current_until_our_status_write_and_again_at_its_version():
+    cache = WatchCache()
+    job = {"metadata": {"namespace": "ml", "name": "a", "resourceVersion": "5"}, "spec": {}}
+    cache.observe_job(job)
+    assert cache.is_current(job)  # nothing written yet: nobody else writes status
+    cache.wrote_status({**job, "metadata": {**job["metadata"], "resourceVersion": "6"}, "status": {"phase": "Created"}})
+    assert not cache.is_current(job)
+    newest = cache.job("ml", "a")
+    assert newest["status"] == {"phase": "Created"} and cache.is_current(newest)
+    assert cache.is_own_status_write("ml", "a", "6") and not cache.is_own_status_write("ml", "a", "5")
+    newest["status"]["phase"] = "changed by a caller"
+    assert cache.job("ml", "a")["status"]["phase"] == "Created"  # callers get their own copy
+
+
+def test_forgetting_a_job_drops_its_copy_version_and_pods():
+    clock = Clock()
+    cache = WatchCache(clock=clock)
+    job = {"metadata": {"namespace": "ml", "name": "a", "resourceVersion": "6"}}
+    cache.wrote_status(job)
+    cache.remember_pods("ml", "a", [_pod("a-master-0")], listed_at=clock())
+    cache.forget_job("ml", "a")
+    assert cache.job("ml", "a") is None and cache.pods("ml", "a") is None
+    assert cache.is_current({"metadata": {"namespace": "ml", "name": "a", "resourceVersion": "1"}})
+    cache.observe_pod(_pod("a-master-0"), deleted=True)  # the garbage collector's deletions leave nothing
+    assert cache._pod_sets == {}
