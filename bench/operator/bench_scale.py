@@ -295,12 +295,15 @@ def run_size(n: int, args: argparse.Namespace, workdir: Path) -> dict:
             time.sleep(1)
         cpu0 = sum(proc.cpu_times()[:2])
         req0, opreq0 = apiserver.requests(), operator_counts(counts_path)
+        who = {operator.pid: "mft operator", os.getpid(): "bench (clients, watches)"}
+        machine0 = cpu_by_process(who)
 
         names = [f"m{i:04d}" for i in range(n)]
         t0, t_created = create_all(
             lambda name: custom.create_namespaced_custom_object(GROUP, VERSION, "bench", PLURAL, mftjob(name)), names)
         t_children = wait_until("every PyTorchJob", lambda: all(k in child_w.added for k in names), args.timeout)
         req_c, opreq_c, cpu_c = apiserver.requests(), operator_counts(counts_path), sum(proc.cpu_times()[:2]) - cpu0
+        machine_c = diff(cpu_by_process(who), machine0)
         t_status = wait_until("every first status", lambda: all(k in mft_w.status for k in names), args.timeout)
         t_pods = wait_until("every pod", lambda: all(k in bpod_w.added for k in names), args.timeout)
         cpu_burst = sum(proc.cpu_times()[:2]) - cpu0
@@ -329,6 +332,8 @@ def run_size(n: int, args: argparse.Namespace, workdir: Path) -> dict:
             "api_burst": sum(burst_api.values()),
             "api_children": sum(diff(req_c, req0).values()), "op_children": sum(diff(opreq_c, opreq0).values()),
             "op_children_by": dict(diff(opreq_c, opreq0).most_common(12)), "cpu_children_s": cpu_c,
+            "machine_children": {name: round(c, 1) for name, c in machine_c.most_common(8)},
+            "machine_children_busy": (machine_c.total() - machine_c[IDLE]) / ((t_children - t0) * psutil.cpu_count()),
             "api_burst_by": {f"{v} {r}": c for (v, r), c in burst_api.most_common(14)},
             "api_steady": sum(diff(req3, req2).values()),
             "op_burst": sum(diff(opreq1, opreq0).values()), "op_burst_by": dict(diff(opreq1, opreq0).most_common(12)),
@@ -372,6 +377,22 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+IDLE = "(idle)"
+
+
+def cpu_by_process(labels: dict[int, str]) -> Counter:
+    """CPU seconds used so far by every process on the machine, summed by name (``labels`` names
+    some pids), and the machine's idle seconds: where the cores went during a window."""
+    used = Counter()
+    for p in psutil.process_iter(["pid", "name", "cpu_times"]):
+        times = p.info["cpu_times"]
+        if times is not None:
+            used[labels.get(p.info["pid"], p.info["name"])] += times.user + times.system
+    machine = psutil.cpu_times()
+    used[IDLE] = machine.idle + getattr(machine, "iowait", 0.0)
+    return used
 
 
 def _hwm(pid: int) -> int:
@@ -475,6 +496,8 @@ def report(results: list[dict], args: argparse.Namespace) -> None:
             print(f"N={r['n']} until every PyTorchJob exists: apiserver {o['api_children'] / r['n']:.1f} requests/job, "
                   f"operator {o['op_children'] / r['n']:.1f} requests/job, operator CPU {o['cpu_children_s']:.1f} s "
                   f"({1000 * o['cpu_children_s'] / r['n']:.0f} ms/job): {json.dumps(o['op_children_by'])}")
+            print(f"N={r['n']} until every PyTorchJob exists: the machine's cores {o['machine_children_busy']:.0%} busy; "
+                  f"CPU s by process: {json.dumps(o['machine_children'])}")
         print(f"N={r['n']} operator's own requests, burst: {json.dumps(r['ours']['op_burst_by'])}")
         print(f"N={r['n']} operator's own requests, {r['ours']['steady_window_s']:g} s steady: {json.dumps(r['ours']['op_steady_by'])}")
 

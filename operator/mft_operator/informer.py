@@ -34,6 +34,13 @@ def _key(obj: dict[str, Any]) -> Key:
     return obj["metadata"]["namespace"], obj["metadata"]["name"]
 
 
+def _kept(obj: dict[str, Any]) -> dict[str, Any]:
+    """A copy to remember, without managedFields (the server-side-apply bookkeeping, often the
+    largest part of an object, which nothing here reads): what client-go's informers strip too."""
+    metadata = {key: value for key, value in obj["metadata"].items() if key != "managedFields"}
+    return copy.deepcopy({**obj, "metadata": metadata})
+
+
 @dataclass
 class _PodSet:
     complete_since: float | None = None  # when a LIST or the PyTorchJob's creation made it complete
@@ -56,13 +63,15 @@ class WatchCache:
 
     def observe_job(self, job: dict[str, Any]) -> None:
         """A copy from a watch event or a read."""
+        kept = _kept(job)
         with self._lock:
-            self._jobs[_key(job)] = copy.deepcopy(job)
+            self._jobs[_key(job)] = kept
 
     def wrote_status(self, patched: dict[str, Any]) -> None:
         """The MFTJob as our status write left it."""
+        kept = _kept(patched)
         with self._lock:
-            self._jobs[_key(patched)] = copy.deepcopy(patched)
+            self._jobs[_key(patched)] = kept
             self._written[_key(patched)] = patched["metadata"]["resourceVersion"]
 
     def job(self, namespace: str, name: str) -> dict[str, Any] | None:
@@ -97,18 +106,20 @@ class WatchCache:
     # ------------------------------------------------------------ PyTorchJobs
 
     def observe_pytorchjob(self, child: dict[str, Any], deleted: bool) -> None:
+        kept = None if deleted else _kept(child)
         with self._lock:
-            if deleted:
+            if kept is None:
                 self._pytorchjobs.pop(_key(child), None)
             else:
-                self._pytorchjobs[_key(child)] = (self.clock(), copy.deepcopy(child))
+                self._pytorchjobs[_key(child)] = (self.clock(), kept)
 
     def remember_pytorchjob(self, child: dict[str, Any], read_at: float) -> None:
         """A PyTorchJob read or created at ``read_at``, unless an event has delivered a newer one since."""
+        kept = _kept(child)
         with self._lock:
             seen_at, _ = self._pytorchjobs.get(_key(child), (float("-inf"), None))
             if seen_at < read_at:
-                self._pytorchjobs[_key(child)] = (read_at, copy.deepcopy(child))
+                self._pytorchjobs[_key(child)] = (read_at, kept)
 
     def pytorchjob(self, namespace: str, name: str) -> dict[str, Any] | None:
         """The PyTorchJob, or None when it is not known (or no longer trusted): read it."""
@@ -123,6 +134,7 @@ class WatchCache:
         if not job_name:
             return
         key, name, now = (pod["metadata"]["namespace"], job_name), pod["metadata"]["name"], self.clock()
+        kept = None if deleted else _kept(pod)
         with self._lock:
             pod_set = self._pod_sets.get(key)
             if deleted:
@@ -135,15 +147,16 @@ class WatchCache:
                     del self._pod_sets[key]  # nothing left to remember for a job nobody listed
                 return
             pod_set = self._pod_sets.setdefault(key, _PodSet())
-            pod_set.pods[name], pod_set.seen[name] = copy.deepcopy(pod), now
+            pod_set.pods[name], pod_set.seen[name] = kept, now
             pod_set.gone.pop(name, None)
 
     def remember_pods(self, namespace: str, job_name: str, pods: list[dict[str, Any]], listed_at: float) -> None:
         """One job's pods as a LIST started at ``listed_at`` returned them (empty for a PyTorchJob
         just created), merged with what events delivered since the LIST began."""
+        listed = {pod["metadata"]["name"]: _kept(pod) for pod in pods}
         with self._lock:
             previous = self._pod_sets.get((namespace, job_name), _PodSet())
-            fresh = _PodSet(complete_since=listed_at, pods={p["metadata"]["name"]: copy.deepcopy(p) for p in pods})
+            fresh = _PodSet(complete_since=listed_at, pods=listed)
             fresh.seen = {name: listed_at for name in fresh.pods}
             for name, seen_at in previous.seen.items():
                 if seen_at >= listed_at:
