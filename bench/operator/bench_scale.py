@@ -296,14 +296,14 @@ def run_size(n: int, args: argparse.Namespace, workdir: Path) -> dict:
         cpu0 = sum(proc.cpu_times()[:2])
         req0, opreq0 = apiserver.requests(), operator_counts(counts_path)
         who = {operator.pid: "mft operator", os.getpid(): "bench (clients, watches)"}
-        machine0 = cpu_by_process(who)
+        machine0 = cpu_by_process()
 
         names = [f"m{i:04d}" for i in range(n)]
         t0, t_created = create_all(
             lambda name: custom.create_namespaced_custom_object(GROUP, VERSION, "bench", PLURAL, mftjob(name)), names)
         t_children = wait_until("every PyTorchJob", lambda: all(k in child_w.added for k in names), args.timeout)
         req_c, opreq_c, cpu_c = apiserver.requests(), operator_counts(counts_path), sum(proc.cpu_times()[:2]) - cpu0
-        machine_c = diff(cpu_by_process(who), machine0)
+        machine_c, busy_c = cpu_window(machine0, cpu_by_process(), who)
         t_status = wait_until("every first status", lambda: all(k in mft_w.status for k in names), args.timeout)
         t_pods = wait_until("every pod", lambda: all(k in bpod_w.added for k in names), args.timeout)
         cpu_burst = sum(proc.cpu_times()[:2]) - cpu0
@@ -333,7 +333,7 @@ def run_size(n: int, args: argparse.Namespace, workdir: Path) -> dict:
             "api_children": sum(diff(req_c, req0).values()), "op_children": sum(diff(opreq_c, opreq0).values()),
             "op_children_by": dict(diff(opreq_c, opreq0).most_common(12)), "cpu_children_s": cpu_c,
             "machine_children": {name: round(c, 1) for name, c in machine_c.most_common(8)},
-            "machine_children_busy": (machine_c.total() - machine_c[IDLE]) / ((t_children - t0) * psutil.cpu_count()),
+            "machine_children_busy": busy_c,
             "api_burst_by": {f"{v} {r}": c for (v, r), c in burst_api.most_common(14)},
             "api_steady": sum(diff(req3, req2).values()),
             "op_burst": sum(diff(opreq1, opreq0).values()), "op_burst_by": dict(diff(opreq1, opreq0).most_common(12)),
@@ -379,20 +379,25 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-IDLE = "(idle)"
-
-
-def cpu_by_process(labels: dict[int, str]) -> Counter:
-    """CPU seconds used so far by every process on the machine, summed by name (``labels`` names
-    some pids), and the machine's idle seconds: where the cores went during a window."""
-    used = Counter()
+def cpu_by_process() -> tuple[dict[int, tuple[str, float]], float, float]:
+    """Every process's name and CPU seconds used so far, and the machine's busy and total core-seconds."""
+    used = {}
     for p in psutil.process_iter(["pid", "name", "cpu_times"]):
-        times = p.info["cpu_times"]
-        if times is not None:
-            used[labels.get(p.info["pid"], p.info["name"])] += times.user + times.system
+        if p.info["cpu_times"] is not None:
+            used[p.info["pid"]] = p.info["name"], p.info["cpu_times"].user + p.info["cpu_times"].system
     machine = psutil.cpu_times()
-    used[IDLE] = machine.idle + getattr(machine, "iowait", 0.0)
-    return used
+    total = sum(machine)
+    return used, total - machine.idle - getattr(machine, "iowait", 0.0), total
+
+
+def cpu_window(before, after, labels: dict[int, str]) -> tuple[Counter, float]:
+    """CPU seconds per process name between two ``cpu_by_process`` snapshots (``labels`` names some
+    pids; a process started in between counts whole), and the fraction of the machine's cores busy."""
+    (used0, busy0, total0), (used1, busy1, total1) = before, after
+    spent = Counter()
+    for pid, (name, seconds) in used1.items():
+        spent[labels.get(pid, name)] += seconds - used0.get(pid, (name, 0.0))[1]
+    return spent, (busy1 - busy0) / max(total1 - total0, 1e-9)
 
 
 def _hwm(pid: int) -> int:

@@ -101,6 +101,7 @@ class WatchCache:
         with self._lock:
             self._jobs.pop((namespace, name), None)
             self._written.pop((namespace, name), None)
+            self._pytorchjobs.pop((namespace, name), None)  # named after its MFTJob
             self._pod_sets.pop((namespace, name), None)
 
     # ------------------------------------------------------------ PyTorchJobs

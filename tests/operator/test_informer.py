@@ -69,6 +69,15 @@ def test_an_old_set_or_child_is_read_again():
     assert cache.pods("ml", "a") is None and cache.pytorchjob("ml", "a") is None
 
 
+def test_what_is_kept_leaves_out_managed_fields_and_is_a_copy():
+    cache = WatchCache(clock=Clock())
+    child = {"metadata": {"namespace": "ml", "name": "a", "managedFields": [{"manager": "kubectl"}]},
+             "status": {"conditions": []}}
+    cache.observe_pytorchjob(child, deleted=False)
+    child["status"]["conditions"].append({"type": "Running"})  # the event's object, changed afterwards
+    assert cache.pytorchjob("ml", "a") == {"metadata": {"namespace": "ml", "name": "a"}, "status": {"conditions": []}}
+
+
 def test_a_read_never_replaces_a_newer_event_and_a_deletion_is_not_remembered():
     clock = Clock()
     cache = WatchCache(clock=clock)
@@ -95,14 +104,15 @@ def test_a_copy_is_current_until_our_status_write_and_again_at_its_version():
     assert cache.job("ml", "a")["status"]["phase"] == "Created"  # callers get their own copy
 
 
-def test_forgetting_a_job_drops_its_copy_version_and_pods():
+def test_forgetting_a_job_drops_its_copy_version_and_children():
     clock = Clock()
     cache = WatchCache(clock=clock)
     job = {"metadata": {"namespace": "ml", "name": "a", "resourceVersion": "6"}}
     cache.wrote_status(job)
     cache.remember_pods("ml", "a", [_pod("a-master-0")], listed_at=clock())
+    cache.observe_pytorchjob({"metadata": {"namespace": "ml", "name": "a"}}, deleted=False)
     cache.forget_job("ml", "a")
-    assert cache.job("ml", "a") is None and cache.pods("ml", "a") is None
+    assert cache.job("ml", "a") is None and cache.pods("ml", "a") is None and cache.pytorchjob("ml", "a") is None
     assert cache.is_current({"metadata": {"namespace": "ml", "name": "a", "resourceVersion": "1"}})
     cache.observe_pod(_pod("a-master-0"), deleted=True)  # the garbage collector's deletions leave nothing
     assert cache._pod_sets == {}
