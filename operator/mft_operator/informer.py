@@ -36,7 +36,8 @@ def _key(obj: dict[str, Any]) -> Key:
 
 def _kept(obj: dict[str, Any]) -> dict[str, Any]:
     """A copy to remember, without managedFields (the server-side-apply bookkeeping, often the
-    largest part of an object, which nothing here reads): what client-go's informers strip too."""
+    largest part of an object, which nothing here reads), as controller-runtime's
+    ``TransformStripManagedFields`` does for its informers."""
     metadata = {key: value for key, value in obj["metadata"].items() if key != "managedFields"}
     return copy.deepcopy({**obj, "metadata": metadata})
 
