@@ -206,11 +206,14 @@ def execute(local: LocalPlan, grace_seconds: float, out=sys.stderr) -> int:
 
 
 class ProgressReport:
-    """Turns the trainer's JSON lines into a progress bar and a final summary; other lines pass through."""
+    """Turns the trainer's JSON lines into a progress bar and a final summary; other lines pass through.
+    Written to a log rather than a terminal, the bar becomes a plain line every tenth of the run."""
 
     def __init__(self, out) -> None:
         self.out = out
+        self.live = out.isatty()
         self.bar = None
+        self._logged_tenth = -1
         self.last: dict[str, Any] = {}
         self.checkpoint: dict[str, Any] = {}
         self.summary: dict[str, Any] = {}
@@ -229,15 +232,28 @@ class ProgressReport:
             self._write(line.rstrip("\n"))
 
     def _progress(self, record: dict[str, Any]) -> None:
+        self.last = record
+        step, total = record.get("step", 0), record.get("total_steps") or None
+        numbers = {"loss": record.get("loss"), "valid": record.get("valid_loss"), "tok/s": record.get("tokens_per_second")}
+        shown = {k: f"{v:.4g}" for k, v in numbers.items() if isinstance(v, (int, float))}
+        if not self.live:
+            self._log_line(step, total, shown)
+            return
         from tqdm import tqdm
 
         if self.bar is None:
-            self.bar = tqdm(total=record.get("total_steps") or None, unit="step", file=self.out, dynamic_ncols=True)
-        self.bar.n = record.get("step", 0)
-        postfix = {"loss": record.get("loss"), "valid": record.get("valid_loss"), "tok/s": record.get("tokens_per_second")}
-        self.bar.set_postfix({k: f"{v:.4g}" for k, v in postfix.items() if isinstance(v, (int, float))}, refresh=False)
+            self.bar = tqdm(total=total, unit="step", file=self.out, dynamic_ncols=True)
+        self.bar.n = step
+        self.bar.set_postfix(shown, refresh=False)
         self.bar.refresh()
-        self.last = record
+
+    def _log_line(self, step: int, total: int | None, shown: dict[str, str]) -> None:
+        tenth = step * 10 // total if total else step
+        if tenth == self._logged_tenth:
+            return
+        self._logged_tenth = tenth
+        where = f"{step}/{total} ({100 * step // total}%)" if total else f"{step}"
+        print("  ".join([f"step {where}"] + [f"{k} {v}" for k, v in shown.items()]), file=self.out)
 
     def _write(self, text: str) -> None:
         if self.bar is not None:

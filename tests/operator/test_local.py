@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -87,3 +88,17 @@ def test_progress_report_turns_json_lines_into_a_summary(capsys, tmp_path):
     assert "a plain line" in text and "checkpoint saved: checkpoint-10" in text
     assert "steps:              10/10" in text and "final loss:         0.5000" in text
     assert str(tmp_path / "run" / "checkpoints" / "checkpoint-5") in text
+
+
+def test_progress_in_a_log_is_a_plain_line_every_tenth_of_the_run():
+    import io
+
+    out = io.StringIO()  # not a terminal: no bar redrawn with carriage returns
+    report = local.ProgressReport(out)
+    for step in range(1, 101):
+        report.feed(json.dumps({"kind": "mft.progress", "step": step, "total_steps": 100, "loss": 1 / step}) + "\n")
+    report.close()
+    lines = out.getvalue().splitlines()
+    assert "\r" not in out.getvalue() and len(lines) == 11  # the first report, then each tenth
+    assert lines[0] == "step 1/100 (1%)  loss 1" and lines[1] == "step 10/100 (10%)  loss 0.1"
+    assert lines[-1] == "step 100/100 (100%)  loss 0.01"
