@@ -1,6 +1,8 @@
 """GPU benchmark (one H200, < 8 minutes): our ATorch step vs a Hugging Face Trainer, GPT-NeoX ~410M
 and ~1.4B with random weights, bf16, packed rows of 2048 and 4096 tokens. Prints tokens/s/GPU and
-MFU against 989 TFLOP/s (dense bf16). Run through ``bench/gpu/run.sh``.
+MFU against 989 TFLOP/s (dense bf16). Run through ``bench/gpu/run.sh``. ``--smoke`` runs the same
+code on CPU with the tiny GPT-NeoX, fp32, a few steps (what the test suite does, so the script
+stays runnable between GPU runs).
 
 Both sides get the same synthetic rows: several documents per row, random token ids. Ours keeps the
 documents apart (block-diagonal mask); the HF Trainer baseline, like any plain Trainer, attends
@@ -22,13 +24,21 @@ import torch
 REPO = Path(__file__).resolve().parents[2]
 MODELS = REPO / "trainer" / "mft_trainer" / "assets" / "models"
 PEAK = 989e12
-WARMUP, STEPS = 3, 10
-TOKENS_PER_STEP = 16384  # per GPU: 8 rows of 2048 or 4 rows of 4096
 DOCS_PER_ROW = 4
+# tokens_per_step is per GPU: 8 rows of 2048 or 4 rows of 4096
+FULL = SimpleNamespace(models=("410m", "1.4b"), seqs=(2048, 4096), tokens_per_step=16384, warmup=3, steps=10,
+                       bf16=True)
+SMOKE = SimpleNamespace(models=("tiny",), seqs=(128,), tokens_per_step=512, warmup=1, steps=2, bf16=False)
+
+
+def sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
 
 
 def model_config(name: str) -> dict:
-    return json.loads((MODELS / f"gpt-neox-{name}.json").read_text())
+    # The tiny config leaves the vocabulary to the tokenizer; the tiny tokenizer has 4096 tokens.
+    return {"vocab_size": 4096, **json.loads((MODELS / f"gpt-neox-{name}.json").read_text())}
 
 
 def random_model(name: str):
@@ -38,6 +48,7 @@ def random_model(name: str):
     cfg = model_config(name)
     config = GPTNeoXConfig(**cfg)
     config._attn_implementation = "sdpa"
+    config.use_cache = False  # as the trainer builds it: a KV cache breaks activation recomputation
     torch.manual_seed(0)
     model = GPTNeoXForCausalLM(config)
     return cfg, model, sum(p.numel() for p in model.parameters())
@@ -57,10 +68,10 @@ def rows(seq: int, count: int, vocab: int) -> list[dict]:
     return out
 
 
-def batches(seq: int, vocab: int):
-    per_batch = TOKENS_PER_STEP // seq
-    data = rows(seq, per_batch * (WARMUP + STEPS), vocab)
-    for i in range(WARMUP + STEPS):
+def batches(plan: SimpleNamespace, seq: int, vocab: int):
+    per_batch = plan.tokens_per_step // seq
+    data = rows(seq, per_batch * (plan.warmup + plan.steps), vocab)
+    for i in range(plan.warmup + plan.steps):
         chunk = data[i * per_batch:(i + 1) * per_batch]
         yield {k: torch.stack([r[k] for r in chunk]) for k in ("input_ids", "labels", "position_ids", "sample_index")} \
             | {"task_ids": torch.zeros(per_batch, dtype=torch.long)}
@@ -72,7 +83,7 @@ def flops_per_token(cfg: dict, params: int, seq: int) -> float:
     return fpt(params, cfg["num_hidden_layers"], cfg["hidden_size"], seq)
 
 
-def ours(name: str, seq: int) -> dict:
+def ours(plan: SimpleNamespace, name: str, seq: int) -> dict:
     from mft_trainer import checkpoint, distributed
     from mft_trainer.accelerate import accelerate
     from mft_trainer.config import TrainerConfig, TrainingConfig
@@ -81,49 +92,49 @@ def ours(name: str, seq: int) -> dict:
 
     world = distributed.init()
     cfg, model, params = random_model(name)
-    training = TrainingConfig(bf16=True, checkpoint_activations=True, seq_length=seq, weighted_loss_mode="case1",
+    training = TrainingConfig(bf16=plan.bf16, checkpoint_activations=True, seq_length=seq, weighted_loss_mode="case1",
                               num_warmup_steps=0, lr_scheduler_type="constant")
     acc = accelerate(model, training, world.size)
-    scheduler = build_scheduler(acc.optimizer, training, WARMUP + STEPS)
+    scheduler = build_scheduler(acc.optimizer, training, plan.warmup + plan.steps)
     run = Run(TrainerConfig(mode="sst", training=training), world, None, SimpleNamespace(tasks=["t"]), None,
-              acc, scheduler, 1, WARMUP + STEPS, params, checkpoint.Writer(background=False))
+              acc, scheduler, 1, plan.warmup + plan.steps, params, checkpoint.Writer(background=False))
     seconds, tokens = 0.0, 0
-    for i, batch in enumerate(batches(seq, cfg["vocab_size"])):
-        torch.cuda.synchronize()
+    for i, batch in enumerate(batches(plan, seq, cfg["vocab_size"])):
+        sync()
         start = time.perf_counter()
         train_step(run, [batch])
-        torch.cuda.synchronize()
-        if i >= WARMUP:
+        sync()
+        if i >= plan.warmup:
             seconds += time.perf_counter() - start
             tokens += batch["input_ids"].numel()
     return report("ours", name, seq, tokens / seconds, flops_per_token(cfg, params, seq), acc.strategy)
 
 
-def hf(name: str, seq: int) -> dict:
+def hf(plan: SimpleNamespace, name: str, seq: int) -> dict:
     from transformers import Trainer, TrainerCallback, TrainingArguments
 
     cfg, model, params = random_model(name)
     data = [{"input_ids": b["input_ids"][i], "labels": b["input_ids"][i]}
-            for b in batches(seq, cfg["vocab_size"]) for i in range(len(b["input_ids"]))]
+            for b in batches(plan, seq, cfg["vocab_size"]) for i in range(len(b["input_ids"]))]
     clock = {"step": 0, "seconds": 0.0}
 
     class Clock(TrainerCallback):
         def on_step_begin(self, *args, **kwargs):
-            torch.cuda.synchronize()
+            sync()
             clock["start"] = time.perf_counter()
 
         def on_step_end(self, *args, **kwargs):
-            torch.cuda.synchronize()
+            sync()
             clock["step"] += 1
-            if clock["step"] > WARMUP:
+            if clock["step"] > plan.warmup:
                 clock["seconds"] += time.perf_counter() - clock["start"]
 
-    args = TrainingArguments(output_dir="/tmp/hf-bench", per_device_train_batch_size=TOKENS_PER_STEP // seq,
-                             max_steps=WARMUP + STEPS, bf16=True, gradient_checkpointing=True, report_to=[],
+    args = TrainingArguments(output_dir="/tmp/hf-bench", per_device_train_batch_size=plan.tokens_per_step // seq,
+                             max_steps=plan.warmup + plan.steps, bf16=plan.bf16, gradient_checkpointing=True, report_to=[],
                              save_strategy="no", logging_strategy="no", disable_tqdm=True,
                              dataloader_num_workers=0, learning_rate=1e-4)
     Trainer(model=model, args=args, train_dataset=data, callbacks=[Clock()]).train()
-    return report("hf", name, seq, STEPS * TOKENS_PER_STEP / clock["seconds"], flops_per_token(cfg, params, seq), [])
+    return report("hf", name, seq, plan.steps * plan.tokens_per_step / clock["seconds"], flops_per_token(cfg, params, seq), [])
 
 
 def report(kind, name, seq, tps, fpt, strategy) -> dict:
@@ -135,18 +146,20 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--one", nargs=3, metavar=("TRAINER", "MODEL", "SEQ"))
     parser.add_argument("--out", default="bench-gpu.jsonl")
+    parser.add_argument("--smoke", action="store_true", help="the tiny model on CPU, a few steps")
     args = parser.parse_args()
+    plan, smoke = (SMOKE, ["--smoke"]) if args.smoke else (FULL, [])
     if args.one:
         kind, name, seq = args.one
-        print(json.dumps((ours if kind == "ours" else hf)(name, int(seq))), flush=True)
+        print(json.dumps((ours if kind == "ours" else hf)(plan, name, int(seq))), flush=True)
         return
     torchrun = str(Path(sys.executable).with_name("torchrun"))
     results = []
-    for name in ("410m", "1.4b"):
-        for seq in (2048, 4096):
+    for name in plan.models:
+        for seq in plan.seqs:
             for kind in ("ours", "hf"):
                 launcher = [torchrun, "--standalone", "--nproc_per_node=1"] if kind == "ours" else [sys.executable]
-                proc = subprocess.run([*launcher, __file__, "--one", kind, name, str(seq)],
+                proc = subprocess.run([*launcher, __file__, "--one", kind, name, str(seq), *smoke],
                                       capture_output=True, text=True, cwd=REPO, timeout=240)
                 if proc.returncode != 0:
                     print(f"{kind} {name} {seq}: failed\n{proc.stderr[-3000:]}", flush=True)
@@ -155,10 +168,11 @@ def main() -> None:
                 results.append(result)
                 print(f"{kind:4s} {name:5s} seq {seq}: {result['tokens_per_second_per_gpu']:9.0f} tokens/s/GPU, "
                       f"MFU {result['mfu']:.1%}", flush=True)
-                Path(args.out).open("a").write(json.dumps(result) + "\n")
+                with Path(args.out).open("a") as out:
+                    out.write(json.dumps(result) + "\n")
     by = {(r["trainer"], r["model"], r["seq"]): r for r in results}
-    for name in ("410m", "1.4b"):
-        for seq in (2048, 4096):
+    for name in plan.models:
+        for seq in plan.seqs:
             if ("ours", name, seq) in by and ("hf", name, seq) in by:
                 ratio = by[("ours", name, seq)]["tokens_per_second_per_gpu"] / by[("hf", name, seq)]["tokens_per_second_per_gpu"]
                 print(f"{name} seq {seq}: ours/HF Trainer = {ratio:.2f}")
