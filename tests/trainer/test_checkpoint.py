@@ -7,7 +7,8 @@ import threading
 import pytest
 import torch
 
-from mft_trainer import checkpoint
+from mft_trainer import checkpoint, distributed
+from mft_trainer.accelerate import Accelerated
 
 
 def fake(root, name, valid_loss=None, complete=True):
@@ -83,10 +84,39 @@ def test_writer_in_the_foreground_runs_each_job_at_once():
 def test_host_copy_is_independent_of_later_updates_and_keeps_ties():
     weight = torch.ones(3)
     state = {"a": weight, "tied": weight.detach(), "opt": {"state": {0: {"exp_avg": torch.zeros(2)}}, "lr": [0.1]}}
-    copied = checkpoint._host_copy(state, {})
+    copied = checkpoint._host_copy(state, {}, {})
     weight.add_(1)
     state["opt"]["state"][0]["exp_avg"].add_(5)
     assert torch.equal(copied["a"], torch.ones(3))
     assert copied["a"] is copied["tied"]  # one tensor, as save_pretrained expects for tied weights
     assert torch.equal(copied["opt"]["state"][0]["exp_avg"], torch.zeros(2))
     assert copied["opt"]["lr"] == [0.1]
+
+
+def test_snapshots_copy_into_the_writers_staging_memory_from_one_save_to_the_next():
+    model = torch.nn.Linear(4, 2)
+    optimizer = torch.optim.AdamW(model.parameters())
+    model(torch.ones(1, 4)).sum().backward()
+    optimizer.step()
+    acc = Accelerated(model=model, optimizer=optimizer, strategy=["parallel_mode"])
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    world, writer = distributed.World(rank=0, local_rank=0, size=1, device=torch.device("cpu")), \
+        checkpoint.Writer(background=True)
+
+    first = checkpoint.snapshot(acc, scheduler, {}, world, writer.staging)
+    first_weight = first.weights["weight"].clone()
+    staged = {key: tensor.data_ptr() for key, tensor in writer.staging.items()}
+    with torch.no_grad():
+        model.weight.add_(1)
+    second = checkpoint.snapshot(acc, scheduler, {}, world, writer.staging)
+
+    assert {key: tensor.data_ptr() for key, tensor in writer.staging.items()} == staged  # no new memory
+    assert second.weights["weight"].data_ptr() == first.weights["weight"].data_ptr()
+    assert torch.equal(second.weights["weight"], first_weight + 1)  # the state at the second save
+    assert torch.equal(second.optimizer["state"][0]["exp_avg"], optimizer.state[model.weight]["exp_avg"])
+
+    optimizer.state[model.weight]["exp_avg"] = torch.zeros(2, 4)  # a tensor the state no longer has
+    checkpoint.snapshot(acc, scheduler, {}, world, writer.staging)
+    assert len(writer.staging) == len(staged)  # staging follows the state: the stale copy is dropped
+    writer.close()
+    assert checkpoint.Writer(background=False).staging is None  # foreground saves hold no memory between saves

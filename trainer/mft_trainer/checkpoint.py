@@ -145,19 +145,24 @@ class Snapshot:
 
 
 def snapshot(acc: Accelerated, scheduler: Any, rank_state: dict[str, Any],
-             world: distributed.World) -> Snapshot | None:
+             world: distributed.World, staging: dict[tuple, torch.Tensor] | None = None) -> Snapshot | None:
     """Copy the training state to host memory (every rank calls this); rank 0 gets it, others None.
 
     Under FSDP the gathers are collective and already produce fresh host tensors; under data
-    parallelism every rank holds the same weights and optimizer state, so only rank 0 copies them.
+    parallelism every rank holds the same weights and optimizer state, so only rank 0 copies them,
+    into the ``staging`` tensors the previous snapshot left (a ``Writer``'s: allocating and faulting
+    in fresh memory is most of a copy's time). The caller makes sure no write still reads them.
     """
     rank_states = distributed.gather_to_main({**rank_state, "rng": rng_state()})
     if acc.uses_fsdp:
         weights, optimizer = _full_state_dict(acc), _optimizer_state(acc)
     elif world.is_main:
+        staging = {} if staging is None else staging
         memo: dict[tuple, torch.Tensor] = {}
-        weights = _host_copy(unwrap(acc.model).state_dict(), memo)
-        optimizer = _host_copy(acc.optimizer.state_dict(), memo)
+        weights = _host_copy(unwrap(acc.model).state_dict(), memo, staging)
+        optimizer = _host_copy(acc.optimizer.state_dict(), memo, staging)
+        staging.clear()
+        staging.update(memo)  # keep what this snapshot used, drop what the state no longer has
     if not world.is_main:
         return None
     return Snapshot(weights, optimizer, deepcopy(scheduler.state_dict()), rank_states)
@@ -198,6 +203,10 @@ class Writer:
     def __init__(self, background: bool):
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="checkpoint-writer") if background else None
         self._pending: list[Future] = []
+        # Host memory a snapshot copies into, kept from one save to the next (``snapshot``) when
+        # writes run in the background: it costs no more than the copy each save holds anyway.
+        # In the foreground the copy is only held while a save runs.
+        self.staging: dict[tuple, torch.Tensor] | None = {} if background else None
 
     def submit(self, job: Callable[[], Any]) -> None:
         if self._pool is None:
@@ -273,18 +282,22 @@ def _save_weights(model: torch.nn.Module, state_dict: dict[str, torch.Tensor] | 
         model.save_pretrained(folder, state_dict=state_dict, safe_serialization=True)
 
 
-def _host_copy(obj: Any, memo: dict[tuple, torch.Tensor]) -> Any:
-    """``obj`` with every tensor copied to host memory; tensors that share storage (tied weights)
-    stay shared, so ``save_pretrained`` sees the same ties as on the live model."""
+def _host_copy(obj: Any, memo: dict[tuple, torch.Tensor], staging: dict[tuple, torch.Tensor]) -> Any:
+    """``obj`` with every tensor copied to host memory, into the staging tensor of the same source
+    when there is one; tensors that share storage (tied weights) stay shared, so ``save_pretrained``
+    sees the same ties as on the live model."""
     if isinstance(obj, torch.Tensor):
         key = (obj.untyped_storage().data_ptr(), obj.storage_offset(), tuple(obj.shape), obj.stride(), obj.dtype)
         if key not in memo:
-            memo[key] = obj.detach().to("cpu", copy=True)
+            target = staging.get(key)
+            if target is None:
+                target = torch.empty_like(obj, device="cpu")
+            memo[key] = target.copy_(obj.detach())
         return memo[key]
     if isinstance(obj, dict):
-        return {k: _host_copy(v, memo) for k, v in obj.items()}
+        return {k: _host_copy(v, memo, staging) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return type(obj)(_host_copy(v, memo) for v in obj)
+        return type(obj)(_host_copy(v, memo, staging) for v in obj)
     return obj
 
 

@@ -336,7 +336,7 @@ def save(run: Run, reporter: metrics.Reporter, epoch: int | None = None, source:
         trainer_state = {"state": asdict(state) | {"last_save_step": state.step}, "valid_loss": valid_loss,
                          "world_size": world.size, "mode": run.config.mode, "config": to_dict(run.config)}
         rank_state = {"sampler": {"epoch": state.epoch, "offset": state.offset}}
-        snap = checkpoint.snapshot(run.acc, run.scheduler, rank_state, world)
+        snap = checkpoint.snapshot(run.acc, run.scheduler, rank_state, world, run.writer.staging)
         write = partial(checkpoint.persist, root, name, snap, model=run.acc.model, tokenizer=run.tokenizer,
                         trainer_state=trainer_state)
     state.last_save_step = state.step
