@@ -14,7 +14,6 @@ import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timezone
 from typing import Any, Callable
 
 import kopf
@@ -24,6 +23,7 @@ from . import API_GROUP, API_VERSION, KIND, PLURAL, reconcile, status
 from .informer import CachedCluster, WatchCache
 from .kube import KubeCluster
 from .metrics import Metrics
+from .progress import rfc3339
 from .render import JOB_NAME_LABEL
 from .settings import Settings
 
@@ -34,7 +34,7 @@ RESYNC_SECONDS = 60.0  # the poll's resync of jobs whose children have not start
 
 
 def now_rfc3339() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return rfc3339(time.time())
 
 
 def owner_job_name(obj: dict[str, Any]) -> str | None:
@@ -154,6 +154,27 @@ class Runtime:
         self.reconcile(namespace, name, "timer", None if self.cache.has_job(namespace, name) else listed)
 
 
+class NoDiffBase(kopf.DiffBaseStorage):
+    """No diff-base: only event handlers are registered, and only change handlers compare an
+    object with its last handled state. kopf still builds that state (a deep copy of the whole
+    object, managedFields included) on every watch event unless the storage says there is none."""
+
+    def build(self, *, body: kopf.Body, extra_fields: Any = None) -> kopf.BodyEssence:
+        return kopf.BodyEssence()
+
+    def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence | None:
+        return None
+
+    def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: kopf.BodyEssence) -> None:
+        pass
+
+
+def configure(settings: kopf.OperatorSettings, runtime_settings: Settings) -> None:
+    settings.posting.enabled = False  # the reconciler emits its own, meaningful events
+    settings.execution.max_workers = runtime_settings.max_concurrent_reconciles
+    settings.persistence.diffbase_storage = NoDiffBase()
+
+
 def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
 
@@ -163,8 +184,7 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
 
     @kopf.on.startup(id="start", registry=registry)
     async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
-        settings.posting.enabled = False  # the reconciler emits its own, meaningful events
-        settings.execution.max_workers = runtime.settings.max_concurrent_reconciles
+        configure(settings, runtime.settings)
         runtime.metrics.serve(runtime.settings.metrics_port)
         memo["poller"] = asyncio.create_task(_poll_forever(runtime))
 

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import logging
-from datetime import datetime, timezone
+import time
 from typing import Any
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from . import API_GROUP, API_VERSION, PLURAL
+from .progress import rfc3339
 from .reconcile import AlreadyExists, KindMissing, Rejected, Stale
 from .render import CONTAINER, JOB_NAME_LABEL
 from .status import Event
@@ -26,11 +27,13 @@ _CUSTOM = {"PyTorchJob": ("kubeflow.org", "v1", "pytorchjobs")}
 
 
 class KubeCluster:
+    """Core objects come back as the API server's own JSON (``_preload_content=False``), the form
+    watch events deliver, without a round trip through the client's typed models."""
+
     def __init__(self, api: client.ApiClient | None = None):
         api = api or client.ApiClient()
         self.core = client.CoreV1Api(api)
         self.custom = client.CustomObjectsApi(api)
-        self.api = api
 
     def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         try:
@@ -39,7 +42,7 @@ class KubeCluster:
                 return self.custom.get_namespaced_custom_object(group, version, namespace, plural, name)
             reader = {"ConfigMap": self.core.read_namespaced_config_map,
                       "PersistentVolumeClaim": self.core.read_namespaced_persistent_volume_claim}[kind]
-            return self._plain(reader(name, namespace))
+            return _json(reader(name, namespace, _preload_content=False))
         except ApiException as exc:
             if exc.status == 404 and kind in _CUSTOM and _is_missing_kind(exc):
                 raise KindMissing(kind) from exc
@@ -55,7 +58,7 @@ class KubeCluster:
                 return self.custom.create_namespaced_custom_object(group, version, namespace, plural, manifest)
             creator = {"ConfigMap": self.core.create_namespaced_config_map,
                        "PersistentVolumeClaim": self.core.create_namespaced_persistent_volume_claim}[kind]
-            return self._plain(creator(namespace, manifest))
+            return _json(creator(namespace, manifest, _preload_content=False))
         except ApiException as exc:
             if exc.status == 409:
                 raise AlreadyExists(manifest["metadata"]["name"]) from exc
@@ -70,8 +73,9 @@ class KubeCluster:
         self.custom.patch_namespaced_custom_object(group, version, namespace, plural, name, patch)
 
     def list_pods(self, namespace: str, job_name: str) -> list[dict[str, Any]]:
-        pods = self.core.list_namespaced_pod(namespace, label_selector=f"{JOB_NAME_LABEL}={job_name}")
-        return [self._plain(pod) for pod in pods.items]
+        pods = self.core.list_namespaced_pod(
+            namespace, label_selector=f"{JOB_NAME_LABEL}={job_name}", _preload_content=False)
+        return _json(pods)["items"]
 
     def master_log(self, namespace: str, pod_name: str) -> str:
         try:
@@ -101,19 +105,21 @@ class KubeCluster:
 
     def event(self, job: dict[str, Any], event: Event) -> None:
         meta = job["metadata"]
-        now = datetime.now(timezone.utc)
-        body = client.CoreV1Event(
-            metadata=client.V1ObjectMeta(generate_name=f"{meta['name']}.", namespace=meta["namespace"]),
-            involved_object=client.V1ObjectReference(
-                api_version=f"{API_GROUP}/{API_VERSION}", kind=job["kind"], name=meta["name"],
-                namespace=meta["namespace"], uid=meta.get("uid"),
-            ),
-            type=event.type, reason=event.reason, message=event.message[:1024],
-            first_timestamp=now, last_timestamp=now, count=1,
-            source=client.V1EventSource(component="mft-operator"),
-            reporting_component="mft.dev/mft-operator", reporting_instance="mft-operator",
-        )
-        self.core.create_namespaced_event(meta["namespace"], body)
+        now = rfc3339(time.time())
+        body = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+            "involvedObject": {
+                "apiVersion": f"{API_GROUP}/{API_VERSION}", "kind": job["kind"], "name": meta["name"],
+                "namespace": meta["namespace"], "uid": meta.get("uid"),
+            },
+            "type": event.type, "reason": event.reason, "message": event.message[:1024],
+            "firstTimestamp": now, "lastTimestamp": now, "count": 1,
+            "source": {"component": "mft-operator"},
+            "reportingComponent": "mft.dev/mft-operator", "reportingInstance": "mft-operator",
+        }
+        self.core.create_namespaced_event(meta["namespace"], body, _preload_content=False)
 
     def list_jobs(self, namespace: str | None) -> list[dict[str, Any]]:
         if namespace:
@@ -130,9 +136,9 @@ class KubeCluster:
                 return None
             raise
 
-    def _plain(self, obj: Any) -> dict[str, Any]:
-        """A typed client object as the plain JSON dict the core works on."""
-        return self.api.sanitize_for_serialization(obj)
+
+def _json(response: Any) -> Any:
+    return json.loads(response.data)
 
 
 def _is_missing_kind(exc: ApiException) -> bool:

@@ -63,7 +63,7 @@ def plan(job: dict[str, Any], manifest_dir: Path, settings: Settings, *, workdir
          mount_flags: Iterable[str] = (), nproc: int | None = None, master_port: int = 29500,
          gpus_visible: int = 0) -> LocalPlan:
     ctx = render.context(job, settings)
-    layout = render.launch_layout(ctx)
+    layout = ctx.layout
     workdir = (workdir or Path("runs") / ctx.name).resolve()
     annotation = (job["metadata"].get("annotations") or {}).get(MOUNTS_ANNOTATION, "")
     mounts = parse_mounts(annotation.split(","), manifest_dir, f"metadata.annotations[{MOUNTS_ANNOTATION}]")

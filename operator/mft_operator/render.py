@@ -4,8 +4,9 @@ with ``checkpoint.create``, the checkpoint PVC.
 Pure functions over plain dicts. The PyTorchJob is built by a list of small steps
 ``(Context, manifest) -> manifest``, each owning one concern (launch, volumes, shared memory,
 resources, preflight, scheduling, security, run policy, ownership, pod metadata), applied in order, so a
-different child kind can reuse most of them. ``launch_layout`` is the part that does not
-depend on Kubernetes (command, environment, config, mounts): ``mftctl run --local`` reuses it.
+different child kind can reuse most of them. ``launch_layout`` (``Context.layout``) is the part
+that does not depend on Kubernetes (command, environment, config, mounts): ``mftctl run --local``
+reuses it.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import copy
 import re
 import shlex
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Callable
 
 from . import API_GROUP, API_VERSION, KIND, schema, yamlio
@@ -94,6 +96,11 @@ class Context:
     @property
     def image(self) -> str:
         return self.spec.get("image") or self.settings.trainer_image
+
+    @cached_property
+    def layout(self) -> Launch:
+        """The launch layout, built once: several steps and the ConfigMap read it."""
+        return launch_layout(self)
 
 
 def context(job: dict[str, Any], settings: Settings) -> Context:
@@ -237,7 +244,7 @@ def skeleton(ctx: Context) -> dict[str, Any]:
 
 
 def launch(ctx: Context, manifest: dict[str, Any]) -> dict[str, Any]:
-    layout = launch_layout(ctx)
+    layout = ctx.layout
     for template in _pod_templates(manifest):
         container = _trainer_container(template)
         container["image"] = ctx.image
@@ -252,7 +259,7 @@ def launch(ctx: Context, manifest: dict[str, Any]) -> dict[str, Any]:
 
 
 def volumes(ctx: Context, manifest: dict[str, Any]) -> dict[str, Any]:
-    mounts = launch_layout(ctx).mounts
+    mounts = ctx.layout.mounts
     for template in _pod_templates(manifest):
         template["spec"]["volumes"] = [{"name": m.name, **copy.deepcopy(m.source)} for m in mounts]
         _trainer_container(template)["volumeMounts"] = [_volume_mount(m) for m in mounts]
@@ -288,7 +295,7 @@ def preflight(ctx: Context, manifest: dict[str, Any]) -> dict[str, Any]:
         "command": ["sh", "-c", _preflight_script(ctx)],
         "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}, "limits": {"cpu": "500m", "memory": "64Mi"}},
         "terminationMessagePolicy": "FallbackToLogsOnError",
-        "volumeMounts": [_volume_mount(m) for m in launch_layout(ctx).mounts],
+        "volumeMounts": [_volume_mount(m) for m in ctx.layout.mounts],
     }
     if "imagePullPolicy" in ctx.spec and not ctx.settings.init_container_image:
         container["imagePullPolicy"] = ctx.spec["imagePullPolicy"]
@@ -444,7 +451,7 @@ def config_map(ctx: Context) -> dict[str, Any]:
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": _metadata(ctx, config_map_name(ctx.name)),
-        "data": {CONFIG_FILE: yamlio.dump(trainer_config(ctx))},
+        "data": {CONFIG_FILE: yamlio.dump(ctx.layout.config)},
     }
     return _own(ctx, manifest)
 

@@ -6,6 +6,8 @@ import copy
 import threading
 import time
 
+import kopf
+
 from mft_operator import handlers, status
 from mft_operator.informer import WatchCache
 from mft_operator.metrics import Metrics
@@ -74,6 +76,15 @@ def test_registry_has_event_handlers_only():
     watched = {h.id for h in registry._watching.get_all_handlers()}
     assert watched == {"mftjob", "pytorchjob", "pod"}
     assert not list(registry._changing.get_all_handlers()) and not list(registry._spawning.get_all_handlers())
+
+
+def test_kopf_keeps_no_diff_base_as_no_handler_compares_one():
+    settings = kopf.OperatorSettings()
+    handlers.configure(settings, Settings(max_concurrent_reconciles=4))
+    body = kopf.Body(_job("a"))
+    storage = settings.persistence.diffbase_storage
+    assert storage.build(body=body) == {} and storage.fetch(body=body) is None
+    assert settings.execution.max_workers == 4 and not settings.posting.enabled
 
 
 def test_triggers_arriving_during_a_reconcile_coalesce_into_one_more_pass():
