@@ -234,10 +234,20 @@ async def _poll_forever(runtime: Runtime) -> None:
         await asyncio.sleep(runtime.settings.progress_interval_seconds)
 
 
+def log_levels(level: str) -> dict[str, int]:
+    """Logger levels for the operator's ``level`` (a name). Above DEBUG, kopf's line for every
+    watch event a handler took ("Handler 'pod' succeeded.", about 13 per job) and the access log
+    of every liveness probe keep only their warnings: the reconciler logs what it does."""
+    root = logging.getLevelName(level)
+    chatty = root if root <= logging.DEBUG else max(root, logging.WARNING)
+    return {"": root, "kopf.objects": chatty, "aiohttp.access": chatty}
+
+
 def run(settings: Settings, liveness: str | None) -> None:
     """Run the operator until interrupted (standalone: one replica, no peering)."""
     kopf.configure(log_format=kopf.LogFormat.JSON if settings.log_format == "json" else kopf.LogFormat.FULL)
-    logging.getLogger().setLevel(settings.log_level)
+    for logger, level in log_levels(settings.log_level).items():
+        logging.getLogger(logger).setLevel(level)
     try:
         config.load_incluster_config()
     except config.ConfigException:

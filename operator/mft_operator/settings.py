@@ -50,6 +50,8 @@ ENV = {
     "log_level": "MFT_LOG_LEVEL",
 }
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")  # the chart's values.schema.json lists the same
+
 # Progress must reach the MFTJob within 30 s of the trainer reporting it.
 MAX_PROGRESS_INTERVAL_SECONDS = 15.0
 
@@ -89,6 +91,8 @@ def _check(settings: Settings) -> None:
         )
     if settings.log_format not in ("json", "text"):
         raise SettingsError(f"log format must be json or text, found {settings.log_format!r}")
+    if settings.log_level not in LOG_LEVELS:
+        raise SettingsError(f"log level must be one of {', '.join(LOG_LEVELS)}, found {settings.log_level!r}")
     if settings.max_concurrent_reconciles < 1:
         raise SettingsError(f"max concurrent reconciles must be >= 1, found {settings.max_concurrent_reconciles}")
     if settings.default_gpus_per_node < 0:

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from mft_operator.settings import LOG_LEVELS
 from tests.cluster_tools import built_tool
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -121,3 +122,8 @@ def test_chart_readme_documents_every_value():
     for key in leaf_keys(values):
         assert f"`{key}`" in readme, f"charts/mft-operator/README.md: no row for value {key}"
         assert key.split(".")[0] in schema["properties"], f"values.schema.json: no schema for {key}"
+
+
+def test_values_schema_allows_exactly_the_log_levels_the_operator_accepts():
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    assert tuple(schema["properties"]["logging"]["properties"]["level"]["enum"]) == LOG_LEVELS

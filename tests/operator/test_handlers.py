@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import logging
 import threading
 import time
 
@@ -85,6 +86,13 @@ def test_kopf_keeps_no_diff_base_as_no_handler_compares_one():
     storage = settings.persistence.diffbase_storage
     assert storage.build(body=body) == {} and storage.fetch(body=body) is None
     assert settings.execution.max_workers == 4 and not settings.posting.enabled
+
+
+def test_per_event_logs_of_kopf_and_probes_are_kept_only_for_debugging():
+    info, debug, error = logging.INFO, logging.DEBUG, logging.ERROR
+    assert handlers.log_levels("INFO") == {"": info, "kopf.objects": logging.WARNING, "aiohttp.access": logging.WARNING}
+    assert handlers.log_levels("DEBUG") == {"": debug, "kopf.objects": debug, "aiohttp.access": debug}
+    assert handlers.log_levels("ERROR") == {"": error, "kopf.objects": error, "aiohttp.access": error}
 
 
 def test_triggers_arriving_during_a_reconcile_coalesce_into_one_more_pass():

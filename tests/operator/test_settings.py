@@ -26,6 +26,7 @@ def test_environment_and_flag_overrides():
     ({"MFT_PROGRESS_INTERVAL_SECONDS": "60"}, "progress interval"),
     ({"MFT_METRICS_PORT": "http"}, "MFT_METRICS_PORT"),
     ({"MFT_LOG_FORMAT": "xml"}, "log format"),
+    ({"MFT_LOG_LEVEL": "verbose"}, "log level must be one of DEBUG, INFO, WARNING, ERROR, found 'verbose'"),
 ])
 def test_bad_settings_are_refused(env, message):
     with pytest.raises(SettingsError, match=message):
