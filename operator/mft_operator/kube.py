@@ -119,7 +119,8 @@ class KubeCluster:
             "source": {"component": "mft-operator"},
             "reportingComponent": "mft.dev/mft-operator", "reportingInstance": "mft-operator",
         }
-        self.core.create_namespaced_event(meta["namespace"], body, _preload_content=False)
+        # Reading the body returns the connection to the pool; an unread one would be dropped.
+        self.core.create_namespaced_event(meta["namespace"], body, _preload_content=False).data
 
     def list_jobs(self, namespace: str | None) -> list[dict[str, Any]]:
         if namespace:

@@ -43,7 +43,12 @@ class Dumper(_SafeDumper):
 
 
 def _represent_str(dumper: Any, value: str) -> yaml.Node:
-    style = "|" if "\n" in value else None
+    if "\n" in value:
+        style = "|"
+    elif _FLOAT_1_2.match(value):
+        style = "'"  # PyYAML leaves "2e-4" plain, which YAML 1.2 readers (Kubernetes, ours) take for a number
+    else:
+        style = None
     return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
 
 

@@ -39,6 +39,13 @@ def test_yaml_numbers_without_a_dot_are_numbers():
     assert doc == {"learningRate": 2e-4, "minLr": 1e-6, "seed": 42, "name": "2e-4"}
 
 
+def test_strings_that_read_as_numbers_are_written_quoted():
+    doc = {"name": "1e5", "lr": "2e-4", "nan": ".nan", "seed": "42", "rate": 2e-4, "text": "a\nb"}
+    text = yamlio.dump(doc)
+    assert "name: '1e5'" in text and "lr: '2e-4'" in text
+    assert yamlio.load(text) == doc
+
+
 def _lora():
     return load(EXAMPLES[0].parent / "lora.yaml")
 

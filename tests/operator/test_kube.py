@@ -1,0 +1,77 @@
+"""KubeCluster's HTTP edge: raw JSON back, errors mapped, and every call giving its connection back
+to the pool (an unread response would cost the next call a new TCP and TLS handshake). Behaviour
+against a real apiserver is the end-to-end suite's; this checks what it cannot see."""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from kubernetes import client
+
+from mft_operator.kube import KubeCluster
+from mft_operator.status import Event
+
+POD = {"metadata": {"name": "a-master-0", "namespace": "ml", "creationTimestamp": "2026-11-28T00:00:00Z"}}
+
+
+class _Apiserver(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, as the apiserver
+    connections = 0
+    requests: list[tuple[str, str, dict]] = []
+
+    def setup(self) -> None:
+        type(self).connections += 1
+        super().setup()
+
+    def _answer(self, status: int, body: dict) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self) -> None:
+        self.requests.append(("GET", self.path, {}))
+        if "/pods" in self.path:
+            self._answer(200, {"kind": "PodList", "items": [POD]})
+        else:
+            self._answer(404, {"kind": "Status", "reason": "NotFound", "details": {"name": "x"}})
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        self.requests.append(("POST", self.path, body))
+        self._answer(201, {**body, "metadata": {**body["metadata"], "uid": "u1", "resourceVersion": "7"}})
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture
+def cluster():
+    _Apiserver.connections, _Apiserver.requests = 0, []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Apiserver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    config = client.Configuration(host=f"http://127.0.0.1:{server.server_port}")
+    yield KubeCluster(client.ApiClient(config))
+    server.shutdown()
+    server.server_close()
+
+
+def test_core_calls_return_the_apiservers_json_over_one_connection(cluster):
+    job = {"kind": "MFTJob", "metadata": {"name": "a", "namespace": "ml", "uid": "j1"}}
+    created = cluster.create({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "a-config", "namespace": "ml"},
+                              "data": {"config.yaml": "mode: sft\n"}})
+    assert created["metadata"]["uid"] == "u1" and created["data"] == {"config.yaml": "mode: sft\n"}
+    assert cluster.list_pods("ml", "a") == [POD]  # timestamps as the API writes them
+    assert cluster.get("ConfigMap", "ml", "missing") is None
+    for reason in ("Created", "Running", "Succeeded"):
+        cluster.event(job, Event("Normal", reason, "m"))
+
+    events = [body for method, path, body in _Apiserver.requests if path.endswith("/events")]
+    assert [e["reason"] for e in events] == ["Created", "Running", "Succeeded"]
+    assert events[0]["involvedObject"]["uid"] == "j1" and events[0]["count"] == 1
+    assert _Apiserver.connections == 1
