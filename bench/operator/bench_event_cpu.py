@@ -39,8 +39,7 @@ EVENTS_PER_JOB = {"mftjob": 4.0, "pytorchjob": 4.8, "pod": 4.0}
 class PyYAMLDumper(yaml.SafeDumper):
     """yamlio.Dumper's representers on PyYAML's pure-Python emitter."""
 
-
-PyYAMLDumper.add_representer(str, yamlio._represent_str)
+    yaml_representers = yamlio.Dumper.yaml_representers
 
 
 def events(jobs: int) -> list[kopf.Body]:

@@ -9,7 +9,6 @@ block deletion while the operator is down). Deletion cascades through owner refe
 from __future__ import annotations
 
 import asyncio
-import copy
 import logging
 import threading
 import time
@@ -201,9 +200,8 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
         elif runtime.cache.is_own_status_write(namespace, name, body.get("metadata", {}).get("resourceVersion")):
             runtime.metrics.skipped.labels(reason="own-status-write").inc()
         else:
-            job = copy.deepcopy(dict(body))
-            runtime.cache.observe_job(job)
-            runtime.reconcile(namespace, name, "mftjob", job)
+            runtime.cache.observe_job(dict(body))  # the cache keeps its own copy; the pass takes the newest
+            runtime.reconcile(namespace, name, "mftjob")
 
     @kopf.on.event("kubeflow.org", "v1", "pytorchjobs", labels=MANAGED, id="pytorchjob", registry=registry)
     def pytorchjob_changed(type: str, body: kopf.Body, namespace: str, **_: Any) -> None:
