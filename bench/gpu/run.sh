@@ -16,6 +16,7 @@ if command -v nvidia-smi >/dev/null; then
 fi
 if [ -d "$wheels" ]; then
   site="$(mktemp -d)"
+  trap 'rm -rf "$site"' EXIT
   "$python" -m pip install --quiet --no-index --no-deps --no-compile --no-cache-dir --target "$site" "$wheels"/*.whl
   export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
 fi
