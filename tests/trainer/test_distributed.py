@@ -1,26 +1,19 @@
 """Loss reduction and the training step on two real gloo ranks (one torchrun launch, shared)."""
 
-import json
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from mft_trainer import loss
 
-from tests.training_processes import REPO, TORCHRUN, child_env
+from tests.training_processes import run_two_ranks
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory):
-    out = tmp_path_factory.mktemp("dist")
-    script = Path(__file__).with_name("dist_check.py")
-    proc = subprocess.run([TORCHRUN, "--standalone", "--nproc_per_node=2", str(script), str(out)],
-                          env=child_env(), capture_output=True, text=True, timeout=300, cwd=REPO)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return [json.loads((out / f"rank-{r}.json").read_text()) for r in range(2)]
+    return run_two_ranks(Path(__file__).with_name("dist_check.py"), tmp_path_factory.mktemp("dist"), timeout=300)
 
 
 @pytest.mark.parametrize("mode", loss.MODES)

@@ -1,13 +1,11 @@
 """The trainer's FSDP branches on two real gloo ranks: same steps as data parallelism, HF/peft
 checkpoint files, and a resume that continues the sharded run exactly (one torchrun launch)."""
 
-import json
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.training_processes import REPO, TORCHRUN, child_env
+from tests.training_processes import run_two_ranks
 
 pytestmark = pytest.mark.slow
 MODES = ("sst", "lora")
@@ -15,12 +13,7 @@ MODES = ("sst", "lora")
 
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory):
-    out = tmp_path_factory.mktemp("fsdp")
-    script = Path(__file__).with_name("fsdp_check.py")
-    proc = subprocess.run([TORCHRUN, "--standalone", "--nproc_per_node=2", str(script), str(out)],
-                          env=child_env(), capture_output=True, text=True, timeout=600, cwd=REPO)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return [json.loads((out / f"rank-{r}.json").read_text()) for r in range(2)]
+    return run_two_ranks(Path(__file__).with_name("fsdp_check.py"), tmp_path_factory.mktemp("fsdp"), timeout=600)
 
 
 @pytest.mark.parametrize("mode", MODES)
