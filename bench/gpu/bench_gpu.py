@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -24,6 +26,7 @@ import torch
 REPO = Path(__file__).resolve().parents[2]
 MODELS = REPO / "trainer" / "mft_trainer" / "assets" / "models"
 PEAK = 989e12
+PER_RUN_SECONDS = 240  # one configuration: start-up, model build, 13 steps
 DOCS_PER_ROW = 4
 # tokens_per_step is per GPU: 8 rows of 2048 or 4 rows of 4096
 FULL = SimpleNamespace(models=("410m", "1.4b"), seqs=(2048, 4096), tokens_per_step=16384, warmup=3, steps=10,
@@ -142,29 +145,53 @@ def report(kind, name, seq, tps, fpt, strategy) -> dict:
             "mfu": fpt * tps / PEAK, "strategy": strategy}
 
 
+def measure(kind: str, name: str, seq: int, smoke: list[str], deadline: float) -> dict | None:
+    """One configuration in its own process, within what is left of the budget (so one hang or
+    failure costs its own time only); None, with the reason printed, when it gives no result."""
+    left = deadline - time.monotonic()
+    label = f"{kind} {name} seq {seq}"
+    if left <= 0:
+        print(f"{label}: skipped, the time budget is spent", flush=True)
+        return None
+    limit = min(PER_RUN_SECONDS, left)
+    # One process in a session of its own (ours is a world of one: the trainer fills in the rank
+    # variables), so a timeout kills all of it and frees the GPU for the next configuration.
+    with subprocess.Popen([sys.executable, __file__, "--one", kind, name, str(seq), *smoke], stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True, cwd=REPO, start_new_session=True) as proc:
+        try:
+            stdout, stderr = proc.communicate(timeout=limit)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            _, stderr = proc.communicate()
+            print(f"{label}: timed out after {limit:.0f} s\n{stderr[-3000:]}", flush=True)
+            return None
+    if proc.returncode != 0:
+        print(f"{label}: failed\n{stderr[-3000:]}", flush=True)
+        return None
+    return json.loads([ln for ln in stdout.splitlines() if ln.startswith("{")][-1])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--one", nargs=3, metavar=("TRAINER", "MODEL", "SEQ"))
     parser.add_argument("--out", default="bench-gpu.jsonl")
     parser.add_argument("--smoke", action="store_true", help="the tiny model on CPU, a few steps")
+    parser.add_argument("--budget", type=float, default=420,
+                        help="seconds for all configurations; what is left when one starts is its limit")
     args = parser.parse_args()
     plan, smoke = (SMOKE, ["--smoke"]) if args.smoke else (FULL, [])
     if args.one:
         kind, name, seq = args.one
         print(json.dumps((ours if kind == "ours" else hf)(plan, name, int(seq))), flush=True)
         return
-    torchrun = str(Path(sys.executable).with_name("torchrun"))
+    deadline = time.monotonic() + args.budget
     results = []
     for name in plan.models:
         for seq in plan.seqs:
             for kind in ("ours", "hf"):
-                launcher = [torchrun, "--standalone", "--nproc_per_node=1"] if kind == "ours" else [sys.executable]
-                proc = subprocess.run([*launcher, __file__, "--one", kind, name, str(seq), *smoke],
-                                      capture_output=True, text=True, cwd=REPO, timeout=240)
-                if proc.returncode != 0:
-                    print(f"{kind} {name} {seq}: failed\n{proc.stderr[-3000:]}", flush=True)
+                result = measure(kind, name, seq, smoke, deadline)
+                if result is None:
                     continue
-                result = json.loads([ln for ln in proc.stdout.splitlines() if ln.startswith("{")][-1])
                 results.append(result)
                 print(f"{kind:4s} {name:5s} seq {seq}: {result['tokens_per_second_per_gpu']:9.0f} tokens/s/GPU, "
                       f"MFU {result['mfu']:.1%}", flush=True)

@@ -4,7 +4,9 @@
 # holds a CUDA torch. Packages that machine lacks come from the wheels in .whl/ (or $WHEELS), which
 # bench/gpu/wheels.sh fetches where pip reaches PyPI; without them the trainer stack
 # (images/trainer/requirements.lock) must be installed. Results also land in $OUT (or the current
-# folder). Arguments go to bench_gpu.py (`--smoke`: the same code on CPU with the tiny model).
+# folder). Arguments go to bench_gpu.py (`--smoke`: the same code on CPU with the tiny model;
+# `--budget S`: seconds for all configurations, 420 by default, so a hung one cannot take the
+# whole 8 minutes; the timeout below is only a net).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 python="${PYTHON:-python3}"
@@ -30,4 +32,4 @@ import torch
 print("python", sys.version.split()[0], *(f"{p} {version(p)}" for p in ("torch", "transformers", "atorch")),
       "cuda", torch.cuda.is_available())
 PY
-timeout 470 "$python" bench/gpu/bench_gpu.py --out "$out" "$@"
+timeout 450 "$python" bench/gpu/bench_gpu.py --out "$out" "$@"
