@@ -30,6 +30,7 @@ log = logging.getLogger("mft_operator")
 
 MANAGED = {"app.kubernetes.io/managed-by": "mft-operator"}
 RESYNC_SECONDS = 60.0  # the poll's resync of jobs whose children have not started
+EVENT_FLUSH_SECONDS = 5.0  # on stop, for the events still queued (well inside a pod's grace period)
 
 
 def now_rfc3339() -> str:
@@ -253,7 +254,8 @@ def run(settings: Settings, liveness: str | None) -> None:
     api = client.Configuration.get_default_copy()
     # A connection for every reconcile and poll thread: one beyond the pool is a new TLS handshake.
     api.connection_pool_maxsize = 2 * settings.max_concurrent_reconciles + 2
-    runtime = Runtime(settings, KubeCluster(client.ApiClient(api)), Metrics())
+    cluster = KubeCluster(client.ApiClient(api))
+    runtime = Runtime(settings, cluster, Metrics())
     kopf.run(
         registry=build_registry(runtime),
         standalone=True,
@@ -261,3 +263,5 @@ def run(settings: Settings, liveness: str | None) -> None:
         clusterwide=not settings.namespaces,
         namespaces=settings.namespaces,
     )
+    if not cluster.flush_events(EVENT_FLUSH_SECONDS):
+        log.warning("stopping with events not yet posted")

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
+import queue
+import threading
 import time
-from typing import Any
+from typing import Any, Callable
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
@@ -34,6 +36,7 @@ class KubeCluster:
         api = api or client.ApiClient()
         self.core = client.CoreV1Api(api)
         self.custom = client.CustomObjectsApi(api)
+        self._events = EventRecorder(self._post_event)
 
     def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         try:
@@ -119,8 +122,15 @@ class KubeCluster:
             "source": {"component": "mft-operator"},
             "reportingComponent": "mft.dev/mft-operator", "reportingInstance": "mft-operator",
         }
+        self._events.record(body)
+
+    def flush_events(self, timeout: float) -> bool:
+        """Wait until every recorded event is posted (or given up); False on timeout."""
+        return self._events.flush(timeout)
+
+    def _post_event(self, body: dict[str, Any]) -> None:
         # Reading the body returns the connection to the pool; an unread one would be dropped.
-        self.core.create_namespaced_event(meta["namespace"], body, _preload_content=False).data
+        self.core.create_namespaced_event(body["metadata"]["namespace"], body, _preload_content=False).data
 
     def list_jobs(self, namespace: str | None) -> list[dict[str, Any]]:
         if namespace:
@@ -136,6 +146,43 @@ class KubeCluster:
             if exc.status == 404:
                 return None
             raise
+
+
+class EventRecorder:
+    """Posts events in order on a thread of its own, as client-go's event recorder does: an event
+    is a report, so the reconcile that emits it does not wait for the round trip, and in a burst
+    the writes that create children and status are not queued behind reports. A post that fails
+    is logged and dropped (the status holds the same facts)."""
+
+    def __init__(self, post: Callable[[dict[str, Any]], None]):
+        self._post = post
+        self._queue: queue.Queue[dict[str, Any]] = queue.Queue()
+        threading.Thread(target=self._run, name="events", daemon=True).start()
+
+    def record(self, body: dict[str, Any]) -> None:
+        self._queue.put(body)
+
+    def flush(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        with self._queue.all_tasks_done:
+            while self._queue.unfinished_tasks:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._queue.all_tasks_done.wait(left)
+        return True
+
+    def _run(self) -> None:
+        while True:
+            body = self._queue.get()
+            try:
+                self._post(body)
+            except Exception as exc:  # a lost report must not stop the ones after it
+                obj = body["involvedObject"]
+                log.warning("cannot record event %s on %s/%s: %s", body["reason"], obj["namespace"], obj["name"],
+                            _message(exc) if isinstance(exc, ApiException) else exc)
+            finally:
+                self._queue.task_done()
 
 
 def _json(response: Any) -> Any:

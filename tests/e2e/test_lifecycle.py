@@ -26,8 +26,11 @@ def test_failing_pod_fails_the_job_with_replica_and_exit_code(cluster: Cluster, 
     assert job["status"]["completionTime"]
     waited = cluster.kubectl("wait", "-n", ns, "--for=condition=Failed", "mftjob/broken", "--timeout=10s", check=False)
     assert waited.returncode == 0, waited.stderr
-    warnings = [e for e in cluster.events(ns, "broken") if e.type == "Warning" and e.reason == "Failed"]
-    assert warnings and summary in warnings[0].message, [e.message for e in cluster.events(ns, "broken")]
+    # Events are posted after the status write, off the reconcile's path.
+    warnings = wait_for("the Failed event",
+                        lambda: [e for e in cluster.events(ns, "broken") if e.type == "Warning" and e.reason == "Failed"],
+                        10, describe=lambda: "; ".join(e.message or "" for e in cluster.events(ns, "broken")))
+    assert summary in warnings[0].message, warnings[0].message
 
 
 def test_suspend_and_resume(cluster: Cluster, ns: str):
@@ -84,7 +87,8 @@ def test_running_job_recreates_its_deleted_child_within_budget(cluster: Cluster,
                      describe=lambda: cluster.describe(ns))
     assert owner_uids(again) == [cluster.job(ns, "phoenix")["metadata"]["uid"]]
     wait_for("status.restarts == 1", lambda: cluster.status(ns, "phoenix").get("restarts") == 1, 15)
-    assert any(e.reason == "PyTorchJobRecreated" for e in cluster.events(ns, "phoenix"))
+    wait_for("the PyTorchJobRecreated event",
+             lambda: any(e.reason == "PyTorchJobRecreated" for e in cluster.events(ns, "phoenix")), 10)
     cluster.wait_phase(ns, "phoenix", "Running")
 
     # The budget (1) is spent: the next disappearance fails the job instead.

@@ -11,7 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from kubernetes import client
 
-from mft_operator.kube import KubeCluster
+from mft_operator.kube import EventRecorder, KubeCluster
 from mft_operator.status import Event
 
 POD = {"metadata": {"name": "a-master-0", "namespace": "ml", "creationTimestamp": "2026-11-28T00:00:00Z"}}
@@ -44,6 +44,9 @@ class _Apiserver(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         self.requests.append(("POST", self.path, body))
+        if body.get("reason") == "Refused":
+            self._answer(403, {"kind": "Status", "reason": "Forbidden", "message": "events is forbidden"})
+            return
         self._answer(201, {**body, "metadata": {**body["metadata"], "uid": "u1", "resourceVersion": "7"}})
 
     def log_message(self, *args) -> None:
@@ -70,8 +73,38 @@ def test_core_calls_return_the_apiservers_json_over_one_connection(cluster):
     assert cluster.get("ConfigMap", "ml", "missing") is None
     for reason in ("Created", "Running", "Succeeded"):
         cluster.event(job, Event("Normal", reason, "m"))
+    assert cluster.flush_events(5)
 
     events = [body for method, path, body in _Apiserver.requests if path.endswith("/events")]
     assert [e["reason"] for e in events] == ["Created", "Running", "Succeeded"]
     assert events[0]["involvedObject"]["uid"] == "j1" and events[0]["count"] == 1
     assert _Apiserver.connections == 1
+
+
+
+def test_a_refused_event_is_logged_and_the_next_ones_are_still_posted(cluster, caplog):
+    job = {"kind": "MFTJob", "metadata": {"name": "a", "namespace": "ml", "uid": "j1"}}
+    for reason in ("Created", "Refused", "Running"):
+        cluster.event(job, Event("Normal", reason, "m"))
+    assert cluster.flush_events(5)
+
+    events = [body["reason"] for method, path, body in _Apiserver.requests if path.endswith("/events")]
+    assert events == ["Created", "Refused", "Running"]
+    assert "cannot record event Refused on ml/a: events is forbidden" in caplog.text
+
+
+def test_recording_an_event_does_not_wait_for_its_post():
+    release, posted = threading.Event(), []
+
+    def post(body):
+        release.wait(10)
+        posted.append((body["reason"], threading.get_ident()))
+
+    recorder = EventRecorder(post)
+    recorder.record({"reason": "Created"})
+    recorder.record({"reason": "Running"})  # returned while the first post is still blocked
+    assert not recorder.flush(0.2)
+    release.set()
+    assert recorder.flush(5)
+    assert [reason for reason, _ in posted] == ["Created", "Running"]
+    assert threading.get_ident() not in {thread for _, thread in posted}
