@@ -13,7 +13,6 @@ Writes ``<out>/rank-<r>.json`` with what the pytest side (test_fsdp.py) asserts 
 
 from __future__ import annotations
 
-import copy
 import json
 import sys
 from functools import partial
@@ -95,7 +94,7 @@ def micro_batches(world) -> list[dict[str, torch.Tensor]]:
 def steps(run: Run, first: int, last: int) -> list[dict[str, float]]:
     out = []
     for step in range(first, last + 1):
-        result = train_step(run, copy.deepcopy(micro_batches(run.world)))
+        result = train_step(run, micro_batches(run.world))
         run.state.step = step
         out.append({"loss": result.loss, "grad_norm": result.grad_norm, "skipped": result.skipped})
     return out
