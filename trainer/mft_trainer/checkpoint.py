@@ -311,9 +311,9 @@ def _full_state_config(acc: Accelerated):
     from torch.distributed.fsdp import FullOptimStateDictConfig, FullStateDictConfig, StateDictType
     from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 
-    # Offload from GPU memory only: gathered CPU shards already live in host memory (fresh clones),
-    # and FSDP's offload of CPU tensors crashes the process (torch 2.13, gloo).
-    offload = torch.cuda.is_available()
+    # Offload from accelerator memory only: shards on the CPU are gathered into fresh host clones
+    # anyway, and FSDP's offload of CPU tensors crashes the process (torch 2.13, gloo).
+    offload = acc.model.compute_device.type != "cpu"
     return FSDP.state_dict_type(acc.model, StateDictType.FULL_STATE_DICT,
                                 FullStateDictConfig(offload_to_cpu=offload, rank0_only=True),
                                 FullOptimStateDictConfig(offload_to_cpu=offload, rank0_only=False))
