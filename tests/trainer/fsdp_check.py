@@ -1,28 +1,33 @@
-"""Run under ``torchrun --nproc_per_node=2``: the trainer's FSDP branches on real FSDP over gloo.
+"""Run under ``torchrun --nproc_per_node=2``: ATorch's GPU strategy and the trainer's FSDP branches
+on real FSDP over gloo.
 
-ATorch's fsdp optimization refuses to run without CUDA, so this wraps the model the way it does on
-GPU (one FSDP unit per ``GPTNeoXLayer``, ``use_orig_params``, ``limit_all_gathers``, backward
-prefetch, then non-reentrant activation checkpointing of each layer) with torch's own FSDP on CPU.
-Everything after the wrapping is the trainer's code: ``train_step`` (no_sync, clip), ``save``
-(gathered snapshot, HF/peft files), and the resume path (weights, optimizer state through
-``optim_state_dict_to_load``). The data-parallel run of the same steps (ATorch, as on CPU) is the
-reference.
+The trainer asks for the GPU strategy only where CUDA exists, ATorch's ``fsdp`` refuses to run
+without it, and on a GPU it pins each rank's device and wraps the model there. ``cuda_stand_in`` answers those
+device questions for the CPU while ``accelerate`` runs (CUDA available, bf16 supported, FSDP's
+device the CPU), so everything else is ATorch's own code: its FSDP wrapping of each
+``GPTNeoXLayer`` (``use_orig_params``, ``limit_all_gathers``, backward prefetch), the bf16 mixed
+precision that ``amp_native`` sets on FSDP, and its activation checkpointing. Everything after the
+wrapping is the trainer's code: ``train_step`` (no_sync, clip), ``save`` (gathered snapshot, HF/peft
+files), and the resume path (weights, optimizer state through ``optim_state_dict_to_load``). The
+data-parallel run of the same steps (ATorch, as on CPU, fp32) is the reference.
 
 Writes ``<out>/rank-<r>.json`` with what the pytest side (test_fsdp.py) asserts on.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import sys
-from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
+from unittest import mock
 
 import torch
 
 from mft_trainer import checkpoint, distributed, metrics
-from mft_trainer.accelerate import Accelerated, accelerate, layer_class, param_groups
+from mft_trainer.accelerate import Accelerated, accelerate, build_strategy
 from mft_trainer.config import CheckpointConfig, LoraConfig, ModelConfig, TrainerConfig, TrainingConfig
 from mft_trainer.data import load_tokenizer
 from mft_trainer.schedule import build_scheduler
@@ -34,6 +39,7 @@ from dist_check import EPS, fixed_rows, take  # noqa: E402
 from tests.training_processes import TINY, TOKENIZER  # noqa: E402
 
 STEPS, SAVE_AT = 3, 2
+PRECISIONS = ("fp32", "bf16")  # bf16: ATorch's amp_native, FSDP mixed precision
 
 
 def trainer_config(mode: str, root: Path) -> TrainerConfig:
@@ -53,27 +59,40 @@ def data_parallel(model: torch.nn.Module, config: TrainerConfig, world: distribu
     return accelerate(model, config.training, world.size)
 
 
-def fully_sharded(model: torch.nn.Module, config: TrainerConfig, world: distributed.World) -> Accelerated:
-    """What ATorch's fsdp + checkpoint strategy builds on GPU, built with torch on CPU."""
-    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
-        CheckpointImpl,
-        apply_activation_checkpointing,
-        checkpoint_wrapper,
-    )
-    from torch.distributed.fsdp import BackwardPrefetch
+@contextlib.contextmanager
+def cuda_stand_in():
+    """While ATorch wraps the model: the trainer builds its GPU strategy, ATorch's fsdp optimization
+    sees CUDA (and bf16 support), and its FSDP units live on the CPU (``device_id``), where
+    parameters need no broadcast (every rank seeds the same weights)."""
+    import atorch.auto.opt_lib.zero_optimization as zero
     from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
-    from torch.distributed.fsdp.wrap import transformer_auto_wrap_policy
 
-    layer = layer_class()
-    wrapped = FSDP(model, auto_wrap_policy=partial(transformer_auto_wrap_policy, transformer_layer_cls={layer}),
-                   use_orig_params=True, limit_all_gathers=True, backward_prefetch=BackwardPrefetch.BACKWARD_PRE,
-                   device_id=world.device)
-    apply_activation_checkpointing(wrapped, check_fn=lambda m: isinstance(m, layer),
-                                   checkpoint_wrapper_fn=partial(checkpoint_wrapper,
-                                                                 checkpoint_impl=CheckpointImpl.NO_REENTRANT))
-    t = config.training
-    optimizer = torch.optim.AdamW(param_groups(wrapped), lr=t.learning_rate, weight_decay=t.weight_decay)
-    return Accelerated(wrapped, optimizer, ["parallel_mode", "fsdp", "checkpoint"])
+    import mft_trainer.accelerate as trainer_accelerate
+
+    class TorchWithCuda:
+        cuda = SimpleNamespace(is_available=lambda: True, set_device=lambda device: None)
+
+        def __getattr__(self, name):
+            return getattr(torch, name)
+
+    def gpu_strategy(training, world_size, cuda):
+        return build_strategy(training, world_size, cuda=True)
+
+    def fsdp_on_cpu(module, **kwargs):
+        kwargs.pop("sync_module_states", None)  # FSDP broadcasts only from a GPU
+        return FSDP(module, **{**kwargs, "device_id": torch.device("cpu")})
+
+    with mock.patch.object(trainer_accelerate, "build_strategy", gpu_strategy), \
+            mock.patch.object(zero, "torch", TorchWithCuda()), \
+            mock.patch.object(zero, "FSDP", fsdp_on_cpu), \
+            mock.patch.object(torch.cuda, "is_bf16_supported", return_value=True):
+        yield
+
+
+def atorch_gpu_strategy(model: torch.nn.Module, config: TrainerConfig, world: distributed.World) -> Accelerated:
+    """ATorch's GPU strategy (fsdp, amp_native when bf16, checkpoint) as ``accelerate`` builds it."""
+    with cuda_stand_in():
+        return data_parallel(model, config, world)
 
 
 def make_run(config: TrainerConfig, world, tokenizer, wrap, weights: Path | None = None) -> Run:
@@ -111,53 +130,61 @@ def max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
     return max(float((a[k] - b[k]).abs().max()) for k in a)
 
 
-def saved_files(folder: Path) -> dict[str, list[str]]:
+def saved_tensors(folder: Path) -> dict[str, dict[str, str]]:
+    """The weight files of a checkpoint: each tensor's name and dtype."""
     from safetensors.torch import load_file
 
     names = {"model.safetensors", "adapter_model.safetensors"}
-    return {p.name: sorted(load_file(p)) for p in folder.iterdir() if p.name in names}
+    return {p.name: {k: str(v.dtype) for k, v in load_file(p).items()} for p in folder.iterdir() if p.name in names}
 
 
 def check(mode: str, world, tokenizer, out: Path) -> dict:
-    root = out / mode
-    config = trainer_config(mode, root)
-
+    config = trainer_config(mode, out / mode)
     reference = make_run(config, world, tokenizer, data_parallel)
-    reference_steps = steps(reference, 1, STEPS)
+    result = {"reference": steps(reference, 1, STEPS)}
     reference_weights = full_weights(reference)
+    for precision in PRECISIONS:
+        sharded_config = dataclasses.replace(
+            config, training=dataclasses.replace(config.training, bf16=precision == "bf16"),
+            checkpoint=dataclasses.replace(config.checkpoint, mount_path=str(out / mode / precision)))
+        result[precision] = sharded(sharded_config, world, tokenizer, reference_weights)
+    if world.is_main:
+        plain = _build(config, tokenizer, None)  # the HF/peft model's own names and dtypes, unwrapped
+        expected = {k: str(v.dtype) for k, v in plain.state_dict().items() if mode != "lora" or "lora_" in k}
+        result["expected_tensors"] = _peft_names(expected) if mode == "lora" else expected
+    return result
 
-    sharded = make_run(config, world, tokenizer, fully_sharded)
-    sharded_steps = steps(sharded, 1, SAVE_AT)
-    reporter = metrics.Reporter(root, world.is_main, 10)
-    saved_path = save(sharded, reporter)
-    sharded.writer.close()
+
+def sharded(config: TrainerConfig, world, tokenizer, reference_weights) -> dict:
+    """ATorch's GPU strategy: the same steps, a checkpoint after SAVE_AT, and a resume from it."""
+    run = make_run(config, world, tokenizer, atorch_gpu_strategy)
+    run_steps = steps(run, 1, SAVE_AT)
+    reporter = metrics.Reporter(Path(config.checkpoint.mount_path), world.is_main, 10)
+    saved_path = save(run, reporter)
+    run.writer.close()
     reporter.close()
-    sharded_steps += steps(sharded, SAVE_AT + 1, STEPS)
-    sharded_weights = full_weights(sharded)
+    run_steps += steps(run, SAVE_AT + 1, STEPS)
+    weights = full_weights(run)
 
     distributed.barrier()  # the checkpoint is on disk before any rank reads it
-    resumed = make_run(config, world, tokenizer, fully_sharded, weights=saved_path)
+    resumed = make_run(config, world, tokenizer, atorch_gpu_strategy, weights=saved_path)
     checkpoint.load_training_state(saved_path, resumed.acc, resumed.scheduler, world)
     resumed_steps = steps(resumed, SAVE_AT + 1, STEPS)
     resumed_weights = full_weights(resumed)
 
-    result = {"reference": reference_steps, "sharded": sharded_steps, "resumed": resumed_steps}
+    result = {"steps": run_steps, "resumed": resumed_steps, "strategy": run.acc.strategy}
     if world.is_main:
-        plain = _build(config, tokenizer, None)  # the HF/peft model's own names, unwrapped
-        expected = {k for k in plain.state_dict() if mode != "lora" or "lora_" in k}
         result |= {
-            "sharded_vs_reference": max_diff(sharded_weights, reference_weights),
-            "resumed_vs_sharded": max_diff(resumed_weights, sharded_weights),
-            "files": saved_files(saved_path),
-            "expected_keys": sorted(_peft_names(expected) if mode == "lora" else expected),
-            "sharded_strategy": sharded.acc.strategy,
+            "vs_reference": max_diff(weights, reference_weights),
+            "resumed_vs_uninterrupted": max_diff(resumed_weights, weights),
+            "files": saved_tensors(saved_path),
         }
     return result
 
 
-def _peft_names(keys: set[str]) -> set[str]:
+def _peft_names(tensors: dict[str, str]) -> dict[str, str]:
     """State-dict names of the default adapter as peft stores them in adapter_model.safetensors."""
-    return {k.replace(".default.", ".") for k in keys}
+    return {k.replace(".default.", "."): v for k, v in tensors.items()}
 
 
 def main(out: Path) -> None:
