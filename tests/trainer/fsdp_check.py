@@ -27,7 +27,7 @@ from unittest import mock
 import torch
 
 from mft_trainer import checkpoint, distributed, metrics
-from mft_trainer.accelerate import Accelerated, accelerate, build_strategy
+from mft_trainer.accelerate import Accelerated, accelerate
 from mft_trainer.config import CheckpointConfig, LoraConfig, ModelConfig, TrainerConfig, TrainingConfig
 from mft_trainer.data import load_tokenizer
 from mft_trainer.schedule import build_scheduler
@@ -75,8 +75,10 @@ def cuda_stand_in():
         def __getattr__(self, name):
             return getattr(torch, name)
 
+    build = trainer_accelerate.build_strategy
+
     def gpu_strategy(training, world_size, cuda):
-        return build_strategy(training, world_size, cuda=True)
+        return build(training, world_size, cuda=True)
 
     def fsdp_on_cpu(module, **kwargs):
         kwargs.pop("sync_module_states", None)  # FSDP broadcasts only from a GPU

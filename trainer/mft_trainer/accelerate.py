@@ -1,7 +1,8 @@
 """ATorch acceleration: one explicit strategy list handed to ``auto_accelerate``.
 
 GPU: data parallel, ``module_replace`` (only where a replacement applies), FSDP wrapping each
-``GPTNeoXLayer``, bf16 ``amp_native`` and per-layer activation checkpointing, as in the reference.
+``GPTNeoXLayer`` (from two ranks up), bf16 ``amp_native`` and per-layer activation checkpointing, as
+in the reference.
 CPU: ATorch's fsdp/amp_native/half refuse to run there, so data parallel over gloo plus
 activation checkpointing. The dry run is skipped because the strategy is given, not searched.
 """
@@ -45,9 +46,10 @@ def build_strategy(training: TrainingConfig, world_size: int, cuda: bool) -> lis
         if _apex_layer_norm_available():
             # With transformers >= 4.38 ATorch's only GPT-NeoX replacement is LayerNorm -> apex LayerNorm.
             strategy.append("module_replace")
-        fsdp = {"sync_module_states": True, "use_orig_params": True, "limit_all_gathers": True,
-                "atorch_wrap_cls": (layer,)}
-        strategy.append(("fsdp", fsdp))
+        if world_size > 1:  # one rank has nothing to shard (ATorch drops fsdp there itself)
+            fsdp = {"sync_module_states": True, "use_orig_params": True, "limit_all_gathers": True,
+                    "atorch_wrap_cls": (layer,)}
+            strategy.append(("fsdp", fsdp))
         if training.bf16:
             strategy.append(("amp_native", {"dtype": torch.bfloat16}))
     if training.checkpoint_activations:
@@ -75,9 +77,16 @@ def accelerate(model: nn.Module, training: TrainingConfig, world_size: int) -> A
     )
     if not ok:
         raise RuntimeError(f"ATorch auto_accelerate failed for strategy {strategy}")
-    names = [opt[0] if isinstance(opt, (tuple, list)) else opt for opt in applied]
-    log.info("ATorch strategy: %s", describe(strategy))
+    names = [_name(opt) for opt in applied]
+    left_out = [opt for opt in strategy if _name(opt) not in names]
+    if left_out:
+        log.warning("ATorch left out of the strategy: %s", describe(left_out))
+    log.info("ATorch strategy: %s", describe([opt for opt in strategy if _name(opt) in names]))
     return Accelerated(model=result.model, optimizer=result.optim, strategy=names)
+
+
+def _name(opt: Any) -> str:
+    return opt[0] if isinstance(opt, (tuple, list)) else opt
 
 
 def describe(strategy: list[Any]) -> str:

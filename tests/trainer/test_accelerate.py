@@ -1,0 +1,40 @@
+"""The ATorch strategy the trainer asks for, and what ATorch applies of it on a single GPU."""
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from mft_trainer.accelerate import build_strategy, describe
+from mft_trainer.config import TrainingConfig
+from tests.training_processes import PYTHON, REPO, child_env
+
+
+@pytest.mark.parametrize(("cuda", "world_size", "bf16", "expected"), [
+    (False, 2, True, "parallel_mode(data=2), checkpoint(GPTNeoXLayer)"),
+    (True, 1, True, "parallel_mode(data=1), amp_native(torch.bfloat16), checkpoint(GPTNeoXLayer)"),
+    (True, 8, True, "parallel_mode(data=8), fsdp(wrap=GPTNeoXLayer), amp_native(torch.bfloat16), "
+                    "checkpoint(GPTNeoXLayer)"),
+    (True, 8, False, "parallel_mode(data=8), fsdp(wrap=GPTNeoXLayer), checkpoint(GPTNeoXLayer)"),
+])
+def test_strategy_follows_device_world_size_and_precision(cuda, world_size, bf16, expected):
+    assert describe(build_strategy(TrainingConfig(bf16=bf16), world_size, cuda)) == expected
+
+
+def test_no_activation_checkpointing_when_turned_off():
+    strategy = build_strategy(TrainingConfig(checkpoint_activations=False), 8, cuda=True)
+    assert "checkpoint" not in describe(strategy)
+
+
+@pytest.mark.slow
+def test_one_gpu_gets_the_whole_strategy_and_a_dropped_method_is_reported(tmp_path):
+    proc = subprocess.run([PYTHON, str(Path(__file__).with_name("one_gpu_check.py")), str(tmp_path)],
+                          env=child_env(), capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    # What the trainer asks for on one GPU is exactly what ATorch applies.
+    assert result["own"] == {"strategy": ["parallel_mode", "amp_native", "checkpoint"], "warnings": []}
+    # FSDP is distributed only: ATorch drops it on one rank, and the trainer says so.
+    assert result["asks_for_fsdp"] == {"strategy": ["parallel_mode", "amp_native", "checkpoint"],
+                                       "warnings": ["ATorch left out of the strategy: fsdp(wrap=GPTNeoXLayer)"]}
