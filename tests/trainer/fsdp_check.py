@@ -174,7 +174,8 @@ def sharded(config: TrainerConfig, world, tokenizer, reference_weights) -> dict:
     resumed_steps = steps(resumed, SAVE_AT + 1, STEPS)
     resumed_weights = full_weights(resumed)
 
-    result = {"steps": run_steps, "resumed": resumed_steps, "strategy": run.acc.strategy}
+    result = {"steps": run_steps, "resumed": resumed_steps, "strategy": run.acc.strategy,
+              "buffers_while_training": {name: str(b.dtype) for name, b in run.acc.model.named_buffers()}}
     if world.is_main:
         result |= {
             "vs_reference": max_diff(weights, reference_weights),

@@ -61,3 +61,12 @@ def test_resume_of_a_sharded_run_continues_it_exactly(ranks, mode, precision):
             assert resumed["loss"] == pytest.approx(uninterrupted["loss"], rel=1e-6)
             assert resumed["grad_norm"] == pytest.approx(uninterrupted["grad_norm"], rel=1e-6)
     assert ranks[0][mode][precision]["resumed_vs_uninterrupted"] < 1e-6
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_bf16_training_keeps_the_rotary_frequencies_in_fp32(ranks, mode):
+    # FSDP's bf16 mixed precision would round inv_freq, shifting rotary angles in training only.
+    buffers = ranks[0][mode]["bf16"]["buffers_while_training"]
+    assert [name for name in buffers if name.endswith("rotary_emb.inv_freq")]
+    assert set(buffers.values()) == {"torch.float32"}
+

@@ -39,6 +39,12 @@ def layer_class() -> type[nn.Module]:
     return GPTNeoXLayer
 
 
+def rotary_class() -> type[nn.Module]:
+    from transformers.models.gpt_neox.modeling_gpt_neox import GPTNeoXRotaryEmbedding
+
+    return GPTNeoXRotaryEmbedding
+
+
 def build_strategy(training: TrainingConfig, world_size: int, cuda: bool) -> list[Any]:
     layer = layer_class()
     strategy: list[Any] = [("parallel_mode", ([("data", world_size)], None))]
@@ -47,8 +53,12 @@ def build_strategy(training: TrainingConfig, world_size: int, cuda: bool) -> lis
             # With transformers >= 4.38 ATorch's only GPT-NeoX replacement is LayerNorm -> apex LayerNorm.
             strategy.append("module_replace")
         if world_size > 1:  # one rank has nothing to shard (ATorch drops fsdp there itself)
+            # With bf16, ATorch gives FSDP bf16 buffers too: the rotary inv_freq would be rounded
+            # to bf16 while training (every rotary angle off by up to 0.2%, so by radians at long
+            # positions) but not in the fp32 model that is saved and served. FSDP leaves the
+            # buffers of an ignored module alone.
             fsdp = {"sync_module_states": True, "use_orig_params": True, "limit_all_gathers": True,
-                    "atorch_wrap_cls": (layer,)}
+                    "atorch_wrap_cls": (layer,), "atorch_ignored_cls": (rotary_class(),)}
             strategy.append(("fsdp", fsdp))
         if training.bf16:
             strategy.append(("amp_native", {"dtype": torch.bfloat16}))
@@ -78,11 +88,21 @@ def accelerate(model: nn.Module, training: TrainingConfig, world_size: int) -> A
     if not ok:
         raise RuntimeError(f"ATorch auto_accelerate failed for strategy {strategy}")
     names = [_name(opt) for opt in applied]
+    if "fsdp" in names:
+        _place_ignored_modules(result.model)
     left_out = [opt for opt in strategy if _name(opt) not in names]
     if left_out:
         log.warning("ATorch left out of the strategy: %s", describe(left_out))
     log.info("ATorch strategy: %s", describe([opt for opt in strategy if _name(opt) in names]))
     return Accelerated(model=result.model, optimizer=result.optim, strategy=names)
+
+
+def _place_ignored_modules(model: nn.Module) -> None:
+    """FSDP moves only what it manages to the GPU; the rotary embedding it ignores goes there too."""
+    rotary = rotary_class()
+    for module in model.modules():
+        if isinstance(module, rotary):
+            module.to(model.compute_device)
 
 
 def _name(opt: Any) -> str:
