@@ -99,7 +99,7 @@ def ours(plan: SimpleNamespace, name: str, seq: int) -> dict:
     cfg, model, params = random_model(name)
     training = TrainingConfig(bf16=plan.bf16, checkpoint_activations=True, seq_length=seq, weighted_loss_mode="case1",
                               num_warmup_steps=0, lr_scheduler_type="constant")
-    acc = accelerate(model, training, world.size)
+    acc = accelerate(model, training, world)
     scheduler = build_scheduler(acc.optimizer, training, plan.warmup + plan.steps)
     run = Run(TrainerConfig(mode="sst", training=training), world, None, SimpleNamespace(tasks=["t"]), None,
               acc, scheduler, 1, plan.warmup + plan.steps, params, checkpoint.Writer(background=False))

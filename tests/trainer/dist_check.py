@@ -80,7 +80,7 @@ def make_run(world, mode, training_overrides=None):
     from atorch.auto.auto_accelerate_context import AutoAccelerateContext
 
     AutoAccelerateContext.reset()
-    acc = accelerate(tiny(), training, world.size)
+    acc = accelerate(tiny(), training, world)
     for group in acc.optimizer.param_groups:
         group["eps"] = EPS
     scheduler = build_scheduler(acc.optimizer, training, total_steps=10)

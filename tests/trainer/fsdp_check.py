@@ -56,7 +56,7 @@ def data_parallel(model: torch.nn.Module, config: TrainerConfig, world: distribu
     from atorch.auto.auto_accelerate_context import AutoAccelerateContext
 
     AutoAccelerateContext.reset()  # one auto_accelerate per process is all ATorch 0.2.5 supports cleanly
-    return accelerate(model, config.training, world.size)
+    return accelerate(model, config.training, world)
 
 
 @contextlib.contextmanager

@@ -1,12 +1,14 @@
-"""The ATorch strategy the trainer asks for, and what ATorch applies of it on a single GPU."""
+"""The ATorch strategy the trainer asks for, what it places on the device first, and what ATorch
+applies of it on a single GPU."""
 
 import json
 import subprocess
 from pathlib import Path
 
 import pytest
+import torch
 
-from mft_trainer.accelerate import build_strategy, describe
+from mft_trainer.accelerate import build_strategy, describe, place
 from mft_trainer.config import TrainingConfig
 from tests.training_processes import PYTHON, REPO, child_env
 
@@ -38,3 +40,21 @@ def test_one_gpu_gets_the_whole_strategy_and_a_dropped_method_is_reported(tmp_pa
     # FSDP is distributed only: ATorch drops it on one rank, and the trainer says so.
     assert result["asks_for_fsdp"] == {"strategy": ["parallel_mode", "amp_native", "checkpoint"],
                                        "warnings": ["ATorch left out of the strategy: fsdp(wrap=GPTNeoXLayer)"]}
+
+
+@pytest.mark.parametrize(("world_size", "moved"), [
+    (1, "every tensor"),  # no FSDP and no DDP on one rank: nothing else moves the model to the GPU
+    (8, "only the rotary frequencies"),  # FSDP moves what it shards; the module it ignores goes first
+])
+def test_what_moves_to_the_device_before_atorch_wraps_the_model(world_size, moved):
+    from .conftest import tiny_model
+
+    model = tiny_model(64)
+    # The meta device stands in for the GPU: it shows what moved without needing one.
+    place(model, build_strategy(TrainingConfig(), world_size, cuda=True), torch.device("meta"))
+    on_meta = {name for name, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta}
+    everything = {name for name, _ in [*model.named_parameters(), *model.named_buffers()]}
+    if moved == "every tensor":
+        assert on_meta == everything
+    else:
+        assert on_meta == {"gpt_neox.rotary_emb.inv_freq"}

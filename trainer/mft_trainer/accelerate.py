@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from mft_trainer.config import TrainingConfig
+from mft_trainer.distributed import World
 
 log = logging.getLogger(__name__)
 
@@ -70,13 +71,14 @@ def build_strategy(training: TrainingConfig, world_size: int, cuda: bool) -> lis
     return strategy
 
 
-def accelerate(model: nn.Module, training: TrainingConfig, world_size: int) -> Accelerated:
+def accelerate(model: nn.Module, training: TrainingConfig, world: World) -> Accelerated:
     from atorch.auto import auto_accelerate
 
     # ATorch narrates every step of strategy loading at INFO on each rank; the applied strategy is
     # logged once below, so keep only its warnings.
     logging.getLogger("atorch.logger").setLevel(logging.WARNING)
-    strategy = build_strategy(training, world_size, torch.cuda.is_available())
+    strategy = build_strategy(training, world.size, torch.cuda.is_available())
+    place(model, strategy, world.device)
     ok, result, applied = auto_accelerate(
         model,
         optim_func=torch.optim.AdamW,
@@ -88,8 +90,6 @@ def accelerate(model: nn.Module, training: TrainingConfig, world_size: int) -> A
     if not ok:
         raise RuntimeError(f"ATorch auto_accelerate failed for strategy {strategy}")
     names = [_name(opt) for opt in applied]
-    if "fsdp" in names:
-        _place_ignored_modules(result.model)
     left_out = [opt for opt in strategy if _name(opt) not in names]
     if left_out:
         log.warning("ATorch left out of the strategy: %s", describe(left_out))
@@ -97,12 +97,21 @@ def accelerate(model: nn.Module, training: TrainingConfig, world_size: int) -> A
     return Accelerated(model=result.model, optimizer=result.optim, strategy=names)
 
 
-def _place_ignored_modules(model: nn.Module) -> None:
-    """FSDP moves only what it manages to the GPU; the rotary embedding it ignores goes there too."""
-    rotary = rotary_class()
-    for module in model.modules():
-        if isinstance(module, rotary):
-            module.to(model.compute_device)
+def place(model: nn.Module, strategy: list[Any], device: torch.device) -> None:
+    """Move to the rank's device what ATorch will not move there.
+
+    FSDP moves what it shards, one unit at a time (the whole model never sits on one GPU
+    unsharded), but not the rotary embedding it ignores, whose buffer its sync_module_states then
+    broadcasts, which works only from the GPU. Without FSDP nothing moves the model: ATorch adds
+    DDP, which would, only for two ranks or more.
+    """
+    if any(_name(opt) == "fsdp" for opt in strategy):
+        rotary = rotary_class()
+        modules = [module for module in model.modules() if isinstance(module, rotary)]
+    else:
+        modules = [model]
+    for module in modules:
+        module.to(device)
 
 
 def _name(opt: Any) -> str:

@@ -154,7 +154,7 @@ def setup(config: TrainerConfig) -> Run:
     model = _build(config, tokenizer, resume_from.path if resume_from else None)
     num_params = count_parameters(model)  # before FSDP shards it
     log.info("mode %s, %d parameters", config.mode, num_params)
-    acc = accelerate(model, t, world.size)
+    acc = accelerate(model, t, world)
 
     sampler = EpochSampler(datasets.train, world.rank, world.size, t.seed,
                            config.data.task_sampling, config.data.sampling_temperature)
