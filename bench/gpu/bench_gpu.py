@@ -119,7 +119,10 @@ def hf(plan: SimpleNamespace, name: str, seq: int) -> dict:
     from transformers import Trainer, TrainerCallback, TrainingArguments
 
     cfg, model, params = random_model(name)
-    data = [{"input_ids": b["input_ids"][i], "labels": b["input_ids"][i]}
+    # With the all-ones attention mask a tokenizer returns: without one, transformers (no KV cache
+    # under gradient checkpointing) builds a full mask and sdpa loses its causal kernels.
+    data = [{"input_ids": b["input_ids"][i], "attention_mask": torch.ones_like(b["input_ids"][i]),
+             "labels": b["input_ids"][i]}
             for b in batches(plan, seq, cfg["vocab_size"]) for i in range(len(b["input_ids"]))]
     clock = {"step": 0, "seconds": 0.0}
 

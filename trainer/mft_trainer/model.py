@@ -3,9 +3,10 @@
 Packed rows hold several documents. Each document must see only itself, so packed batches carry a
 block-diagonal causal mask built from ``sample_index`` ([B, 1, L, L] bool, True = may attend), and
 position ids that restart at every document. sdpa takes that mask on CPU and GPU (under FSDP and
-bf16 autocast too); rows with a single document keep the plain causal path (no mask at all), which
-lets sdpa pick its fastest kernel. Right padding needs no mask under causal attention: pad tokens
-come after every real token and carry no targets.
+bf16 autocast too); rows with a single document take sdpa's causal path (an all-ones mask, which
+transformers turns into no mask and ``is_causal``), so sdpa can pick its fastest kernel. Right
+padding needs no mask under causal attention: pad tokens come after every real token and carry no
+targets.
 """
 
 from __future__ import annotations
@@ -54,6 +55,11 @@ def model_inputs(batch: dict[str, torch.Tensor], device: torch.device) -> dict[s
     if is_packed(batch["sample_index"]):
         inputs["position_ids"] = batch["position_ids"].to(device)
         inputs["attention_mask"] = packed_attention_mask(batch["sample_index"].to(device))
+    else:
+        # All ones, pads included (they follow every real token and carry no target). Without any
+        # mask, transformers (4.56, no KV cache) looks for packing in the position ids and always
+        # builds a full [B, 1, L, L] mask, which keeps sdpa off its causal kernels.
+        inputs["attention_mask"] = torch.ones_like(inputs["input_ids"])
     return inputs
 
 
