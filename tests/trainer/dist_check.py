@@ -135,6 +135,13 @@ def main(out: Path) -> None:
     step = train_step(run, [mine])
     result["nan"] = {"skipped": step.skipped, "params_unchanged": bool(torch.equal(before, params(run))),
                      "optimizer_state_empty": len(run.acc.optimizer.state) == 0}
+
+    # A global batch without a single target token: nothing to learn from, the update is dropped.
+    run = make_run(world, "case3")
+    before = params(run).clone()
+    step = train_step(run, [{**mine, "labels": torch.full_like(mine["labels"], loss.IGNORE_INDEX)}])
+    result["no_targets"] = {"skipped": step.skipped, "skipped_type": type(step.skipped).__name__,
+                            "params_unchanged": bool(torch.equal(before, params(run)))}
     (out / f"rank-{world.rank}.json").write_text(json.dumps(result))
     distributed.shutdown()
 

@@ -38,3 +38,9 @@ def test_gradient_accumulation_and_ranks_reproduce_one_big_batch(ranks, mode):
 def test_non_finite_loss_on_one_rank_skips_the_update_on_every_rank(ranks):
     for rank in ranks:
         assert rank["nan"] == {"skipped": True, "params_unchanged": True, "optimizer_state_empty": True}
+
+
+def test_a_global_batch_without_targets_skips_the_update_with_a_plain_flag(ranks):
+    # The flag is summed into the trainer state that is written as JSON: a bool, not a tensor.
+    for rank in ranks:
+        assert rank["no_targets"] == {"skipped": True, "skipped_type": "bool", "params_unchanged": True}

@@ -240,11 +240,14 @@ def train_step(run: Run, micro_batches: list[dict[str, torch.Tensor]]) -> StepRe
     grad_norm, lr = None, _lr(run)
     # The reduced loss is the same on every rank (a NaN anywhere makes it NaN everywhere), and so
     # is the gradient norm, so every rank takes the same decision without another collective.
-    skipped = not math.isfinite(step_loss) or counts[0].sum() == 0
+    no_targets = float(counts[0].sum()) == 0
+    skipped = no_targets or not math.isfinite(step_loss)
     if not skipped:
         grad_norm = float(clip_grad_norm(acc, run.config.training.max_grad_norm))
         skipped = not math.isfinite(grad_norm)
-    if skipped:
+    if no_targets:
+        log.warning("step %d: no target tokens in the global batch, update skipped", run.state.step + 1)
+    elif skipped:
         log.warning("step %d: non-finite loss or gradient (loss %s, grad norm %s), update skipped",
                     run.state.step + 1, step_loss, grad_norm)
     else:
