@@ -174,7 +174,10 @@ def sharded(config: TrainerConfig, world, tokenizer, reference_weights) -> dict:
     resumed_steps = steps(resumed, SAVE_AT + 1, STEPS)
     resumed_weights = full_weights(resumed)
 
+    gathered_optimizer = checkpoint._optimizer_state(run.acc)  # collective, as in a save
     result = {"steps": run_steps, "resumed": resumed_steps, "strategy": run.acc.strategy,
+              "gathered_optimizer_tensors": sum(isinstance(v, torch.Tensor) for s in
+                                                gathered_optimizer.get("state", {}).values() for v in s.values()),
               "buffers_while_training": {name: str(b.dtype) for name, b in run.acc.model.named_buffers()}}
     if world.is_main:
         result |= {

@@ -70,3 +70,10 @@ def test_bf16_training_keeps_the_rotary_frequencies_in_fp32(ranks, mode):
     assert [name for name in buffers if name.endswith("rotary_emb.inv_freq")]
     assert set(buffers.values()) == {"torch.float32"}
 
+
+@pytest.mark.parametrize("mode", MODES)
+def test_only_rank_0_holds_the_gathered_optimizer_state(ranks, mode):
+    # A full copy on every rank would take a node's host memory times its GPUs.
+    assert ranks[0][mode]["fp32"]["gathered_optimizer_tensors"] > 0
+    assert ranks[1][mode]["fp32"]["gathered_optimizer_tensors"] == 0
+

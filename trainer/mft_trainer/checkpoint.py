@@ -248,8 +248,9 @@ def load_trainer_state(path: Path) -> dict[str, Any]:
 def load_training_state(path: Path, acc: Accelerated, scheduler: Any, world: distributed.World) -> dict[str, Any] | None:
     """Restore optimizer and scheduler; return this rank's saved state (RNG, data position), or None
     when the checkpoint was written by fewer ranks than this run has."""
-    # Our own files: they hold Python and NumPy RNG tuples, not just tensors.
-    state = torch.load(path / OPTIMIZER_FILE, map_location="cpu", weights_only=False)
+    # Our own files: they hold Python and NumPy RNG tuples, not just tensors. Memory-mapped: under
+    # FSDP only rank 0 reads the optimizer tensors (and broadcasts them), the others the scheduler.
+    state = torch.load(path / OPTIMIZER_FILE, map_location="cpu", weights_only=False, mmap=True)
     _load_optimizer_state(acc, state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     file = path / rank_file(world.rank)
@@ -312,11 +313,13 @@ def _full_state_config(acc: Accelerated):
     from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 
     # Offload from accelerator memory only: shards on the CPU are gathered into fresh host clones
-    # anyway, and FSDP's offload of CPU tensors crashes the process (torch 2.13, gloo).
+    # anyway, and FSDP's offload of CPU tensors crashes the process (torch 2.13, gloo). Rank 0
+    # alone holds the gathered state, and alone provides it on load: every rank holding a full
+    # copy would take a node's host memory times its GPUs (Adam's state of 1.4B parameters: 11 GB).
     offload = acc.model.compute_device.type != "cpu"
     return FSDP.state_dict_type(acc.model, StateDictType.FULL_STATE_DICT,
                                 FullStateDictConfig(offload_to_cpu=offload, rank0_only=True),
-                                FullOptimStateDictConfig(offload_to_cpu=offload, rank0_only=False))
+                                FullOptimStateDictConfig(offload_to_cpu=offload, rank0_only=True))
 
 
 def _full_state_dict(acc: Accelerated) -> dict[str, torch.Tensor]:
@@ -326,7 +329,8 @@ def _full_state_dict(acc: Accelerated) -> dict[str, torch.Tensor]:
 
 
 def _optimizer_state(acc: Accelerated) -> dict[str, Any]:
-    """Optimizer state gathered from the FSDP shards into host memory (collective)."""
+    """Optimizer state gathered from the FSDP shards into rank 0's host memory (collective; the
+    other ranks get an empty dict)."""
     from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 
     with _full_state_config(acc):
