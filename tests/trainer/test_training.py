@@ -338,6 +338,6 @@ def test_merge_lora_gives_the_logits_of_base_plus_adapter(lora, base_model, tmp_
 def test_generate_cli_answers_from_a_lora_checkpoint(lora):
     adapter = checkpoint.latest(Path(lora[1]["checkpoint"]["mount_path"])).path
     proc = subprocess.run([PYTHON, "-m", "mft_trainer", "generate", "--model", str(adapter), "--prompt",
-                           "What is 2 + 2 in Python?", "--max-new-tokens", "8"],
+                           "What is 2 + 2 in Python?", "--max-new-tokens", "8", "--device", "cpu"],
                           env=child_env(), capture_output=True, text=True, timeout=300, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-4000:]

@@ -22,11 +22,13 @@ class Sampling:
     num_beams: int = 1
 
 
-def load(model_dir: str | Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """A model folder, a full checkpoint, or a LoRA checkpoint (its base read from adapter_config.json)."""
+def load(model_dir: str | Path, device: str | None = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A model folder, a full checkpoint, or a LoRA checkpoint (its base read from adapter_config.json),
+    on ``device`` (the GPU when there is one, unless given)."""
     from mft_trainer.lora import is_adapter_dir, load_for_inference
 
     model = load_for_inference(model_dir) if is_adapter_dir(model_dir) else AutoModelForCausalLM.from_pretrained(model_dir)
+    model.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
@@ -46,7 +48,7 @@ def prompt_ids(tokenizer: PreTrainedTokenizerBase, question: str, system: str | 
 def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[list[int]],
              sampling: Sampling) -> list[str]:
     """Answers to prompts given as token ids (see ``prompt_ids``), batched with left padding."""
-    batch = tokenizer.pad({"input_ids": prompts}, padding=True, return_tensors="pt")
+    batch = tokenizer.pad({"input_ids": prompts}, padding=True, return_tensors="pt").to(model.device)
     kwargs = {"do_sample": sampling.do_sample, "num_beams": sampling.num_beams,
               "max_new_tokens": sampling.max_new_tokens}
     if sampling.do_sample:

@@ -16,12 +16,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--top-p", type=float, default=0.95)
     parser.add_argument("--temperature", type=float, default=0.1)
     parser.add_argument("--num-beams", type=int, default=1)
+    parser.add_argument("--device", help="torch device to generate on (default: cuda when available, else cpu)")
 
 
 def run(args: argparse.Namespace) -> int:
     from mft_trainer.generation import Sampling, generate, load, prompt_ids
 
-    model, tokenizer = load(args.model)
+    model, tokenizer = load(args.model, args.device)
     prompts = [prompt_ids(tokenizer, question, system=args.system) for question in args.prompt]
     sampling = Sampling(max_new_tokens=args.max_new_tokens, do_sample=args.do_sample, top_p=args.top_p,
                         temperature=args.temperature, num_beams=args.num_beams)
