@@ -1,5 +1,5 @@
-"""Checkpoint bookkeeping on plain folders (completeness, stale temp folders, rotation) and the
-background writer."""
+"""Checkpoint bookkeeping on plain folders (completeness, stale temp folders, rotation), the
+background writer, and what a written checkpoint says about its weights."""
 
 import json
 import threading
@@ -120,3 +120,17 @@ def test_snapshots_copy_into_the_writers_staging_memory_from_one_save_to_the_nex
     assert len(writer.staging) == len(staged)  # staging follows the state: the stale copy is dropped
     writer.close()
     assert checkpoint.Writer(background=False).staging is None  # foreground saves hold no memory between saves
+
+
+def test_config_records_the_dtype_of_the_weights_written_not_of_the_live_model(tmp_path, tokenizer):
+    from safetensors.torch import load_file
+
+    from .conftest import tiny_model
+
+    model = tiny_model(len(tokenizer))
+    snap = checkpoint.Snapshot(weights={k: v.clone() for k, v in model.state_dict().items()}, optimizer={},
+                               scheduler={}, rank_states=[{}])
+    model.to(torch.bfloat16)  # what FSDP's bf16 mixed precision shows mid-step, while a write runs
+    path = checkpoint.persist(tmp_path, "checkpoint-1", snap, model=model, tokenizer=tokenizer, trainer_state={})
+    assert {t.dtype for t in load_file(path / "model.safetensors").values()} == {torch.float32}
+    assert json.loads((path / "config.json").read_text())["dtype"] == "float32"

@@ -281,6 +281,17 @@ def _save_weights(model: torch.nn.Module, state_dict: dict[str, torch.Tensor] | 
         save_adapter(model, state_dict, folder)
     else:
         model.save_pretrained(folder, state_dict=state_dict, safe_serialization=True)
+        _record_weights_dtype(folder / "config.json", state_dict)
+
+
+def _record_weights_dtype(config_file: Path, state_dict: dict[str, torch.Tensor]) -> None:
+    """Make config.json's dtype the written weights' own. save_pretrained takes it from the live
+    parameters, which under FSDP's bf16 mixed precision are bf16 views mid-step, while this runs
+    off the training thread."""
+    dtype = next(t.dtype for t in state_dict.values() if t.is_floating_point())
+    config = json.loads(config_file.read_text())
+    config["dtype"] = str(dtype).removeprefix("torch.")
+    config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 def _host_copy(obj: Any, memo: dict[tuple, torch.Tensor], staging: dict[tuple, torch.Tensor]) -> Any:
