@@ -302,8 +302,8 @@ def _host_copy(obj: Any, memo: dict[tuple, torch.Tensor], staging: dict[tuple, t
         key = (obj.untyped_storage().data_ptr(), obj.storage_offset(), tuple(obj.shape), obj.stride(), obj.dtype)
         if key not in memo:
             target = staging.get(key)
-            if target is None:
-                target = torch.empty_like(obj, device="cpu")
+            if target is None:  # page-locked for a GPU source: its copy then runs at DMA speed
+                target = torch.empty_like(obj, device="cpu", pin_memory=obj.is_cuda)
             memo[key] = target.copy_(obj.detach())
         return memo[key]
     if isinstance(obj, dict):
