@@ -35,10 +35,11 @@ def test_sample_data_with_both_tokenizers(tokenizer_dir, tokenizer):
 
 
 def test_split_is_seeded_and_per_task(tiny_dir, tiny_tokenizer):
-    first = build_datasets(make_config(tiny_dir, TASKS), tiny_tokenizer)
-    again = build_datasets(make_config(tiny_dir, TASKS, seq_length=128), tiny_tokenizer)
-    alone = build_datasets(make_config(tiny_dir, TASKS[1:2]), tiny_tokenizer)
-    other_seed = build_datasets(make_config(tiny_dir, TASKS, seed=7), tiny_tokenizer)
+    # Long enough for every sample document: truncation drops none (see test_truncate_*).
+    first = build_datasets(make_config(tiny_dir, TASKS, seq_length=2048), tiny_tokenizer)
+    again = build_datasets(make_config(tiny_dir, TASKS, seq_length=4096), tiny_tokenizer)
+    alone = build_datasets(make_config(tiny_dir, TASKS[1:2], seq_length=2048), tiny_tokenizer)
+    other_seed = build_datasets(make_config(tiny_dir, TASKS, seq_length=2048, seed=7), tiny_tokenizer)
     assert valid_documents(first) == valid_documents(again)
     assert valid_documents(alone) == valid_documents(first)[1:2]  # other tasks do not move it
     assert valid_documents(other_seed) != valid_documents(first)
@@ -61,15 +62,29 @@ def long_and_short(tmp_path):
     return task
 
 
-def test_truncate_is_counted_per_file(long_and_short, tiny_dir, tiny_tokenizer):
+def test_truncate_is_counted_per_file(tmp_path, tiny_dir, tiny_tokenizer):
+    task = tmp_path / "mixed"
+    write_jsonl(task / "a.jsonl", [chat(("human", "q"), ("bot", "a " * 50)), {"text": "short"}] * 10)
+    write_jsonl(task / "b.jsonl", [{"text": "tiny"}] * 10)
+    datasets = build_datasets(make_config(tiny_dir, [task], seq_length=32, padding_mode="padding"), tiny_tokenizer)
+    a, b = datasets.report.files
+    assert (a.truncated, b.truncated, a.dropped, a.truncated_without_targets) == (10, 0, 0, 0)
+    lengths = [len(r["input_ids"]) for r in rows(datasets.train) + rows(datasets.valid)]
+    assert len(lengths) == 30 and lengths.count(32) == 10
+    assert "10 truncated" in datasets.report.summary()
+
+
+def test_truncation_that_cuts_off_every_target_drops_the_document_and_says_so(long_and_short, tiny_dir,
+                                                                               tiny_tokenizer):
+    # The long chats' answers start beyond 32 tokens: truncated, nothing would be learned from them.
     datasets = build_datasets(
         make_config(tiny_dir, [long_and_short], seq_length=32, padding_mode="padding"), tiny_tokenizer
     )
     a, b = datasets.report.files
-    assert (a.truncated, b.truncated, a.dropped) == (10, 0, 0)
-    lengths = [len(r["input_ids"]) for r in rows(datasets.train) + rows(datasets.valid)]
-    assert len(lengths) == 30 and lengths.count(32) == 10
-    assert "10 truncated" in datasets.report.summary()
+    assert (a.truncated, a.truncated_without_targets, b.truncated_without_targets) == (10, 10, 0)
+    assert len(rows(datasets.train) + rows(datasets.valid)) == 20
+    assert all(any(label != -100 for label in r["labels"]) for r in rows(datasets.train) + rows(datasets.valid))
+    assert "10 truncated (10 of them without targets, dropped)" in datasets.report.summary()
 
 
 def test_drop_is_counted_per_file(long_and_short, tiny_dir, tiny_tokenizer):

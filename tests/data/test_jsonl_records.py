@@ -56,6 +56,14 @@ def test_text_record():
             "chat_rounds[1].role: expected system, human or bot (or user, assistant), found 'robot'",
         ),
         (b'{"text": "caf\xe9"}', "not UTF-8", "expected UTF-8 text, found byte 0xe9 at column 14"),
+        (
+            b'{"chat_rounds": [{"role": "bot", "content": "x\\ud83d"}]}',
+            "invalid Unicode",
+            "chat_rounds[0].content: expected Unicode text, found a lone surrogate \\ud83d at character 2",
+        ),
+        (b"[" * 100_000 + b"]" * 100_000, "invalid JSON", "found JSON that cannot be read (maximum recursion depth"),
+        (b'{"text": ' + b"1" * 5000 + b"}", "invalid JSON", "found JSON that cannot be read (Exceeds the limit"),
+        (b'{"text": "' + b"x" * (4 << 20) + b'"}', "record too large", "expected a record of at most 4194304 bytes"),
     ],
 )
 def test_bad_records(line, reason, message):
@@ -114,3 +122,48 @@ def test_damaged_gzip_is_an_error(tmp_path):
     path.write_bytes(gzip.compress(b'{"text": "a"}\n' * 100)[:40])
     with pytest.raises(DataError, match=r"t\.jsonl\.gz: cannot read the file"):
         list(read_line_chunks(path, 0))
+
+
+def test_a_record_without_targets_is_a_bad_record(tmp_path, tiny_dir, tiny_tokenizer):
+    task = tmp_path / "qa"
+    good, no_bot = chat(("human", "q"), ("bot", "a")), chat(("system", "s"), ("human", "q"))
+    write_jsonl(task / "a.jsonl", [good, no_bot, good])
+    with pytest.raises(DataError, match=r"qa/a\.jsonl:2: expected something to learn from \(a bot turn, or text\), "
+                                        r"found a record without target tokens$"):
+        build_datasets(make_config(tiny_dir, [task]), tiny_tokenizer)
+    (counts,) = build_datasets(make_config(tiny_dir, [task], on_bad_record="skip"), tiny_tokenizer).report.files
+    assert (counts.records, counts.skip_reasons) == (2, {"no targets": 1})
+
+
+def test_a_byte_order_mark_on_the_first_line_is_not_data(tmp_path):
+    path = tmp_path / "t.jsonl"
+    path.write_bytes(b'\xef\xbb\xbf{"text": "a"}\n{"text": "b"}\n')
+    (chunk,) = read_line_chunks(path, 0)
+    assert [parse_record(line) for line in chunk.lines] == [[Turn("text", "a")], [Turn("text", "b")]]
+
+
+def test_a_huge_line_is_read_only_up_to_the_limit(tmp_path):
+    path = tmp_path / "t.jsonl"
+    path.write_bytes(b'{"text": "' + b"x" * (9 << 20) + b'"}\n{"text": "b"}\n')
+    lines = [line for chunk in read_line_chunks(path, 0) for line in chunk.lines]
+    assert [len(line) for line in lines] == [(4 << 20) + 1, len(b'{"text": "b"}\n')]
+
+
+def test_a_task_left_without_documents_is_an_error(tmp_path, tiny_dir, tiny_tokenizer):
+    good, bad = tmp_path / "good", tmp_path / "bad"
+    write_jsonl(good / "a.jsonl", [chat(("human", "q"), ("bot", "a"))] * 3)
+    write_jsonl(bad / "a.jsonl", ["{oops", "{oops"])
+    with pytest.raises(DataError, match=r"task bad: no documents left to train on \(0 records read, 2 skipped as bad"):
+        build_datasets(make_config(tiny_dir, [good, bad], on_bad_record="skip"), tiny_tokenizer)
+
+
+def test_other_files_in_a_task_folder_are_named_in_a_warning(tmp_path, tiny_dir, tiny_tokenizer, caplog):
+    task = tmp_path / "qa"
+    write_jsonl(task / "a.jsonl", [chat(("human", "q"), ("bot", "a"))] * 2)
+    write_jsonl(task / "b.JSONL", [chat(("human", "q"), ("bot", "a"))])
+    (task / "notes.json").write_text("{}")
+    (task / "old").mkdir()
+    datasets = build_datasets(make_config(tiny_dir, [task]), tiny_tokenizer)
+    assert [f.path for f in datasets.report.files] == [str(task / "a.jsonl"), str(task / "b.JSONL")]
+    assert "ignoring notes.json, old/ (only *.jsonl and *.jsonl.gz files are data)" in caplog.text
+

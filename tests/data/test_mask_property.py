@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 MARKER_TEXT = st.sampled_from(["<|role_start|>", "<|role_end|>", "<|endoftext|>", "<|padding|>", "bot", "\n", "    "])
 content = st.lists(st.one_of(st.text(max_size=12), MARKER_TEXT), max_size=4).map("".join)
 turn = st.tuples(st.sampled_from(["system", "human", "bot", "user", "assistant"]), content)
-dialog = st.lists(turn, min_size=1, max_size=6)
+# At least one bot turn: a record with nothing to learn from is a bad record (test_jsonl_records).
+dialog = st.lists(turn, min_size=1, max_size=6).filter(lambda turns: any(r in ("bot", "assistant") for r, _ in turns))
 
 
 def trained_text(tokenizer, ids, mask):

@@ -13,10 +13,17 @@ from mft_trainer.data.tasks import discover_binary_tasks, discover_jsonl_tasks, 
         ("data/code-exam/", "code-exam"),
         ("data/code-exam//", "code-exam"),
         ("code-exam", "code-exam"),
+        ("data/code-exam/.", "code-exam"),
+        ("data/other/../code-exam", "code-exam"),
     ],
 )
 def test_task_name_is_last_component(path, name):
     assert task_name(path) == name
+
+
+def test_task_name_of_the_current_folder_is_its_own_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert task_name(".") == tmp_path.name
 
 
 def test_only_jsonl_files_in_name_order(tmp_path):

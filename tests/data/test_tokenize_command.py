@@ -26,7 +26,8 @@ def tokenize_command(capsys, *argv):
 
 
 @settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(dialogs=st.lists(st.lists(turn, min_size=1, max_size=5), min_size=1, max_size=4))
+@given(dialogs=st.lists(st.lists(turn, min_size=1, max_size=5).filter(lambda turns: any(r == "bot" for r, _ in turns)),
+                        min_size=1, max_size=4))
 def test_output_satisfies_the_mask_property(tmp_path, capsys, tokenizer_dir, tokenizer, dialogs):
     path = write_jsonl(tmp_path / "chat.jsonl", [chat(*turns) for turns in dialogs])
     code, outputs, _ = tokenize_command(capsys, "--tokenizer", tokenizer_dir, "--mode", "sft", "--input", path)
@@ -95,3 +96,10 @@ def test_errors_exit_non_zero_with_file_and_line(tmp_path, capsys, tiny_dir, lin
 def test_tokenizer_is_required(capsys, tmp_path):
     code, _, err = tokenize_command(capsys, "--input", tmp_path / "a.jsonl")
     assert code == 1 and "--tokenizer: required" in err
+
+
+def test_a_missing_input_file_is_a_one_line_error(tmp_path, capsys, tokenizer_dir):
+    code, outputs, err = tokenize_command(capsys, "--tokenizer", tokenizer_dir, "--input", tmp_path / "nope.jsonl")
+    assert (code, outputs) == (1, [])
+    assert err.strip() == f"mft-train tokenize: {tmp_path / 'nope.jsonl'}: expected a .jsonl or .jsonl.gz file, found nothing"
+

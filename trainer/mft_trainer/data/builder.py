@@ -16,6 +16,8 @@ from mft_trainer.data.documents import (
     apply_overlong_policy,
     collect_documents,
     count_overlong,
+    count_per_file,
+    emptied_by_truncation,
     split_documents,
 )
 from mft_trainer.data.encoding import Encoder, default_workers, encode_files
@@ -51,11 +53,22 @@ def build_datasets(config: TrainerConfig, tokenizer: PreTrainedTokenizerFast) ->
         valid.append(task_valid)
         report.tasks.append(counts)
     log.info("%s", report.summary())
+    for counts in report.tasks:
+        if not counts.train_documents:  # it would weigh nothing, silently
+            raise DataError(f"task {counts.name}: no documents left to train on ({_losses(counts)})")
     if report.total("skipped"):
         log.warning(
             "%d bad records skipped (data.on_bad_record: skip); see the data report above", report.total("skipped")
         )
     return Datasets([t.name for t in report.tasks], RowDataset(train), RowDataset(valid), report)
+
+
+def _losses(counts: TaskCounts) -> str:
+    files = counts.files
+    return (f"{sum(f.records for f in files)} records read, {sum(f.skipped for f in files)} skipped as bad, "
+            f"{sum(f.dropped for f in files)} dropped as over-long, "
+            f"{sum(f.truncated_without_targets for f in files)} truncated without targets, "
+            f"{counts.valid_documents} held out for validation; see the data report above")
 
 
 def load_documents(config: TrainerConfig, tokenizer: PreTrainedTokenizerFast) -> list[TaskDocuments]:
@@ -83,6 +96,11 @@ def _task_rows(documents: TaskDocuments, config: TrainerConfig, counts: TaskCoun
     if data.padding_mode != "concat":  # a concat stream has no over-long documents
         count_overlong(documents.files, documents.file_ends, lengths, seq_length, data.overlong_policy)
         lengths, kept = apply_overlong_policy(lengths, seq_length, data.overlong_policy)
+        if data.overlong_policy == "truncate":
+            emptied = emptied_by_truncation(documents, seq_length)
+            kept &= ~emptied
+            for file_counts, n in zip(documents.files, count_per_file(documents.file_ends, emptied)):
+                file_counts.truncated_without_targets += int(n)
     # Split before dropping, so that the split does not move when seq_length changes.
     train_ids, valid_ids = split_documents(len(documents), data.valid_split, config.training.seed, documents.name)
     train_ids, valid_ids = train_ids[kept[train_ids]], valid_ids[kept[valid_ids]]

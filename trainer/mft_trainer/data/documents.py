@@ -85,6 +85,16 @@ def count_overlong(
         setattr(counts, name, getattr(counts, name) + int(n))
 
 
+def emptied_by_truncation(documents: TaskDocuments, seq_length: int) -> np.ndarray:
+    """Which documents truncation to seq_length leaves without a target token (an answer that starts
+    beyond it). Reads only the over-long documents' masks."""
+    emptied = np.zeros(len(documents), dtype=bool)
+    for d in np.flatnonzero(documents.lengths > seq_length):
+        start = documents.offsets[d]
+        emptied[d] = not documents.loss_mask[start + 1:start + seq_length].any()
+    return emptied
+
+
 def split_documents(count: int, valid_fraction: float, seed: int, task: str) -> tuple[np.ndarray, np.ndarray]:
     """Sorted train and valid document ids of one task.
 

@@ -11,18 +11,21 @@ about a hundred times its size in memory, so one huge line could take down every
 
 from __future__ import annotations
 
+import codecs
 import gzip
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from mft_trainer.data.errors import DataError
 
 ROLES = {"system": "system", "human": "human", "bot": "bot", "user": "human", "assistant": "bot"}
 TEXT_ROLE = "text"  # the role of a `text` record's only turn: no marker, all of it trained on
 MAX_RECORD_BYTES = 4 << 20  # 4 MiB: about a million tokens, far beyond any seq_length
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 @dataclass(frozen=True)
@@ -54,12 +57,14 @@ def read_line_chunks(path: Path, file_index: int, chunk_bytes: int = 1 << 20) ->
     """Raw lines in chunks of about `chunk_bytes`. Decoding happens per line later, so that a bad
     byte is reported with its line number. An empty file is an error whatever the skip policy:
     it is a broken input, not a bad record."""
-    opener = gzip.open if path.name.endswith(".gz") else open
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
     lines: list[bytes] = []
     size, first_line, has_record = 0, 1, False
     try:
         with opener(path, "rb") as stream:
-            for number, line in enumerate(stream, start=1):
+            for number, line in enumerate(_bounded_lines(stream), start=1):
+                if number == 1:
+                    line = line.removeprefix(codecs.BOM_UTF8)  # as Windows tools write it
                 has_record = has_record or bool(line.strip())
                 lines.append(line)
                 size += len(line)
@@ -74,11 +79,21 @@ def read_line_chunks(path: Path, file_index: int, chunk_bytes: int = 1 << 20) ->
         yield LineChunk(str(path), file_index, first_line, lines)
 
 
+def _bounded_lines(stream: BinaryIO) -> Iterator[bytes]:
+    """The stream's lines, each cut after MAX_RECORD_BYTES + 1 bytes (the rest of a longer line is
+    read and dropped), so that one huge line never sits in memory whole."""
+    while line := stream.readline(MAX_RECORD_BYTES + 1):
+        if len(line) > MAX_RECORD_BYTES and not line.endswith(b"\n"):
+            while (rest := stream.readline(1 << 20)) and not rest.endswith(b"\n"):
+                pass
+        yield line
+
+
 def parse_record(line: bytes) -> list[Turn]:
     if len(line) > MAX_RECORD_BYTES:
         raise RecordError(
             "record too large",
-            f"expected a record of at most {MAX_RECORD_BYTES} bytes, found {len(line)} bytes; "
+            f"expected a record of at most {MAX_RECORD_BYTES} bytes, found a longer one; "
             f"split long documents into several records",
         )
     try:
@@ -93,6 +108,8 @@ def parse_record(line: bytes) -> list[Turn]:
         raise RecordError(
             "invalid JSON", f"expected a JSON object, found invalid JSON ({exc.msg} at column {exc.colno})"
         ) from None
+    except (ValueError, RecursionError) as exc:  # a number of over 4300 digits; nesting deeper than Python's stack
+        raise RecordError("invalid JSON", f"expected a JSON object, found JSON that cannot be read ({exc})") from None
     if not isinstance(record, dict):
         raise RecordError("wrong type", f"expected a JSON object, found {describe(record)}")
     if "chat_rounds" in record:
@@ -146,6 +163,14 @@ def _prompt_answer_turns(record: dict) -> list[Turn]:
 def _string(value: Any, where: str) -> str:
     if not isinstance(value, str):
         raise RecordError("wrong type", f"{where}: expected a string, found {describe(value)}")
+    # JSON can escape half of a UTF-16 pair (\ud83d alone): no Unicode text, and the tokenizer
+    # would fail on the whole batch it is in.
+    if not value.isascii() and (surrogate := _SURROGATE.search(value)):
+        raise RecordError(
+            "invalid Unicode",
+            f"{where}: expected Unicode text, found a lone surrogate \\u{ord(surrogate.group()):04x} "
+            f"at character {surrogate.start() + 1}",
+        )
     return value
 
 

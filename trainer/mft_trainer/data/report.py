@@ -16,6 +16,7 @@ class FileCounts:
     first_skips: dict[str, str] = field(default_factory=dict)  # one "file:line: message" per reason
     truncated: int = 0
     dropped: int = 0
+    truncated_without_targets: int = 0  # truncated documents with no target left: dropped as well
 
     def add_skip(self, reason: str, message: str) -> None:
         self.skipped += 1
@@ -56,7 +57,8 @@ class DataReport:
     def summary(self) -> str:
         lines = [
             f"data: {len(self.tasks)} tasks, {self.total('records')} records, {self.total('skipped')} skipped, "
-            f"{self.total('truncated')} truncated, {self.total('dropped')} dropped"
+            f"{self.total('truncated')} truncated ({self.total('truncated_without_targets')} of them without targets, "
+            f"dropped), {self.total('dropped')} dropped"
         ]
         for task in self.tasks:
             lines.append(
@@ -75,9 +77,9 @@ def _split_line(task: TaskCounts) -> str:
 
 def _file_line(counts: FileCounts) -> str:
     line = f"{counts.path}: {counts.records} records"
-    for name in ("skipped", "truncated", "dropped"):
+    for name in ("skipped", "truncated", "dropped", "truncated_without_targets"):
         if getattr(counts, name):
-            line += f", {getattr(counts, name)} {name}"
+            line += f", {getattr(counts, name)} {name.replace('_', ' ')}"
     if counts.skip_reasons:
         reasons = "; ".join(
             f"{n} {reason}, first at {counts.first_skips[reason]}" for reason, n in counts.skip_reasons.items()

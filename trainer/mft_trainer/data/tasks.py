@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -9,6 +11,7 @@ from mft_trainer.data.errors import DataError
 
 JSONL_SUFFIXES = (".jsonl", ".jsonl.gz")
 MANIFEST = "manifest.json"
+log = logging.getLogger("mft_trainer.data")
 
 
 @dataclass(frozen=True)
@@ -19,8 +22,9 @@ class TaskSource:
 
 
 def task_name(path: str) -> str:
-    """The last path component, ignoring trailing slashes ("data/code-exam/" -> "code-exam")."""
-    return Path(path.rstrip("/")).name
+    """The folder's own name, however the path spells it ("data/code-exam/" and "code-exam/." ->
+    "code-exam"; "." -> the current folder's name)."""
+    return Path(os.path.abspath(path)).name
 
 
 def discover_jsonl_tasks(paths: list[str]) -> list[TaskSource]:
@@ -58,11 +62,22 @@ def _checked_folders(paths: list[str]) -> list[str]:
 
 
 def _jsonl_files(folder: Path) -> tuple[Path, ...]:
-    entries = sorted(p for p in folder.iterdir() if p.is_file())
-    if not entries:
+    entries = sorted(folder.iterdir())
+    if not any(p.is_file() for p in entries):
         raise DataError(f"{folder}: empty task folder: expected *.jsonl or *.jsonl.gz files, found no files")
-    files = tuple(p for p in entries if p.name.endswith(JSONL_SUFFIXES))
+    files = tuple(p for p in entries if p.is_file() and is_jsonl(p))
+    others = [p.name + ("/" if p.is_dir() else "") for p in entries if p not in files]
     if not files:
-        found = ", ".join(p.name for p in entries[:5]) + (", ..." if len(entries) > 5 else "")
-        raise DataError(f"{folder}: expected *.jsonl or *.jsonl.gz files, found only {found}")
+        raise DataError(f"{folder}: expected *.jsonl or *.jsonl.gz files, found only {_names(others)}")
+    if others:
+        log.warning("%s: reading %d JSONL files, ignoring %s (only *.jsonl and *.jsonl.gz files are data)",
+                    folder, len(files), _names(others))
     return files
+
+
+def is_jsonl(path: Path) -> bool:
+    return path.name.lower().endswith(JSONL_SUFFIXES)
+
+
+def _names(names: list[str]) -> str:
+    return ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
