@@ -71,7 +71,6 @@ def _parser() -> argparse.ArgumentParser:
 
 def _settings_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image", dest="trainer_image", help="default trainer image (MFT_TRAINER_IMAGE)")
-    parser.add_argument("--init-container-image", help="preflight image (MFT_INIT_CONTAINER_IMAGE)")
     parser.add_argument("--default-gpus-per-node", type=int)
     parser.add_argument("--default-cpu")
     parser.add_argument("--default-memory")

@@ -42,6 +42,7 @@ class LocalPlan:
     config_path: Path
     workdir: Path
     mounts: dict[str, Path]
+    checkpoint_dir: Path  # the checkpoint volume's local folder, created like a mounted volume
     warnings: list[str] = field(default_factory=list)
 
 
@@ -84,8 +85,18 @@ def plan(job: dict[str, Any], manifest_dir: Path, settings: Settings, *, workdir
     command = [_local_path(arg, mounts) if arg == layout.config_path else arg for arg in command]
     command = [f"--nproc_per_node={procs}" if arg.startswith("--nproc_per_node=") else arg for arg in command]
     command = [_program(arg) if arg in ("mft-train", "torchrun") else arg for arg in command]
+    command = [_local_requirement(arg, mounts) for arg in command]
     config = _map_paths(layout.config, mounts)
-    return LocalPlan(command, env, config, config_path, workdir, mounts, warnings)
+    return LocalPlan(command, env, config, config_path, workdir, mounts, mounts[checkpoint_path], warnings)
+
+
+def _local_requirement(arg: str, mounts: dict[str, Path]) -> str:
+    """The launcher's preflight checks (--require=FIELD=PATH) of the local folders."""
+    for flag in ("--require=", "--require-writable="):
+        if arg.startswith(flag):
+            field, _, path = arg[len(flag):].partition("=")
+            return f"{flag}{field}={_local_path(path, mounts)}"
+    return arg
 
 
 def _processes(gpus_per_node: int, nproc: int | None, gpus_visible: int, warnings: list[str]) -> int:
@@ -172,6 +183,7 @@ def visible_gpus() -> int:
 
 def execute(local: LocalPlan, grace_seconds: float, out=sys.stderr) -> int:
     local.workdir.mkdir(parents=True, exist_ok=True)
+    local.checkpoint_dir.mkdir(parents=True, exist_ok=True)
     local.config_path.write_text(yamlio.dump(local.config), encoding="utf-8")
     for warning in local.warnings:
         print(f"warning: {warning}", file=out)

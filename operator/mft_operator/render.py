@@ -3,7 +3,7 @@ with ``checkpoint.create``, the checkpoint PVC.
 
 Pure functions over plain dicts. The PyTorchJob is built by a list of small steps
 ``(Context, manifest) -> manifest``, each owning one concern (launch, volumes, shared memory,
-resources, preflight, scheduling, security, run policy, ownership, pod metadata), applied in order, so a
+resources, scheduling, security, run policy, ownership, pod metadata), applied in order, so a
 different child kind can reuse most of them. ``launch_layout`` (``Context.layout``) is the part
 that does not depend on Kubernetes (command, environment, config, mounts): ``mftctl run --local``
 reuses it.
@@ -34,9 +34,6 @@ TRAINER_UID = 1000
 # Extra seconds after the trainer's preemption grace: torchrun must forward SIGTERM and
 # reap its workers after they wrote the final checkpoint.
 GRACE_MARGIN_SECONDS = 30
-# The preflight exits with a code outside 128-255: restartPolicy ExitCode then fails the job
-# at once instead of retrying what cannot fix itself.
-PREFLIGHT_EXIT_CODE = 2
 
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 JOB_NAME_LABEL = f"{API_GROUP}/job-name"
@@ -176,7 +173,7 @@ def launch_layout(ctx: Context) -> Launch:
     # (retried by the ExitCode restart policy); torchrun alone would exit 1 (not retried).
     grace = ctx.spec["checkpoint"]["preemptionGraceSeconds"]
     command = [
-        "mft-train", "launch", f"--grace-seconds={grace}", "--",
+        "mft-train", "launch", f"--grace-seconds={grace}", *_preflight_arguments(ctx.spec), "--",
         "torchrun",
         "--nnodes=$(PET_NNODES)",
         f"--nproc_per_node={procs}",
@@ -251,6 +248,9 @@ def launch(ctx: Context, manifest: dict[str, Any]) -> dict[str, Any]:
         if "imagePullPolicy" in ctx.spec:
             container["imagePullPolicy"] = ctx.spec["imagePullPolicy"]
         container["command"] = list(layout.command)
+        # A failure's last log lines (a missing path, a traceback) reach the pod status, and from
+        # there status.failure.
+        container["terminationMessagePolicy"] = "FallbackToLogsOnError"
         if layout.env:
             container["env"] = copy.deepcopy(layout.env)
         if "imagePullSecrets" in ctx.spec:
@@ -286,38 +286,16 @@ def resources(ctx: Context, manifest: dict[str, Any]) -> dict[str, Any]:
     return manifest
 
 
-def preflight(ctx: Context, manifest: dict[str, Any]) -> dict[str, Any]:
-    """An init container that fails fast, with a message in status, when a path is missing:
-    better than a gang of GPU pods crashing one by one inside the trainer."""
-    container = {
-        "name": "mft-preflight",
-        "image": ctx.settings.init_container_image or ctx.image,
-        "command": ["sh", "-c", _preflight_script(ctx)],
-        "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}, "limits": {"cpu": "500m", "memory": "64Mi"}},
-        "terminationMessagePolicy": "FallbackToLogsOnError",
-        "volumeMounts": [_volume_mount(m) for m in ctx.layout.mounts],
-    }
-    if "imagePullPolicy" in ctx.spec and not ctx.settings.init_container_image:
-        container["imagePullPolicy"] = ctx.spec["imagePullPolicy"]
-    for template in _pod_templates(manifest):
-        template["spec"]["initContainers"] = [copy.deepcopy(container)]
-    return manifest
-
-
-def _preflight_script(ctx: Context) -> str:
-    spec = ctx.spec
-    checks = [(path, "data.paths") for path in spec["data"]["paths"]]
+def _preflight_arguments(spec: dict[str, Any]) -> list[str]:
+    """The paths `mft-train launch` checks before torchrun starts. A missing one fails the job at
+    once, with a message that names it, in the trainer container itself: Kubeflow reads only that
+    container's exit code, so a failing init container would be retried forever."""
+    required = {path: "data.paths" for path in spec["data"]["paths"]}
     for key in ("path", "tokenizerPath"):
-        if key in spec["model"] and spec["model"][key] not in dict(checks):
-            checks.append((spec["model"][key], f"model.{key}"))
-    # With terminationMessagePolicy FallbackToLogsOnError the message reaches the pod's
-    # status, and from there status.failure.
-    lines = ["fail() { echo \"$1\" >&2; exit %d; }" % PREFLIGHT_EXIT_CODE]
-    for path, where in checks:
-        lines.append(f"test -e {shlex.quote(path)} || fail {shlex.quote(f'{where}: {path} does not exist in the pod')}")
-    mount = spec["checkpoint"]["mountPath"]
-    lines.append(f"test -w {shlex.quote(mount)} || fail {shlex.quote(f'checkpoint.mountPath: {mount} is not writable by uid {TRAINER_UID}')}")
-    return "\n".join(lines)
+        if key in spec["model"]:
+            required.setdefault(spec["model"][key], f"model.{key}")
+    arguments = [f"--require={field}={path}" for path, field in required.items()]
+    return arguments + [f"--require-writable=checkpoint.mountPath={spec['checkpoint']['mountPath']}"]
 
 
 def shared_memory(ctx: Context, manifest: dict[str, Any]) -> dict[str, Any]:
@@ -431,7 +409,7 @@ def owner_reference(job: dict[str, Any]) -> dict[str, Any]:
 
 
 PYTORCHJOB_STEPS: tuple[Step, ...] = (
-    launch, volumes, shared_memory, resources, preflight, scheduling, security, run_policy, ownership,
+    launch, volumes, shared_memory, resources, scheduling, security, run_policy, ownership,
     pod_metadata,
 )
 

@@ -14,9 +14,6 @@ class Settings:
     # Empty: the whole cluster.
     namespaces: tuple[str, ...] = ()
     trainer_image: str = DEFAULT_TRAINER_IMAGE
-    # Image of the preflight init container that checks the job's paths; the trainer image
-    # when empty (no extra image to mirror on air-gapped clusters).
-    init_container_image: str = ""
     # Defaults for spec.resources fields the user left out (the CRD has none for these:
     # sensible values depend on the cluster).
     default_gpus_per_node: int = 0
@@ -37,7 +34,6 @@ class Settings:
 ENV = {
     "namespaces": "MFT_WATCH_NAMESPACES",
     "trainer_image": "MFT_TRAINER_IMAGE",
-    "init_container_image": "MFT_INIT_CONTAINER_IMAGE",
     "default_gpus_per_node": "MFT_DEFAULT_GPUS_PER_NODE",
     "default_cpu": "MFT_DEFAULT_CPU",
     "default_memory": "MFT_DEFAULT_MEMORY",

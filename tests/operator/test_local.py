@@ -32,9 +32,17 @@ def test_plan_maps_every_mount_path_in_the_trainer_config_to_a_local_folder(tmp_
 def test_plan_runs_the_rendered_torchrun_command_with_the_kubeflow_env_of_one_node(tmp_path):
     plan = lora_plan(tmp_path)
     command = plan.command
-    assert [Path(command[0]).name, *command[1:4]] == ["mft-train", "launch", "--grace-seconds=180", "--"]
-    assert Path(command[4]).name == "torchrun"
-    assert command[5:] == [
+    separator = command.index("--")
+    assert [Path(command[0]).name, *command[1:3]] == ["mft-train", "launch", "--grace-seconds=180"]
+    # The launcher's preflight checks the local folders the mount paths map to.
+    assert command[3:separator] == [
+        f"--require=data.paths={tmp_path / 'data' / 'code-helper'}",
+        f"--require=data.paths={tmp_path / 'data' / 'code-exam'}",
+        f"--require=model.path={tmp_path / 'models' / 'pythia-1b'}",
+        f"--require-writable=checkpoint.mountPath={tmp_path / 'run' / 'checkpoints'}",
+    ]
+    assert Path(command[separator + 1]).name == "torchrun"
+    assert command[separator + 2:] == [
         "--nnodes=1", "--nproc_per_node=1", "--node_rank=0", "--master_addr=127.0.0.1",
         "--master_port=29555", "-m", "mft_trainer", "train", "--config", str(tmp_path / "run" / "config.yaml"),
     ]

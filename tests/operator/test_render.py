@@ -119,7 +119,7 @@ def test_security_context_and_no_service_account_token():
         assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] == 1000
         assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
         assert pod["terminationGracePeriodSeconds"] == 180 + render.GRACE_MARGIN_SECONDS
-        for container in pod["containers"] + pod["initContainers"]:
+        for container in pod["containers"]:
             assert container["securityContext"] == {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
         assert all("hostPath" not in volume for volume in pod["volumes"])
 
@@ -158,12 +158,30 @@ def test_kueue_jobs_are_created_suspended_with_the_queue_label():
 
 def test_settings_fill_what_the_spec_leaves_open():
     job = load(GOLDEN / "inputs" / "sft-1-cpu.yaml")
-    settings = Settings(trainer_image="img:1", default_cpu="3", default_memory="5Gi", default_gpus_per_node=2,
-                        init_container_image="busybox:1")
+    settings = Settings(trainer_image="img:1", default_cpu="3", default_memory="5Gi", default_gpus_per_node=2)
     pod = _by_kind(render.render(job, settings))["PyTorchJob"]["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]
     assert pod["containers"][0]["image"] == "img:1"
     assert pod["containers"][0]["resources"]["limits"] == {"cpu": "3", "memory": "5Gi", "nvidia.com/gpu": "2"}
-    assert pod["initContainers"][0]["image"] == "busybox:1"
+
+
+def test_the_trainer_container_checks_the_paths_itself_before_torchrun():
+    # Kubeflow reads only the trainer container's exit code: a failing init container would be
+    # retried forever, so the launcher checks the paths and exits 2 (permanent) instead.
+    job = load(ROOT / "examples" / "lora.yaml")
+    for spec in _by_kind(_rendered(job))["PyTorchJob"]["spec"]["pytorchReplicaSpecs"].values():
+        pod = spec["template"]["spec"]
+        assert "initContainers" not in pod
+        (container,) = pod["containers"]
+        command = container["command"]
+        checks = command[command.index("launch") + 1:command.index("--")]
+        spec_ = job["spec"]
+        assert checks == [
+            f"--grace-seconds={spec_['checkpoint']['preemptionGraceSeconds']}",
+            *[f"--require=data.paths={p}" for p in spec_["data"]["paths"]],
+            f"--require=model.path={spec_['model']['path']}",
+            f"--require-writable=checkpoint.mountPath={spec_['checkpoint']['mountPath']}",
+        ]
+        assert container["terminationMessagePolicy"] == "FallbackToLogsOnError"
 
 
 def test_launch_layout_is_reusable_without_kubernetes():

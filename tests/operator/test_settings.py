@@ -14,12 +14,12 @@ def test_defaults():
 def test_environment_and_flag_overrides():
     settings = from_env(
         {"MFT_TRAINER_IMAGE": "img:1", "MFT_WATCH_NAMESPACES": "a, b", "MFT_PROGRESS_INTERVAL_SECONDS": "5",
-         "MFT_METRICS_PORT": "9100", "MFT_LOG_FORMAT": "text", "MFT_INIT_CONTAINER_IMAGE": ""},
+         "MFT_METRICS_PORT": "9100", "MFT_LOG_FORMAT": "text"},
         trainer_image="img:2", metrics_port=None,
     )
     assert settings.trainer_image == "img:2" and settings.namespaces == ("a", "b")
     assert settings.progress_interval_seconds == 5.0 and settings.metrics_port == 9100
-    assert settings.log_format == "text" and settings.init_container_image == ""
+    assert settings.log_format == "text"
 
 
 @pytest.mark.parametrize(("env", "message"), [

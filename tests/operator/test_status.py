@@ -114,10 +114,10 @@ def test_failed_without_pods_uses_the_child_condition():
     assert status["failure"] == {"reason": "DeadlineExceeded", "message": "past its deadline"}
 
 
-def test_preflight_failure_in_an_init_container():
-    preflight = {"name": "mft-preflight", "state": {"terminated": {"exitCode": 2, "reason": "Error", "finishedAt": T1,
-                                                                   "message": "data.paths: /data/a does not exist in the pod\n"}}}
-    (status,) = run([(T1, {"child": child("Created", "Failed"), "pods": (pod(initContainerStatuses=[preflight]),)})])
+def test_preflight_failure_of_the_trainer_container():
+    preflight = {"name": "pytorch", "state": {"terminated": {"exitCode": 2, "reason": "Error", "finishedAt": T1,
+                                                             "message": "data.paths: /data/a does not exist in the pod\n"}}}
+    (status,) = run([(T1, {"child": child("Created", "Failed"), "pods": (pod(containerStatuses=[preflight]),)})])
     assert status["failure"]["message"] == "data.paths: /data/a does not exist in the pod"
     assert status["failure"]["exitCode"] == 2
 

@@ -1,4 +1,9 @@
-"""`mft-train launch --grace-seconds N -- torchrun ...`: the pod's main process.
+"""`mft-train launch --grace-seconds N [--require FIELD=PATH ...] -- torchrun ...`: the pod's main process.
+
+Preflight: before anything starts, every ``--require`` path must exist and every
+``--require-writable`` one must be writable; otherwise it prints which setting names a missing
+path and exits 2, a code the PyTorchJob ExitCode restart policy treats as permanent (a failing
+init container would instead be retried forever: Kubeflow reads only this container's exit code).
 
 On preemption the kubelet sends SIGTERM to the container's first process only. torchrun would
 forward it, but then kills the workers after its own 30 s shutdown timeout and exits with code 1,
@@ -10,17 +15,23 @@ and exits 143 (128 + SIGTERM), a code the restart policy retries.
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import subprocess
 import sys
 import threading
 
 PREEMPTED_EXIT_CODE = 143
+PREFLIGHT_EXIT_CODE = 2
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--grace-seconds", type=float, default=120.0,
                         help="how long the workers get to save a checkpoint after SIGTERM")
+    parser.add_argument("--require", action="append", default=[], metavar="FIELD=PATH",
+                        help="a path that must exist before training starts; FIELD names its setting in the error")
+    parser.add_argument("--require-writable", action="append", default=[], metavar="FIELD=PATH",
+                        help="a folder that must be writable before training starts")
     parser.add_argument("launcher", nargs=argparse.REMAINDER, metavar="-- COMMAND ...",
                         help="the launcher command line, usually torchrun ...")
 
@@ -30,6 +41,10 @@ def run(args: argparse.Namespace) -> int:
     if not command:
         print("mft-train launch: no command given after --", file=sys.stderr)
         return 2
+    problems = preflight(args.require, args.require_writable)
+    if problems:
+        print("\n".join(problems), file=sys.stderr)
+        return PREFLIGHT_EXIT_CODE
     launcher = subprocess.Popen(command)
     preempted = threading.Event()
 
@@ -47,6 +62,23 @@ def run(args: argparse.Namespace) -> int:
     if preempted.is_set():
         return PREEMPTED_EXIT_CODE
     return code if code >= 0 else 128 - code
+
+
+def preflight(required: list[str], writable: list[str]) -> list[str]:
+    """One line per missing path or unwritable folder, naming the setting it came from."""
+    problems = []
+    for field, path in map(_field_and_path, required):
+        if not os.path.exists(path):
+            problems.append(f"{field}: {path} does not exist in the pod")
+    for field, path in map(_field_and_path, writable):
+        if not os.access(path, os.W_OK):
+            problems.append(f"{field}: {path} is not writable by uid {os.getuid()}")
+    return problems
+
+
+def _field_and_path(requirement: str) -> tuple[str, str]:
+    field, _, path = requirement.partition("=")
+    return field, path
 
 
 def _terminate_workers(launcher_pid: int) -> None:

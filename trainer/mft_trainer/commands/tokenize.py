@@ -33,6 +33,8 @@ def run(args: argparse.Namespace) -> int:
         seq_length = chosen_seq_length(args, config)
         encoder = Encoder(tokenizer, AssemblyStyle.from_config(config.data, config.mode))
         path = Path(args.input)
+        if not path.is_file():
+            raise DataError(f"{path}: expected a .jsonl or .jsonl.gz file, found {'a folder' if path.exists() else 'nothing'}")
         counts = FileCounts(str(path))
         chunks = encode_files([path], encoder, config.data.on_bad_record, default_workers([path]), keep_text=True)
         for chunk in tally(chunks, [counts]):
