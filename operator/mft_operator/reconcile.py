@@ -135,6 +135,10 @@ def reconcile(cluster: Cluster, job: dict[str, Any], settings: Settings, now: st
     a successful write only, so a stale pass never records or announces anything; and it raises
     Stale rather than create or recreate a child (which spends restart budget) from such a copy."""
     previous = job.get("status") or {}
+    if job["metadata"].get("deletionTimestamp"):
+        # Being deleted: the garbage collector removes the children (first, in a foreground
+        # deletion); one created again now would only start pods that it deletes in turn.
+        return previous
     seen = Observation(now=now)
     if previous.get("phase") not in status.TERMINAL:
         seen = _observe_and_act(cluster, job, settings, now, fresh)

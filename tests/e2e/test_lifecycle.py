@@ -53,16 +53,20 @@ def test_suspend_and_resume(cluster: Cluster, ns: str):
     assert len(cluster.pytorchjobs(ns)) == 1 and cluster.status(ns, "pausable")["restarts"] == 0
 
 
-def test_deletion_cascades_through_the_garbage_collector(cluster: Cluster, ns: str):
+@pytest.mark.parametrize("cascade", ["background", "foreground"])
+def test_deletion_cascades_through_the_garbage_collector(cluster: Cluster, ns: str, cascade: str):
+    # foreground (also Argo CD's prune): the children go first, while the MFTJob still exists.
     cluster.apply(ns, job_manifest("doomed", nodes=2, duration="1h"))
     cluster.wait_phase(ns, "doomed", "Running")
     wait_for("the pods", lambda: len(cluster.pods(ns, "doomed")) == 2)
-    cluster.kubectl("delete", "mftjob", "doomed", "-n", ns, "--timeout=60s")
+    # kubectl waits until the MFTJob is gone (after its children, in a foreground deletion).
+    cluster.kubectl("delete", "mftjob", "doomed", "-n", ns, f"--cascade={cascade}", "--timeout=60s")
     # Owner references only: the operator has no finalizer and no delete verb.
     cluster.wait_gone("PyTorchJob doomed", lambda: cluster.pytorchjob(ns, "doomed"))
     cluster.wait_gone("ConfigMap doomed-config", lambda: cluster.config_map(ns, "doomed-config"))
     wait_for("the pods and services to be deleted",
              lambda: cluster.pods(ns, "doomed") == [] and cluster.services(ns, "doomed") == [], 60)
+    assert not [e for e in cluster.events(ns, "doomed") if e.reason == "PyTorchJobRecreated"]
 
 
 def test_finished_job_does_not_recreate_its_deleted_child(cluster: Cluster, ns: str):

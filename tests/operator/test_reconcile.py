@@ -113,6 +113,18 @@ def test_a_vanished_child_is_recreated_within_the_budget_then_the_job_fails():
     assert job["status"]["phase"] == "Failed" and job["status"]["failure"]["reason"] == "RestartBudgetExhausted"
 
 
+def test_a_job_being_deleted_never_recreates_its_child():
+    # kubectl delete --cascade=foreground (and Argo CD's prune) deletes the children first.
+    cluster = cluster_with_claims()
+    job = step(cluster, lora_job())
+    del cluster.objects[("PyTorchJob", "ml", "pythia-1b-code-lora")]
+    job["metadata"]["deletionTimestamp"] = NOW
+    creates, status = cluster.creates, job["status"]
+    job = step(cluster, job)
+    assert cluster.creates == creates and pytorchjob(cluster) is None
+    assert job["status"] == status
+
+
 def test_budget_defaults_to_backoff_limit():
     job = lora_job()
     del job["spec"]["runPolicy"]["restartBudget"]
