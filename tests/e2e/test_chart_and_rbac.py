@@ -21,6 +21,8 @@ SUBJECT = f"system:serviceaccount:{RELEASE_NAMESPACE}:{SERVICE_ACCOUNT}"
 ALLOWED_RESOURCES = {
     "mftjobs.mft.dev": {"get", "list", "watch"},
     "mftjobs.mft.dev/status": {"patch"},
+    # blockOwnerDeletion on children, under OwnerReferencesPermissionEnforcement (on in the e2e cluster).
+    "mftjobs.mft.dev/finalizers": {"update"},
     "pytorchjobs.kubeflow.org": {"get", "list", "watch", "create", "patch"},
     "configmaps": {"get", "create"},
     "persistentvolumeclaims": {"get", "create"},

@@ -44,6 +44,12 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 - apiGroups: [mft.dev]
   resources: [mftjobs/status]
   verbs: [patch]
+# Children block their MFTJob's deletion until they are gone (blockOwnerDeletion), which
+# OwnerReferencesPermissionEnforcement admission allows only with update on its finalizers.
+# The operator adds no finalizer.
+- apiGroups: [mft.dev]
+  resources: [mftjobs/finalizers]
+  verbs: [update]
 - apiGroups: [kubeflow.org]
   resources: [pytorchjobs]
   verbs: [get, list, watch, create, patch]

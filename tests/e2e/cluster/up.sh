@@ -129,6 +129,8 @@ log "etcd ready ($(elapsed)s)"
 # endpoint-reconciler none: the apiserver is not reachable from "pods" anyway.
 # preferred address InternalIP: `kubectl logs` goes to the node's InternalIP
 # (127.0.0.1, KWOK's server) instead of its unresolvable hostname.
+# OwnerReferencesPermissionEnforcement (on in OpenShift and hardened clusters): setting
+# blockOwnerDeletion on a child needs update on the owner's finalizers, which the chart grants.
 start_component "$DIR" kube-apiserver "$K8S_DIR/bin/kube-apiserver" \
   --etcd-servers="http://127.0.0.1:$P_ETCD" \
   --bind-address=127.0.0.1 \
@@ -144,6 +146,7 @@ start_component "$DIR" kube-apiserver "$K8S_DIR/bin/kube-apiserver" \
   --authorization-mode=RBAC \
   --service-cluster-ip-range=10.0.0.0/24 \
   --disable-admission-plugins=ServiceAccount,TaintNodesByCondition \
+  --enable-admission-plugins=OwnerReferencesPermissionEnforcement \
   --endpoint-reconciler-type=none \
   --allow-privileged=true \
   --kubelet-preferred-address-types=InternalIP \
