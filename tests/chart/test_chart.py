@@ -98,9 +98,29 @@ def test_operator_pod_is_locked_down(helm):
         assert key in labels
 
 
-def test_helm_test_hook_exists(helm):
-    hooks = [d for d in template(helm) if d["metadata"].get("annotations", {}).get("helm.sh/hook") == "test"]
+def test_helm_test_hook_exists_and_is_no_endpoint_of_the_operator_service(helm):
+    documents = template(helm)
+    hooks = [d for d in documents if d["metadata"].get("annotations", {}).get("helm.sh/hook") == "test"]
     assert len(hooks) == 1
+    selector = next(d for d in documents if d["kind"] == "Service")["spec"]["selector"]
+    assert not selector.items() <= hooks[0]["metadata"]["labels"].items()
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """YAML as strict decoders (kubectl's, kubeconform's) read it: a repeated key is an error."""
+
+    def construct_mapping(self, node, deep=False):
+        keys = [self.construct_object(key, deep=deep) for key, _ in node.value]
+        repeated = {k for k in keys if keys.count(k) > 1}
+        assert not repeated, f"repeated keys {sorted(repeated)} at line {node.start_mark.line + 1}"
+        return super().construct_mapping(node, deep=deep)
+
+
+@pytest.mark.parametrize("values", [[], ["--set", "watchNamespaces={a,b}"]])
+def test_rendered_chart_repeats_no_key(helm, values):
+    out = subprocess.run([helm, "template", "mft", str(CHART), "-n", "mft-system", *values],
+                         check=True, capture_output=True, text=True).stdout
+    assert list(yaml.load_all(out, Loader=UniqueKeyLoader))
 
 
 def leaf_keys(values: dict, prefix: str = "") -> list[str]:

@@ -15,13 +15,18 @@ app.kubernetes.io/name: {{ include "mft-operator.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 
-{{- define "mft-operator.labels" -}}
+{{- /* What every object of the release carries, whatever its component. */ -}}
+{{- define "mft-operator.releaseLabels" -}}
 helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
-{{ include "mft-operator.selectorLabels" . }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
-app.kubernetes.io/component: operator
 app.kubernetes.io/part-of: mftjob
 app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end -}}
+
+{{- define "mft-operator.labels" -}}
+{{ include "mft-operator.releaseLabels" . }}
+{{ include "mft-operator.selectorLabels" . }}
+app.kubernetes.io/component: operator
 {{- end -}}
 
 {{- define "mft-operator.serviceAccountName" -}}
