@@ -53,7 +53,7 @@ CREATE, RECREATE, BUDGET_SPENT = "create", "recreate", "budget-spent"
 
 def restart_budget(job: dict[str, Any]) -> int:
     run_policy = job["spec"].get("runPolicy", {})
-    return run_policy.get("restartBudget", run_policy.get("backoffLimit", 3))
+    return run_policy.get("restartBudget", status.backoff_limit(job))
 
 
 def plan_missing_child(job: dict[str, Any]) -> str:
@@ -145,6 +145,11 @@ def reconcile(cluster: Cluster, job: dict[str, Any], settings: Settings, now: st
     new_status = status.derive(job, seen)
     if new_status != previous:
         cluster.patch_status(job, new_status)
+    if seen.child is not None and status.gave_up_on_pod_restarts(previous, new_status):
+        # The training operator would go on replacing the failed pods; suspended, it deletes
+        # them and their GPUs are free.
+        cluster.patch(PYTORCHJOB, seen.child["metadata"]["namespace"], seen.child["metadata"]["name"],
+                      {"spec": {"runPolicy": {"suspend": True}}})
     for event in status.events(previous, new_status):
         cluster.event(job, event)
     return new_status

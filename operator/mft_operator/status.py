@@ -4,7 +4,7 @@ trainer's last reports and the previous status. Pure; ``now`` is an input."""
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from . import progress as progress_mod
@@ -18,6 +18,10 @@ CHILD_PHASES = (SUCCEEDED, FAILED, SUSPENDED, RESTARTING, RUNNING, CREATED)
 # Child phases in which the trainer has run, so its log may hold progress.
 STARTED = frozenset({RUNNING, RESTARTING, SUCCEEDED, FAILED})
 BLOCKED = "Blocked"
+# spec.runPolicy.backoffLimit's default (the CRD's); the training operator does not enforce it
+# under restartPolicy ExitCode (it counts container restarts, and failed pods are replaced instead).
+DEFAULT_BACKOFF_LIMIT = 3
+BACKOFF_LIMIT_EXCEEDED = "BackoffLimitExceeded"
 
 REPLICA_TYPE_LABEL = "training.kubeflow.org/replica-type"
 REPLICA_INDEX_LABEL = "training.kubeflow.org/replica-index"
@@ -62,6 +66,8 @@ def derive(job: dict[str, Any], seen: Observation) -> dict[str, Any]:
     if previous.get("phase") in TERMINAL:
         return status  # terminal is final: a vanished or TTL-deleted child changes nothing
 
+    seen = _count_pod_restarts(job, status, seen)
+
     phase, child_condition = _phase(seen)
     status["phase"] = phase
     if seen.child is not None and "startTime" not in status:
@@ -80,6 +86,37 @@ def derive(job: dict[str, Any], seen: Observation) -> dict[str, Any]:
     conditions = _phase_conditions(previous.get("conditions", []), phase, child_condition, seen)
     status["conditions"] = _stamp(previous.get("conditions", []), conditions, seen.now, generation)
     return status
+
+
+def backoff_limit(job: dict[str, Any]) -> int:
+    return job["spec"].get("runPolicy", {}).get("backoffLimit", DEFAULT_BACKOFF_LIMIT)
+
+
+def _count_pod_restarts(job: dict[str, Any], status: dict[str, Any], seen: Observation) -> Observation:
+    """Count the training operator's restarts of failed pods (each one a new Restarting condition
+    on the child, told apart by its transition time) and fail the job past backoffLimit."""
+    restarting = next((c for c in _child_status(seen).get("conditions", [])
+                       if c["type"] == RESTARTING and c.get("status") == "True"), None)
+    since = (restarting or {}).get("lastTransitionTime") or ""
+    if since > status.get("lastPodRestartTime", ""):
+        status["podRestarts"] = status.get("podRestarts", 0) + 1
+        status["lastPodRestartTime"] = since
+    limit = backoff_limit(job)
+    if status.get("podRestarts", 0) <= limit:
+        return seen
+    message = (f"the training operator restarted failed pods {status['podRestarts']} times, more than "
+               f"spec.runPolicy.backoffLimit ({limit})")
+    return replace(seen, problems=(*seen.problems, Problem(BACKOFF_LIMIT_EXCEEDED, message, terminal=True)))
+
+
+def gave_up_on_pod_restarts(before: dict[str, Any], after: dict[str, Any]) -> bool:
+    """The job has just failed for too many pod restarts: its child must stop replacing pods."""
+    return (before.get("phase") not in TERMINAL and after.get("phase") == FAILED
+            and condition_reason(after, FAILED) == BACKOFF_LIMIT_EXCEEDED)
+
+
+def condition_reason(status: dict[str, Any], condition_type: str) -> str | None:
+    return next((c.get("reason") for c in status.get("conditions", []) if c["type"] == condition_type), None)
 
 
 def _child_status(seen: Observation) -> dict[str, Any]:

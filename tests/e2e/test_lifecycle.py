@@ -1,5 +1,5 @@
-"""Lifecycle against the real controllers: failure reasons, suspend and resume, garbage
-collection, no recreation of a finished job's child, recreation of a running job's child,
+"""Lifecycle against the real controllers: failure reasons, the backoff limit of retried pods,
+suspend and resume, garbage collection, no recreation of a finished job's child, recreation of a running job's child,
 checkpoint claim retention, and an operator killed mid-flight."""
 
 from __future__ import annotations
@@ -31,6 +31,22 @@ def test_failing_pod_fails_the_job_with_replica_and_exit_code(cluster: Cluster, 
                         lambda: [e for e in cluster.events(ns, "broken") if e.type == "Warning" and e.reason == "Failed"],
                         10, describe=lambda: "; ".join(e.message or "" for e in cluster.events(ns, "broken")))
     assert summary in warnings[0].message, warnings[0].message
+
+
+def test_retryable_failures_stop_at_backoff_limit(cluster: Cluster, ns: str):
+    # 137 (an OOM kill) is retried under restartPolicy ExitCode; the training operator would replace
+    # the pod forever (it does not apply backoffLimit to replaced pods), so the operator counts.
+    cluster.apply(ns, job_manifest("oom", fail=True, exit_code=137, runPolicy={"backoffLimit": 1}))
+    job = cluster.wait_phase(ns, "oom", "Failed", timeout=60)
+    assert job["status"]["podRestarts"] == 2, job["status"]
+    failed = condition(job["status"], "Failed")
+    assert failed["reason"] == "BackoffLimitExceeded", failed
+    assert "more than spec.runPolicy.backoffLimit (1)" in failed["message"], failed
+    # Suspended: the training operator deletes the pods and stops replacing them.
+    assert cluster.pytorchjob(ns, "oom")["spec"]["runPolicy"]["suspend"] is True
+    wait_for("the pods to be deleted", lambda: cluster.pods(ns, "oom") == [], 30)
+    time.sleep(5)
+    assert cluster.pods(ns, "oom") == [] and cluster.status(ns, "oom")["podRestarts"] == 2
 
 
 def test_suspend_and_resume(cluster: Cluster, ns: str):

@@ -125,6 +125,19 @@ def test_a_job_being_deleted_never_recreates_its_child():
     assert job["status"] == status
 
 
+def test_past_backoff_limit_the_job_fails_and_its_child_is_suspended():
+    cluster = cluster_with_claims()
+    job = lora_job()
+    job["spec"]["runPolicy"]["backoffLimit"] = 0
+    job = step(cluster, job)
+    pytorchjob(cluster)["status"] = {"conditions": [
+        {"type": "Restarting", "status": "True", "lastTransitionTime": NOW}]}
+    job = step(cluster, job)
+    assert job["status"]["phase"] == "Failed" and job["status"]["podRestarts"] == 1
+    # Suspended, the training operator deletes the pods instead of replacing them again.
+    assert pytorchjob(cluster)["spec"]["runPolicy"]["suspend"] is True
+
+
 def test_budget_defaults_to_backoff_limit():
     job = lora_job()
     del job["spec"]["runPolicy"]["restartBudget"]

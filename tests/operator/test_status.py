@@ -224,3 +224,32 @@ def test_events_for_transitions_problems_and_recreations():
         [("Normal", "Running"), ("Warning", "PyTorchJobRecreated")],
         [("Warning", "Failed")],
     ]
+
+
+def restarting_since(time):
+    return {"metadata": {"name": "j"}, "status": {"conditions": [
+        {"type": "Created", "status": "True"},
+        {"type": "Restarting", "status": "True", "reason": "PyTorchJobRestarting", "lastTransitionTime": time}]}}
+
+
+def test_each_new_restarting_condition_counts_one_pod_restart_and_backoff_limit_fails_the_job():
+    # The training operator replaces a pod that exits 128-255 but never enforces backoffLimit
+    # under restartPolicy ExitCode: the operator counts the restarts itself (default limit 3).
+    T4, T5 = "2026-01-01T00:04:00Z", "2026-01-01T00:05:00Z"
+    statuses = run([
+        (T0, {"child": child("Created", "Running")}),
+        (T1, {"child": restarting_since(T1)}),
+        (T1, {"child": restarting_since(T1)}),  # the same restart seen again counts once
+        (T2, {"child": child("Created", "Running")}),
+        (T2, {"child": restarting_since(T2)}),
+        (T3, {"child": restarting_since(T3)}),
+        (T4, {"child": restarting_since(T4)}),
+        (T5, {"child": restarting_since(T5)}),  # after a terminal phase nothing is counted
+    ])
+    assert [s.get("podRestarts", 0) for s in statuses] == [0, 1, 1, 1, 2, 3, 4, 4]
+    assert [s["phase"] for s in statuses] == ["Running", "Restarting", "Restarting", "Running", "Restarting",
+                                              "Restarting", "Failed", "Failed"]
+    failed = next(c for c in statuses[-2]["conditions"] if c["type"] == "Failed")
+    assert failed["reason"] == "BackoffLimitExceeded"
+    assert "restarted failed pods 4 times, more than spec.runPolicy.backoffLimit (3)" in failed["message"]
+    assert statuses[-2]["lastPodRestartTime"] == T4
