@@ -69,6 +69,10 @@ def derive(job: dict[str, Any], seen: Observation) -> dict[str, Any]:
     seen = _count_pod_restarts(job, status, seen)
 
     phase, child_condition = _phase(seen)
+    if phase == PENDING and seen.problems and previous.get("phase") in ACTIVE:
+        # The child could not be read this time (its API went missing, say): Blocked says why,
+        # and the phase stays what was last seen rather than fall back to Pending.
+        phase = previous["phase"]
     status["phase"] = phase
     if seen.child is not None and "startTime" not in status:
         status["startTime"] = seen.now  # the spec's training setup is fixed from here on (CRD rules)

@@ -253,3 +253,12 @@ def test_each_new_restarting_condition_counts_one_pod_restart_and_backoff_limit_
     assert failed["reason"] == "BackoffLimitExceeded"
     assert "restarted failed pods 4 times, more than spec.runPolicy.backoffLimit (3)" in failed["message"]
     assert statuses[-2]["lastPodRestartTime"] == T4
+
+
+def test_a_child_that_cannot_be_read_leaves_the_phase_as_it_was_and_says_why():
+    missing = Problem("PyTorchJobCRDMissing", "the PyTorchJob API (kubeflow.org/v1) is not installed")
+    statuses = run([(T0, {"child": child("Created", "Running")}), (T1, {"problems": (missing,)})])
+    assert [s["phase"] for s in statuses] == ["Running", "Running"]
+    blocked = next(c for c in statuses[1]["conditions"] if c["type"] == "Blocked")
+    assert blocked["status"] == "True" and blocked["reason"] == "PyTorchJobCRDMissing"
+    assert events(statuses[0], statuses[1]) and all("Pending" not in e.message for e in events(statuses[0], statuses[1]))
