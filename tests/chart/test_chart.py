@@ -147,3 +147,17 @@ def test_chart_readme_documents_every_value():
 def test_values_schema_allows_exactly_the_log_levels_the_operator_accepts():
     schema = json.loads((CHART / "values.schema.json").read_text())
     assert tuple(schema["properties"]["logging"]["properties"]["level"]["enum"]) == LOG_LEVELS
+
+
+def test_job_defaults_reach_the_operator_and_are_checked(helm):
+    deployment = next(d for d in template(helm, "--set", "jobDefaults.gpusPerNode=8", "--set", "jobDefaults.memory=64Gi")
+                      if d["kind"] == "Deployment")
+    env = {e["name"]: e["value"] for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert (env["MFT_DEFAULT_GPUS_PER_NODE"], env["MFT_DEFAULT_MEMORY"], env["MFT_DEFAULT_CPU"]) == ("8", "64Gi", "4")
+    from mft_operator.settings import from_env
+
+    settings = from_env(env)
+    assert (settings.default_gpus_per_node, settings.default_memory, settings.default_shm_size) == (8, "64Gi", "2Gi")
+    refused = subprocess.run([helm, "template", "mft", str(CHART), "--set", "jobDefaults.memory=lots"],
+                             capture_output=True, text=True)
+    assert refused.returncode != 0 and "/jobDefaults/memory" in refused.stderr
