@@ -170,6 +170,29 @@ def test_damaged_files_are_detected(tmp_path, tiny_dir, tiny_tokenizer, name, da
         build_datasets(make_config(tiny_dir, [folder], format="bin"), tiny_tokenizer)
 
 
+def _edited(manifest: dict, **changes) -> dict:
+    return {k: v for k, v in {**manifest, **changes}.items() if v is not None}
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda m: [m], r"manifest\.json: expected a JSON object written by mft-train preprocess, found list"),
+        (lambda m: _edited(m, files=None), r"field files: expected a list of per-file counts, found None"),
+        (lambda m: _edited(m, tokens=None), r"field tokens: expected a count \(an integer >= 0\), found None"),
+        (lambda m: _edited(m, tokens="1333"), r"field tokens: expected a count \(an integer >= 0\), found '1333'"),
+        (lambda m: _edited(m, token_dtype="float77"), r"field token_dtype: expected uint16 or int32, found 'float77'"),
+        (lambda m: _edited(m, files=[{"records": 3}]), r"field files\[0\]: expected an object with a path and a records"),
+    ],
+)
+def test_a_hand_edited_manifest_gets_a_message_naming_the_field(tmp_path, tiny_dir, tiny_tokenizer, edit, message):
+    (folder,) = preprocess(tiny_dir, tmp_path / "bin", "--mode", "sft", inputs=TASKS[1:2])
+    path = folder / "manifest.json"
+    path.write_text(json.dumps(edit(json.loads(path.read_text()))))
+    with pytest.raises(DataError, match=message):
+        build_datasets(make_config(tiny_dir, [folder], format="bin"), tiny_tokenizer)
+
+
 def test_existing_output_and_failures_leave_no_folder(tmp_path, tiny_dir, capsys):
     preprocess(tiny_dir, tmp_path / "bin", "--mode", "sft", inputs=TASKS[1:2])
     argv = ["preprocess", "--tokenizer", str(tiny_dir), "--mode", "sft", "--output", str(tmp_path / "bin")]

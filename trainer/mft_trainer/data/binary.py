@@ -157,12 +157,36 @@ def _read_manifest(folder: Path) -> dict[str, Any]:
         raise DataError(
             f"{path}: expected a JSON manifest written by mft-train preprocess, cannot read it: {exc}"
         ) from exc
+    if not isinstance(manifest, dict):
+        raise DataError(f"{path}: expected a JSON object written by mft-train preprocess, found {type(manifest).__name__}")
     if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
         raise DataError(
             f"{path}: expected format {FORMAT} version {VERSION}, found {manifest.get('format')!r} "
             f"version {manifest.get('version')!r}"
         )
+    _check_fields(path, manifest)
     return manifest
+
+
+def _check_fields(path: Path, manifest: dict[str, Any]) -> None:
+    """The fields loading relies on, each with the type preprocess writes (a hand-edited or damaged
+    manifest gets a message, not a traceback)."""
+    def bad(field: str, expected: str, value: Any) -> DataError:
+        return DataError(f"{path}: field {field}: expected {expected}, found {value!r}")
+
+    for field in ("tokens", "documents"):
+        value = manifest.get(field)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise bad(field, "a count (an integer >= 0)", value)
+    if manifest.get("token_dtype") not in ("uint16", "int32"):
+        raise bad("token_dtype", "uint16 or int32", manifest.get("token_dtype"))
+    files = manifest.get("files")
+    if not isinstance(files, list):
+        raise bad("files", "a list of per-file counts", files)
+    for i, entry in enumerate(files):
+        if not isinstance(entry, dict) or not isinstance(entry.get("path"), str) \
+                or not isinstance(entry.get("records"), int) or entry["records"] < 0:
+            raise bad(f"files[{i}]", "an object with a path and a records count", entry)
 
 
 def _check_settings(folder: Path, manifest: dict[str, Any], expected: dict[str, Any]) -> None:
