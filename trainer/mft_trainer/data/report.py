@@ -55,10 +55,12 @@ class DataReport:
         return dataclasses.asdict(self)
 
     def summary(self) -> str:
+        emptied = self.total("truncated_without_targets")
         lines = [
             f"data: {len(self.tasks)} tasks, {self.total('records')} records, {self.total('skipped')} skipped, "
-            f"{self.total('truncated')} truncated ({self.total('truncated_without_targets')} of them without targets, "
-            f"dropped), {self.total('dropped')} dropped"
+            f"{self.total('truncated')} truncated"
+            + (f" ({emptied} of them without targets, dropped)" if emptied else "")
+            + f", {self.total('dropped')} dropped"
         ]
         for task in self.tasks:
             lines.append(
