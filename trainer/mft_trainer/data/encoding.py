@@ -122,24 +122,24 @@ def encode_chunk(encoder: Encoder, chunk: LineChunk, on_bad_record: str, keep_te
         documents.append(encoder.style.segments(turns))
         numbers.append(number)
     tokens, mask, lengths = encoder.encode(documents)
-    untrainable = target_counts(mask, lengths, lengths) == 0
+    untrainable = target_counts(mask, lengths) == 0
     for i in np.flatnonzero(untrainable):
         bad("no targets", f"{chunk.path}:{numbers[i]}: expected something to learn from (a bot turn, or text), "
                           f"found a record without target tokens")
     if untrainable.any():
-        keep = ~untrainable
-        tokens, mask, lengths = tokens[np.repeat(keep, lengths)], mask[np.repeat(keep, lengths)], lengths[keep]
+        keep, kept_tokens = ~untrainable, np.repeat(~untrainable, lengths)
+        tokens, mask, lengths = tokens[kept_tokens], mask[kept_tokens], lengths[keep]
         documents = [d for d, k in zip(documents, keep) if k]
     texts = [render(d, encoder.eos_text) for d in documents] if keep_text else None
     return EncodedChunk(chunk.file_index, tokens, mask, lengths, skips, texts)
 
 
-def target_counts(loss_mask: np.ndarray, lengths: np.ndarray, used: np.ndarray) -> np.ndarray:
-    """Target tokens of each document (back to back in `loss_mask`, `lengths` long) within its first
-    `used` tokens: token t is a target when t > 0 and its mask is set (it is predicted from t - 1)."""
+def target_counts(loss_mask: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Target tokens of each document (back to back in `loss_mask`, `lengths` long): token t is a
+    target when t > 0 and its mask is set (it is predicted from token t - 1)."""
     cumulative = np.concatenate([[0], np.cumsum(loss_mask, dtype=np.int64)])
-    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
-    ends = starts + np.minimum(used, lengths)
+    ends = np.cumsum(lengths, dtype=np.int64)
+    starts = ends - lengths
     return cumulative[ends] - cumulative[np.minimum(starts + 1, ends)]
 
 
