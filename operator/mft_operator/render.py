@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import copy
 import re
-import shlex
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Callable
