@@ -72,6 +72,9 @@ class KubeCluster:
             raise
 
     def patch(self, kind: str, namespace: str, name: str, patch: dict[str, Any]) -> None:
+        if kind == "ConfigMap":
+            self.core.patch_namespaced_config_map(name, namespace, patch)
+            return
         group, version, plural = _CUSTOM[kind]
         self.custom.patch_namespaced_custom_object(group, version, namespace, plural, name, patch)
 

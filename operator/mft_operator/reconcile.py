@@ -202,6 +202,11 @@ def _create_children(cluster: Cluster, job: dict[str, Any],
             created = cluster.get(manifest["kind"], manifest["metadata"].get("namespace"), manifest["metadata"]["name"])
             if created is None or not adoptable(created, job):
                 return None, (_conflict(created or manifest),)
+            if manifest["kind"] == "ConfigMap" and created.get("data") != manifest["data"]:
+                # Left by an earlier attempt whose PyTorchJob was refused, before the spec was
+                # edited: the pods must read the trainer config of the spec as it is now.
+                cluster.patch("ConfigMap", manifest["metadata"]["namespace"], manifest["metadata"]["name"],
+                              {"data": manifest["data"]})
         except KindMissing:
             return None, (_crd_missing(),)
         except Rejected as exc:

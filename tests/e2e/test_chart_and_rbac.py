@@ -24,7 +24,7 @@ ALLOWED_RESOURCES = {
     # blockOwnerDeletion on children, under OwnerReferencesPermissionEnforcement (on in the e2e cluster).
     "mftjobs.mft.dev/finalizers": {"update"},
     "pytorchjobs.kubeflow.org": {"get", "list", "watch", "create", "patch"},
-    "configmaps": {"get", "create"},
+    "configmaps": {"get", "create", "patch"},
     "persistentvolumeclaims": {"get", "create"},
     "pods": {"list", "watch"},
     "pods/log": {"get"},

@@ -119,6 +119,25 @@ def test_running_job_recreates_its_deleted_child_within_budget(cluster: Cluster,
     assert cluster.pytorchjob(ns, "phoenix") is None
 
 
+def test_a_spec_edited_after_a_refused_start_reaches_the_trainer_config(cluster: Cluster, ns: str):
+    # A PyTorchJob of someone else holds the name: the operator makes the ConfigMap, then stops.
+    foreign = {"apiVersion": "kubeflow.org/v1", "kind": "PyTorchJob", "metadata": {"name": "edited"},
+               "spec": {"runPolicy": {"suspend": True}, "pytorchReplicaSpecs": {"Master": {
+                   "replicas": 1, "template": {"spec": {"containers": [{"name": "pytorch", "image": "busybox"}]}}}}}}
+    cluster.apply(ns, foreign)
+    cluster.apply(ns, job_manifest("edited", training={"learningRate": 2e-4}))
+    wait_for("the name conflict", lambda: condition(cluster.status(ns, "edited"), "Blocked").get("reason") == "NameConflict",
+             30, describe=lambda: cluster.describe(ns))
+    assert "learning_rate: 0.0002" in cluster.config_map(ns, "edited-config").data["config.yaml"]
+    # Not started yet, so the training settings may still change; then the name is freed.
+    cluster.kubectl("patch", "mftjob", "edited", "-n", ns, "--type=merge", "-p", '{"spec":{"training":{"learningRate":0.001}}}')
+    cluster.kubectl("delete", "pytorchjob", "edited", "-n", ns, "--timeout=60s")
+    child = wait_for("our PyTorchJob", lambda: (c := cluster.pytorchjob(ns, "edited")) and owner_uids(c) and c, 60,
+                     describe=lambda: cluster.describe(ns))
+    assert owner_uids(child) == [cluster.job(ns, "edited")["metadata"]["uid"]]
+    assert "learning_rate: 0.001" in cluster.config_map(ns, "edited-config").data["config.yaml"]
+
+
 def test_checkpoint_claim_retained_or_deleted_with_the_job(cluster: Cluster, ns: str):
     for name, retain in (("keep", True), ("drop", False)):
         cluster.provide_volume(ns, f"{name}-checkpoints")

@@ -67,6 +67,20 @@ def test_already_existing_children_of_this_job_are_adopted():
     assert job["status"]["phase"] == "Created" and "Blocked" not in json.dumps(job["status"])
 
 
+def test_an_adopted_config_map_gets_the_trainer_config_of_the_spec_as_it_is_now():
+    # The first attempt made the ConfigMap, then its PyTorchJob was refused; the spec was edited.
+    cluster = cluster_with_claims(reject="PyTorchJob")
+    job = step(cluster, lora_job())
+    assert job["status"]["phase"] == "Pending" and "ChildRejected" in json.dumps(job["status"])
+    job["spec"]["training"]["learningRate"] = 1e-3
+    cluster.reject = None
+    job = step(cluster, job)
+    config_map = cluster.objects[("ConfigMap", "ml", "pythia-1b-code-lora-config")]
+    expected = next(m for m in render.render(job, SETTINGS) if m["kind"] == "ConfigMap")
+    assert config_map["data"] == expected["data"] and "0.001" in config_map["data"]["config.yaml"]
+    assert job["status"]["phase"] == "Created"
+
+
 def test_a_foreign_object_with_our_name_is_a_conflict_not_an_adoption():
     cluster = cluster_with_claims()
     cluster.add({"kind": "ConfigMap", "metadata": {"namespace": "ml", "name": "pythia-1b-code-lora-config"}})

@@ -60,7 +60,7 @@ app.kubernetes.io/component: operator
   verbs: [get, list, watch, create, patch]
 - apiGroups: [""]
   resources: [configmaps]
-  verbs: [get, create]
+  verbs: [get, create, patch]
 - apiGroups: [""]
   resources: [persistentvolumeclaims]
   verbs: [get, create]
