@@ -205,7 +205,7 @@ def _create_children(cluster: Cluster, job: dict[str, Any],
             if manifest["kind"] == "ConfigMap" and created.get("data") != manifest["data"]:
                 # Left by an earlier attempt whose PyTorchJob was refused, before the spec was
                 # edited: the pods must read the trainer config of the spec as it is now.
-                cluster.patch("ConfigMap", manifest["metadata"]["namespace"], manifest["metadata"]["name"],
+                cluster.patch(manifest["kind"], manifest["metadata"]["namespace"], manifest["metadata"]["name"],
                               {"data": manifest["data"]})
         except KindMissing:
             return None, (_crd_missing(),)

@@ -116,11 +116,7 @@ def _count_pod_restarts(job: dict[str, Any], status: dict[str, Any], seen: Obser
 def gave_up_on_pod_restarts(before: dict[str, Any], after: dict[str, Any]) -> bool:
     """The job has just failed for too many pod restarts: its child must stop replacing pods."""
     return (before.get("phase") not in TERMINAL and after.get("phase") == FAILED
-            and condition_reason(after, FAILED) == BACKOFF_LIMIT_EXCEEDED)
-
-
-def condition_reason(status: dict[str, Any], condition_type: str) -> str | None:
-    return next((c.get("reason") for c in status.get("conditions", []) if c["type"] == condition_type), None)
+            and _condition_of(after, FAILED).get("reason") == BACKOFF_LIMIT_EXCEEDED)
 
 
 def _child_status(seen: Observation) -> dict[str, Any]:

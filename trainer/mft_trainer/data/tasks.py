@@ -65,7 +65,7 @@ def _jsonl_files(folder: Path) -> tuple[Path, ...]:
     entries = sorted(folder.iterdir())
     if not any(p.is_file() for p in entries):
         raise DataError(f"{folder}: empty task folder: expected *.jsonl or *.jsonl.gz files, found no files")
-    files = tuple(p for p in entries if p.is_file() and is_jsonl(p))
+    files = tuple(p for p in entries if p.is_file() and _is_jsonl(p))
     others = [p.name + ("/" if p.is_dir() else "") for p in entries if p not in files]
     if not files:
         raise DataError(f"{folder}: expected *.jsonl or *.jsonl.gz files, found only {_names(others)}")
@@ -75,7 +75,7 @@ def _jsonl_files(folder: Path) -> tuple[Path, ...]:
     return files
 
 
-def is_jsonl(path: Path) -> bool:
+def _is_jsonl(path: Path) -> bool:
     return path.name.lower().endswith(JSONL_SUFFIXES)
 
 
