@@ -1,5 +1,6 @@
-"""kopf wiring: watch MFTJobs, their PyTorchJobs and pods, and poll running jobs' progress;
-every trigger runs the same ``reconcile.reconcile`` for the MFTJob concerned.
+"""kopf wiring: watch MFTJobs, their PyTorchJobs and pods, and Warning events about PyTorchJobs,
+and poll running jobs' progress; every trigger runs the same ``reconcile.reconcile`` for the MFTJob
+concerned.
 
 Only watch-event handlers and an operator-level polling task: no change handlers (no
 last-handled-configuration annotations), no timers or daemons (they would add finalizers and
@@ -29,6 +30,9 @@ from .settings import Settings
 log = logging.getLogger("mft_operator")
 
 MANAGED = {"app.kubernetes.io/managed-by": "mft-operator"}
+MANAGED_SELECTOR = ",".join(f"{key}={value}" for key, value in MANAGED.items())
+# Only what the training operator reports on PyTorchJobs that went wrong (refused pods, say).
+CHILD_WARNINGS_SELECTOR = "involvedObject.kind=PyTorchJob,type=Warning"
 RESYNC_SECONDS = 60.0  # the poll's resync of jobs whose children have not started
 EVENT_FLUSH_SECONDS = 5.0  # on stop, for the events still queued (well inside a pod's grace period)
 
@@ -173,6 +177,11 @@ def configure(settings: kopf.OperatorSettings, runtime_settings: Settings) -> No
     settings.posting.enabled = False  # the reconciler emits its own, meaningful events
     settings.execution.max_workers = runtime_settings.max_concurrent_reconciles
     settings.persistence.diffbase_storage = NoDiffBase()
+    # Filter on the API server: kopf's own filters are applied after every object in the cluster
+    # (all its pods, all its events) has been sent to the operator.
+    settings.watching.label_selectors["v1", "pods"] = MANAGED_SELECTOR
+    settings.watching.label_selectors["kubeflow.org", "v1", "pytorchjobs"] = MANAGED_SELECTOR
+    settings.watching.field_selectors["v1", "events"] = CHILD_WARNINGS_SELECTOR
 
 
 def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
@@ -219,6 +228,12 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
         parent = owner_job_name(pod)
         if parent:
             runtime.reconcile(namespace, parent, "pod")
+
+    @kopf.on.event("v1", "events", id="pytorchjob-warning", registry=registry)
+    def pytorchjob_warning(type: str, body: kopf.Body, **_: Any) -> None:
+        namespace, name = runtime.cache.observe_child_warning(dict(body), deleted=type == "DELETED")
+        if type != "DELETED" and runtime.cache.has_job(namespace, name):  # a PyTorchJob is named after its MFTJob
+            runtime.reconcile(namespace, name, "pytorchjob-warning")
 
     return registry
 

@@ -10,6 +10,9 @@ What is remembered is trusted within limits:
   it for ``max_age`` seconds, so an event lost in a watch reconnect costs at most that long;
 - a pod set counts as complete only from a LIST (or the creation of its PyTorchJob) on, plus
   every event since; before that the pods are listed.
+- Warning events about PyTorchJobs come from their watch alone: the training operator repeats a
+  refused pod creation with backoff, and each repetition updates its Event, so one missed in a
+  reconnect is delivered again with the next.
 A missing PyTorchJob is never taken from memory: the API confirms a deletion before anything is
 recreated (which spends restart budget).
 """
@@ -59,6 +62,7 @@ class WatchCache:
         self._written: dict[Key, str] = {}  # resourceVersion our last status write produced
         self._pytorchjobs: dict[Key, tuple[float, dict[str, Any]]] = {}
         self._pod_sets: dict[Key, _PodSet] = {}
+        self._child_warnings: dict[Key, dict[str, dict[str, Any]]] = {}  # PyTorchJob -> Event uid -> Event
 
     # ------------------------------------------------------------ MFTJobs
 
@@ -104,6 +108,7 @@ class WatchCache:
             self._written.pop((namespace, name), None)
             self._pytorchjobs.pop((namespace, name), None)  # named after its MFTJob
             self._pod_sets.pop((namespace, name), None)
+            self._child_warnings.pop((namespace, name), None)
 
     # ------------------------------------------------------------ PyTorchJobs
 
@@ -179,6 +184,29 @@ class WatchCache:
             return tuple(pod_set.pods[name] for name in sorted(pod_set.pods))
 
 
+    # ------------------------------------------------------------ Warning events about PyTorchJobs
+
+    def observe_child_warning(self, event: dict[str, Any], deleted: bool) -> Key:
+        """Remember (or forget) an Event; returns the PyTorchJob it is about."""
+        about = event["involvedObject"]
+        key = (about.get("namespace") or event["metadata"]["namespace"], about["name"])
+        uid = event["metadata"]["uid"]
+        kept = None if deleted else _kept(event)
+        with self._lock:
+            warnings = self._child_warnings.setdefault(key, {})
+            if kept is None:
+                warnings.pop(uid, None)
+            else:
+                warnings[uid] = kept
+            if not warnings:
+                del self._child_warnings[key]
+        return key
+
+    def child_warnings(self, namespace: str, name: str) -> tuple[dict[str, Any], ...]:
+        with self._lock:
+            return tuple(self._child_warnings.get((namespace, name), {}).values())
+
+
 class CachedCluster:
     """A ``reconcile.Cluster`` that answers PyTorchJob and pod reads from a ``WatchCache`` when it
     can, and keeps the cache up to date with what it reads and writes."""
@@ -218,6 +246,9 @@ class CachedCluster:
         listed = self.cluster.list_pods(namespace, job_name)
         self.cache.remember_pods(namespace, job_name, listed, listed_at)
         return listed
+
+    def child_warnings(self, namespace: str, name: str) -> list[dict[str, Any]]:
+        return list(self.cache.child_warnings(namespace, name))
 
     def master_log(self, namespace: str, pod_name: str) -> str:
         return self.cluster.master_log(namespace, pod_name)

@@ -39,6 +39,8 @@ class Cluster(Protocol):
     def create(self, manifest: dict[str, Any]) -> dict[str, Any]: ...
     def patch(self, kind: str, namespace: str, name: str, patch: dict[str, Any]) -> None: ...
     def list_pods(self, namespace: str, job_name: str) -> list[dict[str, Any]]: ...
+    def child_warnings(self, namespace: str, name: str) -> list[dict[str, Any]]:
+        """Warning events about the PyTorchJob ``name`` (the training operator's reports)."""
     def master_log(self, namespace: str, pod_name: str) -> str: ...
     def patch_status(self, job: dict[str, Any], new_status: dict[str, Any]) -> dict[str, Any]:
         """Write status only if the MFTJob is still at job's resourceVersion (else raise Stale);
@@ -187,7 +189,8 @@ def _observe_and_act(cluster: Cluster, job: dict[str, Any], settings: Settings, 
             cluster.patch(PYTORCHJOB, ctx.namespace, ctx.name, patch)
     pods = tuple(cluster.list_pods(ctx.namespace, ctx.name))
     reports = _read_reports(cluster, ctx.namespace, pods) if reads_progress(child) else progress.Reports()
-    return Observation(now=now, child=child, pods=pods, reports=reports, recreated=recreated)
+    return Observation(now=now, child=child, pods=pods, reports=reports, recreated=recreated,
+                       child_warnings=tuple(cluster.child_warnings(ctx.namespace, ctx.name)))
 
 
 def _create_children(cluster: Cluster, job: dict[str, Any],

@@ -30,6 +30,10 @@ REPLICA_INDEX_LABEL = "training.kubeflow.org/replica-index"
 _STUCK_WAITING = frozenset({
     "ImagePullBackOff", "ErrImagePull", "InvalidImageName", "CreateContainerConfigError", "CreateContainerError",
 })
+# The training operator's Warning event for a pod the API server refused (a ResourceQuota, Pod
+# Security admission, a webhook). It retries with backoff and sets no condition, so without
+# this event the job would only look Created, with no pods.
+FAILED_CREATE_POD = "FailedCreatePod"
 
 
 @dataclass(frozen=True)
@@ -50,6 +54,7 @@ class Observation:
     reports: progress_mod.Reports = field(default_factory=progress_mod.Reports)
     problems: tuple[Problem, ...] = ()
     recreated: bool = False  # the operator just recreated a vanished PyTorchJob
+    child_warnings: tuple[dict[str, Any], ...] = ()  # Warning events (core/v1) about the PyTorchJob
 
 
 def derive(job: dict[str, Any], seen: Observation) -> dict[str, Any]:
@@ -145,7 +150,8 @@ def _phase_conditions(previous: list[dict[str, Any]], phase: str, child_conditio
         if wanted not in types:
             types.append(wanted)
     conditions = [_phase_condition(t, phase, child_condition) for t in types]
-    problems = [p for p in seen.problems if not p.terminal] + _pod_problems(seen.pods)
+    problems = ([p for p in seen.problems if not p.terminal] + _pod_creation_problems(seen, phase)
+                + _pod_problems(seen.pods))
     if problems:
         message = "; ".join(p.message for p in problems)
         conditions.append(_condition(BLOCKED, True, problems[0].reason, message))
@@ -259,6 +265,44 @@ def replica_name(pod: dict[str, Any]) -> str:
     if REPLICA_TYPE_LABEL in pod_labels:
         return f"{pod_labels[REPLICA_TYPE_LABEL]}-{pod_labels.get(REPLICA_INDEX_LABEL, '0')}"
     return pod["metadata"]["name"]
+
+
+def _pod_creation_problems(seen: Observation, phase: str) -> list[Problem]:
+    """The API server refuses the child's pods: a FailedCreatePod event about this PyTorchJob
+    since its last pod was created (or it last changed condition), while pods are missing.
+    Events have one-second timestamps; one from the same second as a pod still counts, as a
+    refusal then leaves a pod missing."""
+    if seen.child is None or phase not in (CREATED, RUNNING, RESTARTING) or len(seen.pods) >= _replica_count(seen.child):
+        return []
+    since = max([_second(p["metadata"].get("creationTimestamp")) for p in seen.pods]
+                + [_second(c.get("lastTransitionTime")) for c in _child_status(seen).get("conditions", [])
+                   if c.get("status") == "True"], default="")
+    uid = seen.child["metadata"].get("uid")
+    refusals = [e for e in seen.child_warnings
+                if e.get("reason") == FAILED_CREATE_POD and e.get("involvedObject", {}).get("uid") == uid
+                and _second(_event_time(e)) >= since]
+    if not refusals:
+        return []
+    latest = max(refusals, key=lambda e: _second(_event_time(e)))
+    message = (latest.get("message") or "").removeprefix("Error creating: ")
+    return [Problem(FAILED_CREATE_POD, f"the training operator cannot create pods: {message}")]
+
+
+def _replica_count(child: dict[str, Any]) -> int:
+    replica_specs = (child.get("spec") or {}).get("pytorchReplicaSpecs") or {}
+    return sum(spec.get("replicas", 1) for spec in replica_specs.values())
+
+
+def _event_time(event: dict[str, Any]) -> str:
+    """When an Event last happened, in either of its API forms (core/v1 counts repetitions in
+    lastTimestamp, events.k8s.io in series.lastObservedTime)."""
+    return ((event.get("series") or {}).get("lastObservedTime") or event.get("lastTimestamp")
+            or event.get("eventTime") or event.get("metadata", {}).get("creationTimestamp") or "")
+
+
+def _second(timestamp: str | None) -> str:
+    """An RFC 3339 UTC time cut to whole seconds, so that MicroTime and Time compare as text."""
+    return (timestamp or "")[:19]
 
 
 def _pod_problems(pods: tuple[dict[str, Any], ...]) -> list[Problem]:

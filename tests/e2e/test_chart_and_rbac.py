@@ -28,7 +28,7 @@ ALLOWED_RESOURCES = {
     "persistentvolumeclaims": {"get", "create"},
     "pods": {"list", "watch"},
     "pods/log": {"get"},
-    "events": {"create"},
+    "events": {"create", "list", "watch"},
     "customresourcedefinitions.apiextensions.k8s.io": {"list", "watch"},
     # Kubernetes' default roles for every authenticated user (system:basic-user).
     "selfsubjectreviews.authentication.k8s.io": {"create"},

@@ -1,5 +1,5 @@
 """Lifecycle against the real controllers: failure reasons, the backoff limit of retried pods,
-suspend and resume, garbage collection, no recreation of a finished job's child, recreation of a running job's child,
+pods refused by a quota, suspend and resume, garbage collection, no recreation of a finished job's child, recreation of a running job's child,
 checkpoint claim retention, and an operator killed mid-flight."""
 
 from __future__ import annotations
@@ -47,6 +47,28 @@ def test_retryable_failures_stop_at_backoff_limit(cluster: Cluster, ns: str):
     wait_for("the pods to be deleted", lambda: cluster.pods(ns, "oom") == [], 30)
     time.sleep(5)
     assert cluster.pods(ns, "oom") == [] and cluster.status(ns, "oom")["podRestarts"] == 2
+
+
+def test_pods_refused_by_a_quota_block_the_job_until_the_quota_allows_them(cluster: Cluster, ns: str):
+    # The training operator only reports a refused pod in an event and retries with backoff.
+    quota = {"apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": "no-pods"}, "spec": {"hard": {"pods": "0"}}}
+    cluster.apply(ns, quota)
+    wait_for("the quota's status", lambda: cluster.kubectl(
+        "get", "resourcequota", "no-pods", "-n", ns, "-o", "jsonpath={.status.hard.pods}").stdout == "0", 30)
+    cluster.apply(ns, job_manifest("quota", duration="1h"))
+    blocked = wait_for("Blocked by the quota",
+                       lambda: (c := condition(cluster.status(ns, "quota"), "Blocked")).get("status") == "True" and c,
+                       60, describe=lambda: cluster.describe(ns))
+    assert blocked["reason"] == "FailedCreatePod", blocked
+    assert blocked["message"].startswith('the training operator cannot create pods: pods "quota-master-0" is forbidden: '
+                                         "exceeded quota: no-pods"), blocked
+    assert cluster.status(ns, "quota")["phase"] == "Created"
+    wait_for("the FailedCreatePod event on the MFTJob",
+             lambda: any(e.type == "Warning" and e.reason == "FailedCreatePod" for e in cluster.events(ns, "quota")), 10)
+
+    cluster.kubectl("delete", "resourcequota", "no-pods", "-n", ns)
+    cluster.wait_phase(ns, "quota", "Running", timeout=90)
+    assert condition(cluster.status(ns, "quota"), "Blocked")["status"] == "False"
 
 
 def test_suspend_and_resume(cluster: Cluster, ns: str):

@@ -12,6 +12,7 @@ class FakeCluster:
     def __init__(self, *, crd_installed: bool = True, reject: str | None = None):
         self.objects: dict[tuple[str, str, str], dict[str, Any]] = {}
         self.pods: list[dict[str, Any]] = []
+        self.warnings: list[dict[str, Any]] = []  # Warning events about PyTorchJobs
         self.logs: dict[str, str] = {}
         self.events: list[Any] = []
         self.patches: list[tuple[str, dict[str, Any]]] = []
@@ -47,6 +48,8 @@ class FakeCluster:
         if (manifest["kind"], meta["namespace"], meta["name"]) in self.objects:
             raise AlreadyExists(meta["name"])
         self.creates += 1
+        manifest = copy.deepcopy(manifest)
+        manifest["metadata"].setdefault("uid", f"uid-{manifest['kind'].lower()}-{self.creates}")  # as the API server
         self.add(manifest)
         return copy.deepcopy(manifest)
 
@@ -57,6 +60,10 @@ class FakeCluster:
     def list_pods(self, namespace, job_name):
         self.pod_lists += 1
         return copy.deepcopy(self.pods)
+
+    def child_warnings(self, namespace, name):
+        return [copy.deepcopy(e) for e in self.warnings
+                if (e["involvedObject"]["namespace"], e["involvedObject"]["name"]) == (namespace, name)]
 
     def master_log(self, namespace, pod_name):
         return self.logs.get(pod_name, "")

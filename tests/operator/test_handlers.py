@@ -75,7 +75,7 @@ def test_a_failing_reconcile_is_counted_not_raised():
 def test_registry_has_event_handlers_only():
     registry = handlers.build_registry(_runtime(FakeCluster()))
     watched = {h.id for h in registry._watching.get_all_handlers()}
-    assert watched == {"mftjob", "pytorchjob", "pod"}
+    assert watched == {"mftjob", "pytorchjob", "pod", "pytorchjob-warning"}
     assert not list(registry._changing.get_all_handlers()) and not list(registry._spawning.get_all_handlers())
 
 
@@ -86,6 +86,45 @@ def test_kopf_keeps_no_diff_base_as_no_handler_compares_one():
     storage = settings.persistence.diffbase_storage
     assert storage.build(body=body) == {} and storage.fetch(body=body) is None
     assert settings.execution.max_workers == 4 and not settings.posting.enabled
+
+
+def test_children_and_their_warnings_are_filtered_by_the_api_server():
+    settings = kopf.OperatorSettings()
+    handlers.configure(settings, Settings())
+    pods, events = kopf.Resource("", "v1", "pods", kind="Pod"), kopf.Resource("", "v1", "events", kind="Event")
+    pytorchjobs = kopf.Resource("kubeflow.org", "v1", "pytorchjobs", kind="PyTorchJob")
+    mftjobs = kopf.Resource("mft.dev", "v1alpha1", "mftjobs", kind="MFTJob")
+    new_events = kopf.Resource("events.k8s.io", "v1", "events", kind="Event")
+    labels, fields = settings.watching.label_selectors, settings.watching.field_selectors
+    assert list(labels.collect(pods)) == list(labels.collect(pytorchjobs)) == ["app.kubernetes.io/managed-by=mft-operator"]
+    assert list(fields.collect(events)) == ["involvedObject.kind=PyTorchJob,type=Warning"]
+    assert not list(labels.collect(mftjobs)) and not list(fields.collect(mftjobs)) and not list(fields.collect(new_events))
+
+
+def test_a_refused_pod_reported_by_the_training_operator_blocks_the_job():
+    cluster = _cluster_with_job("a")
+    runtime = _runtime(cluster)
+    on_warning = next(h.fn for h in handlers.build_registry(runtime)._watching.get_all_handlers()
+                      if h.id == "pytorchjob-warning")
+    runtime.reconcile("ml", "a", "mftjob")
+    child_uid = cluster.objects[("PyTorchJob", "ml", "a")]["metadata"]["uid"]
+
+    def warning(name, uid, kind="ADDED"):
+        body = {"metadata": {"namespace": "ml", "name": f"{name}.1", "uid": f"event-{name}"}, "type": "Warning",
+                "reason": "FailedCreatePod", "message": f'Error creating: pods "{name}-master-0" is forbidden: quota',
+                "involvedObject": {"kind": "PyTorchJob", "namespace": "ml", "name": name, "uid": uid},
+                "lastTimestamp": "2026-01-01T00:00:00Z"}
+        on_warning(type=kind, body=kopf.Body(body))
+
+    warning("a", child_uid)
+    blocked = cluster.jobs[("ml", "a")]["status"]["conditions"][-1]
+    assert (blocked["type"], blocked["status"], blocked["reason"]) == ("Blocked", "True", "FailedCreatePod")
+    assert blocked["message"] == 'the training operator cannot create pods: pods "a-master-0" is forbidden: quota'
+    passes = _passes(runtime)
+    warning("someone-elses", "other-uid")  # about a PyTorchJob of no known MFTJob: no pass, no read
+    assert _passes(runtime) == passes and cluster.job_reads == 1
+    warning("a", child_uid, kind="DELETED")  # expired: nothing to reconcile for
+    assert _passes(runtime) == passes and runtime.cache.child_warnings("ml", "a") == ()
 
 
 def test_per_event_logs_of_kopf_and_probes_are_kept_only_for_debugging():

@@ -116,3 +116,24 @@ def test_forgetting_a_job_drops_its_copy_version_and_children():
     assert cache.is_current({"metadata": {"namespace": "ml", "name": "a", "resourceVersion": "1"}})
     cache.observe_pod(_pod("a-master-0"), deleted=True)  # the garbage collector's deletions leave nothing
     assert cache._pod_sets == {}
+
+
+def _warning(uid, job="a", reason="FailedCreatePod"):
+    return {"kind": "Event", "metadata": {"namespace": "ml", "name": f"{job}.{uid}", "uid": uid, "managedFields": [{}]},
+            "involvedObject": {"kind": "PyTorchJob", "namespace": "ml", "name": job}, "type": "Warning", "reason": reason}
+
+
+def test_warnings_about_a_pytorchjob_are_kept_until_their_event_or_job_goes():
+    cache = WatchCache(clock=Clock())
+    assert cache.observe_child_warning(_warning("e1"), deleted=False) == ("ml", "a")
+    cache.observe_child_warning(_warning("e2", reason="FailedCreateService"), deleted=False)
+    cache.observe_child_warning(_warning("e1") | {"count": 2}, deleted=False)  # a repetition updates the Event
+    cache.observe_child_warning(_warning("e3", job="b"), deleted=False)
+    kept = {e["metadata"]["uid"]: e for e in cache.child_warnings("ml", "a")}
+    assert set(kept) == {"e1", "e2"} and kept["e1"]["count"] == 2 and "managedFields" not in kept["e1"]["metadata"]
+    cache.observe_child_warning(_warning("e2"), deleted=True)  # Events expire (an hour, by default)
+    assert [e["metadata"]["uid"] for e in cache.child_warnings("ml", "a")] == ["e1"]
+    cache.forget_job("ml", "a")
+    assert cache.child_warnings("ml", "a") == () and len(cache.child_warnings("ml", "b")) == 1
+    cache.observe_child_warning(_warning("e3", job="b"), deleted=True)
+    assert cache._child_warnings == {}

@@ -262,3 +262,67 @@ def test_a_child_that_cannot_be_read_leaves_the_phase_as_it_was_and_says_why():
     blocked = next(c for c in statuses[1]["conditions"] if c["type"] == "Blocked")
     assert blocked["status"] == "True" and blocked["reason"] == "PyTorchJobCRDMissing"
     assert events(statuses[0], statuses[1]) and all("Pending" not in e.message for e in events(statuses[0], statuses[1]))
+
+
+def two_replica_child(*conditions, uid="child-uid"):
+    """A PyTorchJob of a master and one worker; ``conditions`` are (type, lastTransitionTime) pairs."""
+    return {"metadata": {"name": "j", "uid": uid},
+            "spec": {"pytorchReplicaSpecs": {"Master": {"replicas": 1}, "Worker": {"replicas": 1}}},
+            "status": {"conditions": [{"type": t, "status": "True", "reason": f"PyTorchJob{t}",
+                                       "lastTransitionTime": when} for t, when in conditions]}}
+
+
+def created_pod(replica, created):
+    made = pod(replica)
+    made["metadata"]["creationTimestamp"] = created
+    return made
+
+
+def refused(last, uid="child-uid", **times):
+    """The training operator's Warning event for a pod the API server refused."""
+    return {"metadata": {"name": "j.1", "uid": "event-uid"}, "type": "Warning", "reason": "FailedCreatePod",
+            "involvedObject": {"kind": "PyTorchJob", "namespace": "ml", "name": "j", "uid": uid},
+            "message": 'Error creating: pods "j-worker-0" is forbidden: exceeded quota: gpus, requested: '
+                       "requests.nvidia.com/gpu=8, used: requests.nvidia.com/gpu=8, limited: requests.nvidia.com/gpu=8",
+            "lastTimestamp": last, **times}
+
+
+def blocked(status):
+    return next((c for c in status["conditions"] if c["type"] == "Blocked"), None)
+
+
+def test_a_refused_pod_blocks_the_job_until_every_pod_exists():
+    created = two_replica_child(("Created", T0))
+    master = created_pod("master", T0)
+    statuses = run([
+        (T1, {"child": created, "pods": (master,), "child_warnings": (refused(T1),)}),
+        (T2, {"child": created, "pods": (master, created_pod("worker", T2)), "child_warnings": (refused(T1),)}),
+    ])
+    assert statuses[0]["phase"] == "Created"
+    condition = blocked(statuses[0])
+    assert condition["status"] == "True" and condition["reason"] == "FailedCreatePod"
+    assert condition["message"] == ('the training operator cannot create pods: pods "j-worker-0" is forbidden: exceeded '
+                                    "quota: gpus, requested: requests.nvidia.com/gpu=8, used: requests.nvidia.com/gpu=8, "
+                                    "limited: requests.nvidia.com/gpu=8")
+    assert [(e.type, e.reason) for e in events({}, statuses[0])][-1] == ("Warning", "FailedCreatePod")
+    assert blocked(statuses[1])["status"] == "False"
+
+
+def test_a_refusal_counts_only_for_this_child_since_its_last_pod_or_transition():
+    restarting = two_replica_child(("Created", T0), ("Restarting", T2))
+    master = created_pod("master", T1)
+    microseconds = refused(None, eventTime="2026-01-01T00:02:00.250000Z", series={"lastObservedTime": T3})
+
+    def refusal_blocks(warning, child=restarting, pods=(master,)):
+        (status,) = run([(T3, {"child": child, "pods": pods, "child_warnings": (warning,)})])
+        return blocked(status) is not None
+
+    assert not refusal_blocks(refused(T1))  # before the restart: the pods were made after it
+    assert refusal_blocks(refused(T2))  # the same second as the transition still counts
+    assert not refusal_blocks(refused(T3, uid="an-earlier-child-of-the-same-name"))
+    assert refusal_blocks(microseconds)  # events.k8s.io series time, at whole seconds
+    assert refusal_blocks(refused(None, eventTime="2026-01-01T00:02:00.250000Z"))
+    suspended = two_replica_child(("Created", T0), ("Suspended", T1))
+    assert not refusal_blocks(refused(T2), child=suspended, pods=())  # suspension deletes pods on purpose
+    other = dict(refused(T3), reason="SettedPodTemplateRestartPolicy")
+    assert not refusal_blocks(other)

@@ -70,9 +70,11 @@ app.kubernetes.io/component: operator
 - apiGroups: [""]
   resources: [pods/log]
   verbs: [get]
+# create: the operator's own events; list and watch: the training operator's Warning events
+# about PyTorchJobs, for pods it cannot create (quota, Pod Security).
 - apiGroups: [""]
   resources: [events]
-  verbs: [create]
+  verbs: [create, list, watch]
 {{- end -}}
 {{- /* kopf discovers its resources through the CRD list, which is cluster-scoped either way. */ -}}
 {{- define "mft-operator.clusterRules" -}}
