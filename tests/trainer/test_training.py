@@ -4,8 +4,10 @@ the tiny tokenizer and the sample multi-task data. Each run is shared by the tes
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -312,6 +314,40 @@ def test_sigterm_to_the_pod_launcher_checkpoints_every_worker_and_exits_143(tmp_
     saved = checkpoint.latest(tmp_path / "ckpt")
     assert saved is not None and {"rank-00000.pt", "rank-00001.pt"} <= {p.name for p in saved.path.iterdir()}
     assert err.count("exiting with 143") == 2, err[-4000:]
+
+
+def _copy_of_run(run: tuple, tmp_path: Path, **lora) -> tuple[dict, Path]:
+    """The config of a finished run, pointed at a copy of its checkpoints, with ``lora`` changed."""
+    _, raw, _ = run
+    mount = tmp_path / "ckpt"
+    shutil.copytree(raw["checkpoint"]["mount_path"], mount)
+    changed = copy.deepcopy(raw)
+    changed["checkpoint"]["mount_path"] = str(mount)
+    changed["lora"].update(lora)
+    return changed, mount
+
+
+def test_checkpoints_of_another_run_are_refused_before_anything_loads(lora, tmp_path):
+    # A retained volume found by a new job: an adapter of rank 8 cannot continue as one of rank 4.
+    changed, mount = _copy_of_run(lora, tmp_path, r=4)
+    before = sorted(p.name for p in mount.iterdir())
+    proc = run_training(write_config(tmp_path / "changed.yaml", changed), nproc=1)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    latest = checkpoint.latest(mount).path
+    message = proc.stderr.strip().splitlines()[-1]
+    assert message.startswith(f"mft-train: {latest} was written by another run (lora.r: 8 in the checkpoint, 4 now)")
+    assert "give the job another checkpoint volume or delete the checkpoint-* folders" in message
+    assert "Traceback" not in proc.stderr and "records" not in proc.stderr  # refused before the data was read
+    assert sorted(p.name for p in mount.iterdir()) == before
+
+
+def test_resuming_under_other_batch_settings_warns_and_goes_on(lora, tmp_path):
+    changed, mount = _copy_of_run(lora, tmp_path, dropout=0.1)  # dropout: not part of what the weights are
+    changed["training"]["seed"] = 8
+    proc = run_training(write_config(tmp_path / "changed.yaml", changed), nproc=1)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "written with other data or batch settings (training.seed: 7 in the checkpoint, 8 now)" in proc.stderr
+    assert events(proc.stdout, "mft.summary")[-1]["steps"] == 9  # the finished run, resumed at its end
 
 
 def test_merge_lora_gives_the_logits_of_base_plus_adapter(lora, base_model, tmp_path):

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from mft_trainer import checkpoint, distributed, loss, metrics
+from mft_trainer import checkpoint, distributed, loss, metrics, resume
 from mft_trainer.accelerate import Accelerated, accelerate, clip_grad_norm, no_sync, unwrap
 from mft_trainer.config import TrainerConfig, to_dict
 from mft_trainer.model import build_model, count_parameters, model_inputs
@@ -145,11 +145,14 @@ def setup(config: TrainerConfig) -> Run:
             log.info("removed %s left by an interrupted deletion (no %s)", name, checkpoint.STATE_FILE)
     distributed.barrier()
 
+    resume_from = checkpoint.latest(root) if config.checkpoint.resume == "auto" else None
+    saved = None
+    if resume_from is not None:
+        saved = checkpoint.load_trainer_state(resume_from.path)
+        resume.check(resume_from.path, saved.get("config"), to_dict(config))  # before data and weights load
+        log.info("resuming from %s", resume_from.path)
     tokenizer = load_tokenizer(config)
     datasets = build_datasets(config, tokenizer)  # logs its own report
-    resume_from = checkpoint.latest(root) if config.checkpoint.resume == "auto" else None
-    if resume_from is not None:
-        log.info("resuming from %s", resume_from.path)
 
     model = _build(config, tokenizer, resume_from.path if resume_from else None)
     num_params = count_parameters(model)  # before FSDP shards it
@@ -172,7 +175,6 @@ def setup(config: TrainerConfig) -> Run:
               writer)
 
     if resume_from is not None:
-        saved = checkpoint.load_trainer_state(resume_from.path)
         run.state = TrainState(**saved["state"])
         if saved["world_size"] != world.size:
             # Same global data position, rounded down; RNG streams cannot carry over.
