@@ -250,6 +250,27 @@ def test_corrupt_document_index_is_refused(binary_tasks, tiny, tmp_path):
     assert "corrupt document index" in refused([task], tiny, format="bin")
 
 
+def damage_ids(task: Path, documents: list[int], token_id: int = 65000) -> None:
+    """Overwrite the first token id of each of ``documents`` (same size: the manifest still agrees)."""
+    import numpy as np
+
+    tokens, offsets = np.fromfile(task / TOKENS, dtype=np.uint16), np.fromfile(task / OFFSETS, dtype=np.int64)
+    tokens[offsets[documents]] = token_id
+    tokens.tofile(task / TOKENS)
+
+
+def test_a_token_id_beyond_the_vocabulary_is_refused_where_a_row_reads_it(binary_tasks, tiny, tmp_path):
+    task = damaged_copy(binary_tasks / "tiny" / "code", tmp_path / "code")
+    damage_ids(task, [7])
+    datasets = load([task], tiny, format="bin")  # loading reads no token
+    with pytest.raises(DataError) as caught:
+        for split in (datasets.train, datasets.valid):
+            for index in range(len(split)):
+                split[index]
+    assert str(caught.value) == (f"{task / TOKENS}: document 7 holds token id 65000, but the tokenizer has {len(tiny)} "
+                                 "ids: the file is damaged; run mft-train preprocess again")
+
+
 # ---------------------------------------------------------------- end to end: training refuses to start
 
 
@@ -271,6 +292,15 @@ def test_train_refuses_to_start_on_a_bad_record(tmp_path):
     cfg = write_config(tmp_path / "cfg.yaml", trainer_config(tmp_path / "ckpt", [task]))
     proc = run_train([PYTHON, "-m", "mft_trainer", "train", "--config", str(cfg)], tmp_path)
     assert_refused(proc, tmp_path / "ckpt", f"{task / 'part-000.jsonl'}:41: expected a JSON object, found invalid JSON")
+
+
+def test_train_stops_before_a_step_on_token_ids_beyond_the_vocabulary(binary_tasks, tmp_path):
+    task = damaged_copy(binary_tasks / "tiny" / "code", tmp_path / "code")
+    damage_ids(task, list(range(30)))
+    cfg = write_config(tmp_path / "cfg.yaml", trainer_config(tmp_path / "ckpt", [task], data__format="bin"))
+    proc = run_train([PYTHON, "-m", "mft_trainer", "train", "--config", str(cfg)], tmp_path)
+    assert_refused(proc, tmp_path / "ckpt", "holds token id 65000, but the tokenizer has")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
 
 
 @pytest.mark.slow

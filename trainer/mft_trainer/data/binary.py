@@ -127,9 +127,10 @@ class TaskWriter:
         return files
 
 
-def open_task(task: TaskSource, expected_settings: dict[str, Any]) -> TaskDocuments:
+def open_task(task: TaskSource, expected_settings: dict[str, Any], vocab_size: int) -> TaskDocuments:
     """Memory-map a preprocessed task folder after checking it was made for this training setup and
-    that its files have the sizes the manifest promises."""
+    that its files have the sizes the manifest promises. Token ids are checked against
+    ``vocab_size`` as rows read them (a whole-file scan would read every token at each start)."""
     folder = task.path
     manifest = _read_manifest(folder)
     _check_settings(folder, manifest, expected_settings)
@@ -146,7 +147,7 @@ def open_task(task: TaskSource, expected_settings: dict[str, Any]) -> TaskDocume
         raise DataError(
             f"{folder / MANIFEST}: corrupt manifest: file record counts do not add up to {n_documents} documents"
         )
-    return TaskDocuments(task.name, tokens, loss_mask, offsets, files, file_ends(files))
+    return TaskDocuments(task.name, tokens, loss_mask, offsets, files, file_ends(files), folder / TOKENS, vocab_size)
 
 
 def _read_manifest(folder: Path) -> dict[str, Any]:

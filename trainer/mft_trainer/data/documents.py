@@ -6,10 +6,12 @@ from __future__ import annotations
 import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from mft_trainer.data.encoding import EncodedChunk
+from mft_trainer.data.errors import DataError
 from mft_trainer.data.report import FileCounts
 
 
@@ -24,9 +26,22 @@ class TaskDocuments:
     offsets: np.ndarray  # int64, documents + 1
     files: list[FileCounts]
     file_ends: np.ndarray  # int64, one per file
+    # Binary datasets only: where the ids were read, and the tokenizer's size. An id at or above it
+    # is a damaged file, which would otherwise surface as an index error (a device-side assert on a
+    # GPU) deep inside the model.
+    tokens_file: Path | None = None
+    vocab_size: int | None = None
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
+
+    def check_ids(self, document: int, ids: np.ndarray) -> None:
+        """Raise DataError if ``ids``, read from ``document``, hold one the tokenizer does not have."""
+        if self.vocab_size is None or not ids.size or int(ids.max()) < self.vocab_size:
+            return
+        bad = int(ids[ids >= self.vocab_size][0])
+        raise DataError(f"{self.tokens_file}: document {document} holds token id {bad}, but the tokenizer has "
+                        f"{self.vocab_size} ids: the file is damaged; run mft-train preprocess again")
 
     @property
     def lengths(self) -> np.ndarray:
