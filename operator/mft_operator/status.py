@@ -4,6 +4,7 @@ trainer's last reports and the previous status. Pure; ``now`` is an input."""
 from __future__ import annotations
 
 import copy
+import re
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -22,6 +23,10 @@ BLOCKED = "Blocked"
 # under restartPolicy ExitCode (it counts container restarts, and failed pods are replaced instead).
 DEFAULT_BACKOFF_LIMIT = 3
 BACKOFF_LIMIT_EXCEEDED = "BackoffLimitExceeded"
+
+# metav1.Condition's limits, which the CRD's condition schema repeats.
+_REASON = re.compile(r"[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?")
+MAX_CONDITION_MESSAGE = 32768
 
 REPLICA_TYPE_LABEL = "training.kubeflow.org/replica-type"
 REPLICA_INDEX_LABEL = "training.kubeflow.org/replica-index"
@@ -172,6 +177,13 @@ def _phase_condition(condition_type: str, phase: str, child_condition: dict[str,
 
 
 def _condition(condition_type: str, is_true: bool, reason: str, message: str) -> dict[str, Any]:
+    """A condition the CRD's metav1.Condition schema accepts: a status write with one it refuses
+    would fail as a whole. A reason passed on from another controller that is not CamelCase gives
+    way to the type; a message is cut to its limit."""
+    if not _REASON.fullmatch(reason):
+        reason = condition_type
+    if len(message) > MAX_CONDITION_MESSAGE:
+        message = message[:MAX_CONDITION_MESSAGE - 3] + "..."
     return {"type": condition_type, "status": "True" if is_true else "False", "reason": reason, "message": message}
 
 

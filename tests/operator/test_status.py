@@ -326,3 +326,17 @@ def test_a_refusal_counts_only_for_this_child_since_its_last_pod_or_transition()
     assert not refusal_blocks(refused(T2), child=suspended, pods=())  # suspension deletes pods on purpose
     other = dict(refused(T3), reason="SettedPodTemplateRestartPolicy")
     assert not refusal_blocks(other)
+
+
+def test_conditions_stay_within_the_schema_of_metav1_condition():
+    from mft_operator.crd import mftjob_schema
+    from mft_operator.schema import validate
+
+    crowded = tuple(pod("worker", i, conditions=[{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                                                  "message": "x" * 100}]) for i in range(400))
+    odd = child("Created", "Running", reason="Pod Running!")
+    (status,) = run([(T0, {"child": odd, "pods": crowded})])
+    running, blocked_now = (next(c for c in status["conditions"] if c["type"] == t) for t in ("Running", "Blocked"))
+    assert running["reason"] == "Running"  # a reason that is not CamelCase gives way to the type
+    assert len(blocked_now["message"]) == 32768 and blocked_now["message"].endswith("...")
+    assert validate(status, mftjob_schema()["properties"]["status"]) == []
