@@ -21,7 +21,7 @@ from kubernetes import client, config
 
 from . import API_GROUP, API_VERSION, KIND, PLURAL, reconcile, status
 from .informer import CachedCluster, WatchCache
-from .kube import KubeCluster
+from .kube import REFUSED_POD_EVENTS, KubeCluster
 from .metrics import Metrics
 from .progress import rfc3339
 from .render import JOB_NAME_LABEL
@@ -31,8 +31,6 @@ log = logging.getLogger("mft_operator")
 
 MANAGED = {"app.kubernetes.io/managed-by": "mft-operator"}
 MANAGED_SELECTOR = ",".join(f"{key}={value}" for key, value in MANAGED.items())
-# Only what the training operator reports on PyTorchJobs that went wrong (refused pods, say).
-CHILD_WARNINGS_SELECTOR = "involvedObject.kind=PyTorchJob,type=Warning"
 RESYNC_SECONDS = 60.0  # the poll's resync of jobs whose children have not started
 EVENT_FLUSH_SECONDS = 5.0  # on stop, for the events still queued (well inside a pod's grace period)
 
@@ -139,6 +137,7 @@ class Runtime:
         """Reconcile the active MFTJobs that are due: a level-based resync that repairs anything a
         missed watch event left behind, and progress for running ones."""
         jobs = [job for namespace in (self.settings.namespaces or (None,)) for job in self.cluster.list_jobs(namespace)]
+        self.cache.prune_child_warnings()
         self.metrics.count_phases((job.get("status") or {}).get("phase") for job in jobs)
         now, active = time.monotonic(), []
         for job in jobs:
@@ -181,7 +180,7 @@ def configure(settings: kopf.OperatorSettings, runtime_settings: Settings) -> No
     # (all its pods, all its events) has been sent to the operator.
     settings.watching.label_selectors["v1", "pods"] = MANAGED_SELECTOR
     settings.watching.label_selectors["kubeflow.org", "v1", "pytorchjobs"] = MANAGED_SELECTOR
-    settings.watching.field_selectors["v1", "events"] = CHILD_WARNINGS_SELECTOR
+    settings.watching.field_selectors["v1", "events"] = REFUSED_POD_EVENTS
 
 
 def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:

@@ -10,9 +10,11 @@ What is remembered is trusted within limits:
   it for ``max_age`` seconds, so an event lost in a watch reconnect costs at most that long;
 - a pod set counts as complete only from a LIST (or the creation of its PyTorchJob) on, plus
   every event since; before that the pods are listed.
-- Warning events about PyTorchJobs come from their watch alone: the training operator repeats a
-  refused pod creation with backoff, and each repetition updates its Event, so one missed in a
-  reconnect is delivered again with the next.
+- refused pod creations (Warning events about PyTorchJobs) come from their watch alone: the
+  training operator retries with backoff and its recorder updates the Event for repetitions
+  (within its spam filter's budget), so one missed in a reconnect usually comes back; one whose
+  deletion was missed (a relist after the watch expired) is dropped once unconfirmed for
+  ``WARNING_MAX_AGE`` seconds, past the API server's default event TTL.
 A missing PyTorchJob is never taken from memory: the API confirms a deletion before anything is
 recreated (which spends restart budget).
 """
@@ -29,6 +31,7 @@ from .render import JOB_NAME_LABEL
 from .status import Event
 
 MAX_AGE_SECONDS = 60.0
+WARNING_MAX_AGE_SECONDS = 2 * 3600.0  # twice the API server's default --event-ttl
 
 Key = tuple[str, str]
 
@@ -62,7 +65,8 @@ class WatchCache:
         self._written: dict[Key, str] = {}  # resourceVersion our last status write produced
         self._pytorchjobs: dict[Key, tuple[float, dict[str, Any]]] = {}
         self._pod_sets: dict[Key, _PodSet] = {}
-        self._child_warnings: dict[Key, dict[str, dict[str, Any]]] = {}  # PyTorchJob -> Event uid -> Event
+        # PyTorchJob -> Event uid -> (when an event last delivered it, the Event)
+        self._child_warnings: dict[Key, dict[str, tuple[float, dict[str, Any]]]] = {}
 
     # ------------------------------------------------------------ MFTJobs
 
@@ -197,14 +201,25 @@ class WatchCache:
             if kept is None:
                 warnings.pop(uid, None)
             else:
-                warnings[uid] = kept
+                warnings[uid] = (self.clock(), kept)
             if not warnings:
                 del self._child_warnings[key]
         return key
 
     def child_warnings(self, namespace: str, name: str) -> tuple[dict[str, Any], ...]:
         with self._lock:
-            return tuple(self._child_warnings.get((namespace, name), {}).values())
+            return tuple(event for _, event in self._child_warnings.get((namespace, name), {}).values())
+
+    def prune_child_warnings(self) -> None:
+        """Drop Events no watch event has confirmed for ``WARNING_MAX_AGE_SECONDS``."""
+        oldest = self.clock() - WARNING_MAX_AGE_SECONDS
+        with self._lock:
+            for key in list(self._child_warnings):
+                kept = {uid: entry for uid, entry in self._child_warnings[key].items() if entry[0] >= oldest}
+                if kept:
+                    self._child_warnings[key] = kept
+                else:
+                    del self._child_warnings[key]
 
 
 class CachedCluster:

@@ -26,6 +26,8 @@ LOG_TAIL_LINES = 500
 LOG_LIMIT_BYTES = 1 << 20
 
 _CUSTOM = {"PyTorchJob": ("kubeflow.org", "v1", "pytorchjobs")}
+# The training operator's reports of pods the API server refused (a field selector on core/v1 Events).
+REFUSED_POD_EVENTS = "involvedObject.kind=PyTorchJob,type=Warning,reason=FailedCreatePod"
 
 
 class KubeCluster:
@@ -82,6 +84,12 @@ class KubeCluster:
         pods = self.core.list_namespaced_pod(
             namespace, label_selector=f"{JOB_NAME_LABEL}={job_name}", _preload_content=False)
         return _json(pods)["items"]
+
+    def child_warnings(self, namespace: str, name: str) -> list[dict[str, Any]]:
+        """The training operator's refused-pod events about PyTorchJob ``name``. The operator reads
+        them from its event watch instead (``informer.CachedCluster``)."""
+        selector = f"{REFUSED_POD_EVENTS},involvedObject.name={name}"
+        return _json(self.core.list_namespaced_event(namespace, field_selector=selector, _preload_content=False))["items"]
 
     def master_log(self, namespace: str, pod_name: str) -> str:
         try:

@@ -39,6 +39,7 @@ _STUCK_WAITING = frozenset({
 # Security admission, a webhook). It retries with backoff and sets no condition, so without
 # this event the job would only look Created, with no pods.
 FAILED_CREATE_POD = "FailedCreatePod"
+_COMBINED = "(combined from similar events): "  # client-go's aggregate of 10 similar events
 
 
 @dataclass(frozen=True)
@@ -155,7 +156,7 @@ def _phase_conditions(previous: list[dict[str, Any]], phase: str, child_conditio
         if wanted not in types:
             types.append(wanted)
     conditions = [_phase_condition(t, phase, child_condition) for t in types]
-    problems = ([p for p in seen.problems if not p.terminal] + _pod_creation_problems(seen, phase)
+    problems = ([p for p in seen.problems if not p.terminal] + _pod_creation_problems(seen, phase, previous)
                 + _pod_problems(seen.pods))
     if problems:
         message = "; ".join(p.message for p in problems)
@@ -279,25 +280,37 @@ def replica_name(pod: dict[str, Any]) -> str:
     return pod["metadata"]["name"]
 
 
-def _pod_creation_problems(seen: Observation, phase: str) -> list[Problem]:
-    """The API server refuses the child's pods: a FailedCreatePod event about this PyTorchJob
-    since its last pod was created (or it last changed condition), while pods are missing.
-    Events have one-second timestamps; one from the same second as a pod still counts, as a
-    refusal then leaves a pod missing."""
-    if seen.child is None or phase not in (CREATED, RUNNING, RESTARTING) or len(seen.pods) >= _replica_count(seen.child):
+def _pod_creation_problems(seen: Observation, phase: str, previous: list[dict[str, Any]]) -> list[Problem]:
+    """The API server refuses the child's pods, while pods are missing: a FailedCreatePod event
+    about this PyTorchJob since its newest pod and its last condition change (Events have
+    one-second timestamps; one from the same second still counts, as a refusal then leaves a pod
+    missing). Once reported, a refusal stands until every pod exists: the training operator's
+    recorder drops repetitions beyond a burst (about one per 5 minutes), so the newest pod can be
+    younger than the refusal still in force."""
+    if seen.child is None or len(seen.pods) >= _replica_count(seen.child) or not _wants_pods(seen.child, phase):
         return []
-    since = max([_second(p["metadata"].get("creationTimestamp")) for p in seen.pods]
-                + [_second(c.get("lastTransitionTime")) for c in _child_status(seen).get("conditions", [])
-                   if c.get("status") == "True"], default="")
     uid = seen.child["metadata"].get("uid")
     refusals = [e for e in seen.child_warnings
-                if e.get("reason") == FAILED_CREATE_POD and e.get("involvedObject", {}).get("uid") == uid
-                and _second(_event_time(e)) >= since]
+                if e.get("reason") == FAILED_CREATE_POD and e.get("involvedObject", {}).get("uid") == uid]
+    reported = next((c for c in previous if c["type"] == BLOCKED), {})
+    if not (reported.get("status") == "True" and reported.get("reason") == FAILED_CREATE_POD):
+        since = max([_second(p["metadata"].get("creationTimestamp")) for p in seen.pods]
+                    + [_second(c.get("lastTransitionTime")) for c in _child_status(seen).get("conditions", [])],
+                    default="")
+        refusals = [e for e in refusals if _second(_event_time(e)) >= since]
     if not refusals:
         return []
     latest = max(refusals, key=lambda e: _second(_event_time(e)))
-    message = (latest.get("message") or "").removeprefix("Error creating: ")
+    message = (latest.get("message") or "").removeprefix(_COMBINED).removeprefix("Error creating: ")
     return [Problem(FAILED_CREATE_POD, f"the training operator cannot create pods: {message}")]
+
+
+def _wants_pods(child: dict[str, Any], phase: str) -> bool:
+    """The child should have all its pods: it is active, or suspended with a resume asked for
+    (the training operator keeps Suspended in its status until the resumed pods exist)."""
+    if phase == SUSPENDED:
+        return not ((child.get("spec") or {}).get("runPolicy") or {}).get("suspend", False)
+    return phase in (CREATED, RUNNING, RESTARTING)
 
 
 def _replica_count(child: dict[str, Any]) -> int:

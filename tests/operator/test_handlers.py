@@ -97,7 +97,7 @@ def test_children_and_their_warnings_are_filtered_by_the_api_server():
     new_events = kopf.Resource("events.k8s.io", "v1", "events", kind="Event")
     labels, fields = settings.watching.label_selectors, settings.watching.field_selectors
     assert list(labels.collect(pods)) == list(labels.collect(pytorchjobs)) == ["app.kubernetes.io/managed-by=mft-operator"]
-    assert list(fields.collect(events)) == ["involvedObject.kind=PyTorchJob,type=Warning"]
+    assert list(fields.collect(events)) == ["involvedObject.kind=PyTorchJob,type=Warning,reason=FailedCreatePod"]
     assert not list(labels.collect(mftjobs)) and not list(fields.collect(mftjobs)) and not list(fields.collect(new_events))
 
 

@@ -137,3 +137,21 @@ def test_warnings_about_a_pytorchjob_are_kept_until_their_event_or_job_goes():
     assert cache.child_warnings("ml", "a") == () and len(cache.child_warnings("ml", "b")) == 1
     cache.observe_child_warning(_warning("e3", job="b"), deleted=True)
     assert cache._child_warnings == {}
+
+
+def test_warnings_whose_deletion_was_missed_are_dropped_after_two_hours():
+    clock = Clock()
+    cache = WatchCache(clock=clock)
+    cache.observe_child_warning(_warning("old"), deleted=False)
+    clock.now += 3600
+    cache.observe_child_warning(_warning("repeated"), deleted=False)
+    cache.observe_child_warning(_warning("b", job="b"), deleted=False)
+    clock.now += 3601
+    cache.observe_child_warning(_warning("repeated") | {"count": 9}, deleted=False)  # confirmed by a repetition
+    cache.prune_child_warnings()
+    assert [e["metadata"]["uid"] for e in cache.child_warnings("ml", "a")] == ["repeated"]
+    assert len(cache.child_warnings("ml", "b")) == 1
+    clock.now += 3600
+    cache.prune_child_warnings()
+    assert cache.child_warnings("ml", "b") == () and len(cache.child_warnings("ml", "a")) == 1
+    assert ("ml", "b") not in cache._child_warnings

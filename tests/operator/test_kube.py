@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import unquote
 
 import pytest
 from kubernetes import client
@@ -15,6 +16,8 @@ from mft_operator.kube import EventRecorder, KubeCluster
 from mft_operator.status import Event
 
 POD = {"metadata": {"name": "a-master-0", "namespace": "ml", "creationTimestamp": "2026-11-28T00:00:00Z"}}
+REFUSAL = {"metadata": {"name": "a.1", "namespace": "ml"}, "reason": "FailedCreatePod", "type": "Warning",
+           "lastTimestamp": "2026-11-28T00:00:00Z"}
 
 
 class _Apiserver(BaseHTTPRequestHandler):
@@ -38,6 +41,8 @@ class _Apiserver(BaseHTTPRequestHandler):
         self.requests.append(("GET", self.path, {}))
         if "/pods" in self.path:
             self._answer(200, {"kind": "PodList", "items": [POD]})
+        elif "/events" in self.path:
+            self._answer(200, {"kind": "EventList", "items": [REFUSAL]})
         else:
             self._answer(404, {"kind": "Status", "reason": "NotFound", "details": {"name": "x"}})
 
@@ -70,6 +75,10 @@ def test_core_calls_return_the_apiservers_json_over_one_connection(cluster):
                               "data": {"config.yaml": "mode: sft\n"}})
     assert created["metadata"]["uid"] == "u1" and created["data"] == {"config.yaml": "mode: sft\n"}
     assert cluster.list_pods("ml", "a") == [POD]  # timestamps as the API writes them
+    assert cluster.child_warnings("ml", "a") == [REFUSAL]
+    query = next(path for method, path, _ in _Apiserver.requests if "/events" in path)
+    assert unquote(query).endswith("fieldSelector=involvedObject.kind=PyTorchJob,type=Warning,"
+                                   "reason=FailedCreatePod,involvedObject.name=a")
     assert cluster.get("ConfigMap", "ml", "missing") is None
     for reason in ("Created", "Running", "Succeeded"):
         cluster.event(job, Event("Normal", reason, "m"))

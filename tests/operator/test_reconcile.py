@@ -100,6 +100,22 @@ def test_missing_claims_block_creation():
     assert [e.reason for e in cluster.events] == ["Pending", "ClaimNotFound"]
 
 
+def test_pods_refused_by_the_api_server_block_the_job_with_its_message():
+    cluster = cluster_with_claims()
+    job = step(cluster, lora_job())
+    child = pytorchjob(cluster)
+    cluster.warnings.append({
+        "metadata": {"name": "pythia-1b-code-lora.1", "uid": "e1"}, "type": "Warning", "reason": "FailedCreatePod",
+        "involvedObject": {"kind": "PyTorchJob", "namespace": "ml", "name": "pythia-1b-code-lora",
+                           "uid": child["metadata"]["uid"]},
+        "message": 'Error creating: pods "pythia-1b-code-lora-master-0" is forbidden: exceeded quota: gpus',
+        "lastTimestamp": NOW})
+    blocked = step(cluster, job)["status"]["conditions"][-1]
+    assert (blocked["type"], blocked["status"], blocked["reason"]) == ("Blocked", "True", "FailedCreatePod")
+    assert blocked["message"].endswith("is forbidden: exceeded quota: gpus")
+    assert cluster.events[-1].reason == "FailedCreatePod"
+
+
 def test_missing_pytorchjob_crd_is_a_condition():
     cluster = cluster_with_claims(crd_installed=False)
     job = step(cluster, lora_job())

@@ -311,21 +311,55 @@ def test_a_refused_pod_blocks_the_job_until_every_pod_exists():
 def test_a_refusal_counts_only_for_this_child_since_its_last_pod_or_transition():
     restarting = two_replica_child(("Created", T0), ("Restarting", T2))
     master = created_pod("master", T1)
-    microseconds = refused(None, eventTime="2026-01-01T00:02:00.250000Z", series={"lastObservedTime": T3})
 
     def refusal_blocks(warning, child=restarting, pods=(master,)):
         (status,) = run([(T3, {"child": child, "pods": pods, "child_warnings": (warning,)})])
         return blocked(status) is not None
 
-    assert not refusal_blocks(refused(T1))  # before the restart: the pods were made after it
-    assert refusal_blocks(refused(T2))  # the same second as the transition still counts
+    assert refusal_blocks(refused(T2))  # the same second as the last transition still counts
+    assert not refusal_blocks(refused(T1))  # before the restart, which replaced the pods
+    assert not refusal_blocks(refused(T2), pods=(created_pod("master", T3),))  # a pod made since
     assert not refusal_blocks(refused(T3, uid="an-earlier-child-of-the-same-name"))
-    assert refusal_blocks(microseconds)  # events.k8s.io series time, at whole seconds
+    # events.k8s.io's series time is the newest; the times compare at whole seconds.
+    assert refusal_blocks(refused(None, eventTime="2026-01-01T00:01:59.250000Z", series={"lastObservedTime": T3}))
     assert refusal_blocks(refused(None, eventTime="2026-01-01T00:02:00.250000Z"))
-    suspended = two_replica_child(("Created", T0), ("Suspended", T1))
-    assert not refusal_blocks(refused(T2), child=suspended, pods=())  # suspension deletes pods on purpose
+    resumed_after = [c | {"status": "False"} for c in restarting["status"]["conditions"]]
+    assert not refusal_blocks(refused(T1), child=restarting | {"status": {"conditions": resumed_after}})
     other = dict(refused(T3), reason="SettedPodTemplateRestartPolicy")
     assert not refusal_blocks(other)
+
+
+def test_a_refusal_blocks_a_resumed_child_but_not_a_suspended_one():
+    # Resumed: the training operator leaves Suspended=True in its status until the pods exist.
+    resumed = two_replica_child(("Created", T0), ("Suspended", T1))
+    suspended = resumed | {"spec": {**resumed["spec"], "runPolicy": {"suspend": True}}}
+    (status,) = run([(T2, {"child": resumed, "child_warnings": (refused(T2),)})])
+    assert status["phase"] == "Suspended" and blocked(status)["reason"] == "FailedCreatePod"
+    (status,) = run([(T2, {"child": resumed, "child_warnings": (refused(T0),)})])  # from before the suspension
+    assert blocked(status) is None
+    (status,) = run([(T2, {"child": suspended, "child_warnings": (refused(T2),)})])  # pods deleted on purpose
+    assert blocked(status) is None
+
+
+def test_a_reported_refusal_stands_until_every_pod_exists():
+    # The quota now allows the master but not the worker; the recorder dropped the repeated event.
+    created = two_replica_child(("Created", T0))
+    statuses = run([
+        (T1, {"child": created, "child_warnings": (refused(T1),)}),
+        (T2, {"child": created, "pods": (created_pod("master", T2),), "child_warnings": (refused(T1),)}),
+        (T3, {"child": created, "pods": (created_pod("master", T2), created_pod("worker", T3)),
+              "child_warnings": (refused(T1),)}),
+    ])
+    assert [blocked(s)["status"] for s in statuses] == ["True", "True", "False"]
+    assert blocked(statuses[1])["message"] == blocked(statuses[0])["message"]
+
+
+def test_an_aggregated_refusal_reads_like_a_single_one():
+    combined = refused(T1) | {"message": '(combined from similar events): Error creating: pods "j-worker-9" is '
+                                         "forbidden: exceeded quota: gpus"}
+    (status,) = run([(T1, {"child": two_replica_child(("Created", T0)), "child_warnings": (combined,)})])
+    assert blocked(status)["message"] == ('the training operator cannot create pods: pods "j-worker-9" is forbidden: '
+                                          "exceeded quota: gpus")
 
 
 def test_conditions_stay_within_the_schema_of_metav1_condition():

@@ -254,21 +254,34 @@ def damage_ids(task: Path, documents: list[int], token_id: int = 65000) -> None:
     """Overwrite the first token id of each of ``documents`` (same size: the manifest still agrees)."""
     import numpy as np
 
-    tokens, offsets = np.fromfile(task / TOKENS, dtype=np.uint16), np.fromfile(task / OFFSETS, dtype=np.int64)
+    dtype = np.dtype(json.loads((task / "manifest.json").read_text())["token_dtype"])
+    tokens, offsets = np.fromfile(task / TOKENS, dtype=dtype), np.fromfile(task / OFFSETS, dtype=np.int64)
     tokens[offsets[documents]] = token_id
     tokens.tofile(task / TOKENS)
 
 
-def test_a_token_id_beyond_the_vocabulary_is_refused_where_a_row_reads_it(binary_tasks, tiny, tmp_path):
+def widen_ids(task: Path) -> None:
+    """Store the ids as int32, as preprocess does for vocabularies over 65536."""
+    import numpy as np
+
+    np.fromfile(task / TOKENS, dtype=np.uint16).astype(np.int32).tofile(task / TOKENS)
+    manifest = json.loads((task / "manifest.json").read_text())
+    (task / "manifest.json").write_text(json.dumps(manifest | {"token_dtype": "int32"}))
+
+
+@pytest.mark.parametrize("dtype,token_id", [("uint16", 65000), ("int32", -7)])
+def test_a_token_id_outside_the_vocabulary_is_refused_where_a_row_reads_it(binary_tasks, tiny, tmp_path, dtype, token_id):
     task = damaged_copy(binary_tasks / "tiny" / "code", tmp_path / "code")
-    damage_ids(task, [7])
+    if dtype == "int32":  # where damage can read as a negative id
+        widen_ids(task)
+    damage_ids(task, [7], token_id)
     datasets = load([task], tiny, format="bin")  # loading reads no token
     with pytest.raises(DataError) as caught:
         for split in (datasets.train, datasets.valid):
             for index in range(len(split)):
                 split[index]
-    assert str(caught.value) == (f"{task / TOKENS}: document 7 holds token id 65000, but the tokenizer has {len(tiny)} "
-                                 "ids: the file is damaged; run mft-train preprocess again")
+    assert str(caught.value) == (f"{task / TOKENS}: document 7 holds token id {token_id}, but the tokenizer has "
+                                 f"{len(tiny)} ids: the file is damaged; run mft-train preprocess again")
 
 
 # ---------------------------------------------------------------- end to end: training refuses to start

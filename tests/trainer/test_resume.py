@@ -41,6 +41,16 @@ def test_other_data_or_batches_are_named_but_resume_and_training_settings_change
     assert "(data.paths: ['/data/a'] in the checkpoint, ['/data/a', '/data/b'] now)" in caplog.text
 
 
+def test_role_markers_are_part_of_the_weights_only_when_they_are_added_tokens(caplog):
+    new_marker = {"data__role_start": "<|start|>"}
+    with pytest.raises(resume.ResumeConflict) as refused:
+        resume.check(Path("/ckpt/checkpoint-9"), config(data__markers_as_special_tokens=True),
+                     config(data__markers_as_special_tokens=True, **new_marker))
+    assert "(data.role_start: '<|role_start|>' in the checkpoint, '<|start|>' now)" in str(refused.value)
+    resume.check(Path("/ckpt/checkpoint-9"), config(), config(**new_marker))
+    assert "data.role_start: '<|role_start|>' in the checkpoint, '<|start|>' now" in caplog.text
+
+
 def test_a_checkpoint_without_a_saved_config_or_field_is_taken_as_it_is():
     resume.check(Path("/ckpt/checkpoint-9"), None, config())
     older = config()

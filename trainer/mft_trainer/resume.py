@@ -23,12 +23,15 @@ SAME_WEIGHTS = (
     "mode", "model.type", "model.path", "model.config", "model.tokenizer_path", "data.markers_as_special_tokens",
     "lora.r", "lora.alpha", "lora.target_modules",
 )
+# The role markers are tokens of the vocabulary (and rows of the embedding) when added as special tokens.
+MARKERS = ("data.role_start", "data.role_end")
 # What the saved data position refers to: the run may go on under other values (more training on
 # the saved weights), but it is no longer the run the checkpoint was part of.
 SAME_DATA_ORDER = (
-    "data.paths", "data.format", "data.valid_split", "data.padding_mode", "data.task_sampling",
-    "data.sampling_temperature", "training.seq_length", "training.per_device_train_batch_size",
-    "training.gradient_accumulation_steps", "training.seed",
+    "data.paths", "data.format", "data.valid_split", "data.padding_mode", "data.overlong_policy",
+    "data.task_sampling", "data.sampling_temperature", "data.eos_token", "data.normalize_punctuation",
+    "training.seq_length", "training.per_device_train_batch_size", "training.gradient_accumulation_steps",
+    "training.seed",
 )
 
 _ABSENT = object()
@@ -44,13 +47,14 @@ def check(checkpoint: Path, saved_config: dict[str, Any] | None, config: dict[st
     config was saved in them are taken as they are."""
     if saved_config is None:
         return
-    conflicts = differences(saved_config, config, SAME_WEIGHTS)
+    markers_are_tokens = (config.get("data") or {}).get("markers_as_special_tokens")
+    conflicts = differences(saved_config, config, SAME_WEIGHTS + (MARKERS if markers_are_tokens else ()))
     if conflicts:
         raise ResumeConflict(
             f"{checkpoint} was written by another run ({'; '.join(conflicts)}), so this run cannot resume from it. "
             f"To start over, give the job another checkpoint volume or delete the checkpoint-* folders in "
             f"{checkpoint.parent}; to resume it, use the settings it was written with.")
-    changed = differences(saved_config, config, SAME_DATA_ORDER)
+    changed = differences(saved_config, config, SAME_DATA_ORDER + (() if markers_are_tokens else MARKERS))
     if changed:
         log.warning("resuming from %s, written with other data or batch settings (%s): training continues from "
                     "its weights and step, but the data order differs from the interrupted run's",

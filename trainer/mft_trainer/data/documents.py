@@ -37,9 +37,9 @@ class TaskDocuments:
 
     def check_ids(self, document: int, ids: np.ndarray) -> None:
         """Raise DataError if ``ids``, read from ``document``, hold one the tokenizer does not have."""
-        if self.vocab_size is None or not ids.size or int(ids.max()) < self.vocab_size:
+        if self.vocab_size is None or not ids.size or 0 <= int(ids.min()) and int(ids.max()) < self.vocab_size:
             return
-        bad = int(ids[ids >= self.vocab_size][0])
+        bad = int(ids[(ids < 0) | (ids >= self.vocab_size)][0])
         raise DataError(f"{self.tokens_file}: document {document} holds token id {bad}, but the tokenizer has "
                         f"{self.vocab_size} ids: the file is damaged; run mft-train preprocess again")
 
