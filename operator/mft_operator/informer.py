@@ -268,6 +268,9 @@ class CachedCluster:
     def master_log(self, namespace: str, pod_name: str) -> str:
         return self.cluster.master_log(namespace, pod_name)
 
+    def delete_pod(self, pod: dict[str, Any]) -> None:
+        self.cluster.delete_pod(pod)  # the pod watch delivers the deletion
+
     def patch_status(self, job: dict[str, Any], new_status: dict[str, Any]) -> dict[str, Any]:
         patched = self.cluster.patch_status(job, new_status)
         self.cache.wrote_status(patched)

@@ -91,6 +91,16 @@ class KubeCluster:
         selector = f"{REFUSED_POD_EVENTS},involvedObject.name={name}"
         return _json(self.core.list_namespaced_event(namespace, field_selector=selector, _preload_content=False))["items"]
 
+    def delete_pod(self, pod: dict[str, Any]) -> None:
+        meta = pod["metadata"]
+        # One second of grace: the pod's peers are gone, so there is no checkpoint left to save.
+        options = client.V1DeleteOptions(grace_period_seconds=1, preconditions=client.V1Preconditions(uid=meta["uid"]))
+        try:
+            self.core.delete_namespaced_pod(meta["name"], meta["namespace"], body=options, _preload_content=False).data
+        except ApiException as exc:
+            if exc.status not in (404, 409):  # gone, or already replaced by a pod of the same name
+                raise
+
     def master_log(self, namespace: str, pod_name: str) -> str:
         try:
             return self.core.read_namespaced_pod_log(
@@ -108,7 +118,9 @@ class KubeCluster:
     def patch_status(self, job: dict[str, Any], new_status: dict[str, Any]) -> dict[str, Any]:
         meta = job["metadata"]
         # resourceVersion in a merge patch is a precondition: 409 if the MFTJob changed meanwhile.
-        body = {"metadata": {"resourceVersion": meta["resourceVersion"]}, "status": new_status}
+        # So the status it is applied to is job's own, and a key dropped from it must be sent as null.
+        body = {"metadata": {"resourceVersion": meta["resourceVersion"]},
+                "status": merge_patch(job.get("status") or {}, new_status)}
         try:
             return self.custom.patch_namespaced_custom_object_status(
                 API_GROUP, API_VERSION, meta["namespace"], PLURAL, meta["name"], body)
@@ -157,6 +169,21 @@ class KubeCluster:
             if exc.status == 404:
                 return None
             raise
+
+
+def merge_patch(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """The JSON merge patch (RFC 7386) that turns ``before`` into ``after``: changed values, and
+    null for each key ``after`` no longer has (a merge patch keeps keys it does not mention)."""
+    patch: dict[str, Any] = {key: None for key in before if key not in after}
+    for key, value in after.items():
+        old = before.get(key)
+        if isinstance(value, dict) and isinstance(old, dict):
+            nested = merge_patch(old, value)
+            if nested:
+                patch[key] = nested
+        elif key not in before or old != value:
+            patch[key] = value
+    return patch
 
 
 class EventRecorder:

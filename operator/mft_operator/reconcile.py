@@ -8,11 +8,14 @@ use an in-memory one); the decisions are pure functions.
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Protocol
 
 from . import progress, render, status
 from .settings import Settings
 from .status import Event, Observation, Problem
+
+log = logging.getLogger(__name__)
 
 PYTORCHJOB = "PyTorchJob"
 
@@ -42,6 +45,8 @@ class Cluster(Protocol):
     def child_warnings(self, namespace: str, name: str) -> list[dict[str, Any]]:
         """Warning events about the PyTorchJob ``name`` (the training operator's reports)."""
     def master_log(self, namespace: str, pod_name: str) -> str: ...
+    def delete_pod(self, pod: dict[str, Any]) -> None:
+        """Delete this pod (its uid: never a replacement of the same name); gone already is fine."""
     def patch_status(self, job: dict[str, Any], new_status: dict[str, Any]) -> dict[str, Any]:
         """Write status only if the MFTJob is still at job's resourceVersion (else raise Stale);
         return the MFTJob as written."""
@@ -147,14 +152,30 @@ def reconcile(cluster: Cluster, job: dict[str, Any], settings: Settings, now: st
     new_status = status.derive(job, seen)
     if new_status != previous:
         cluster.patch_status(job, new_status)
-    if seen.child is not None and status.gave_up_on_pod_restarts(previous, new_status):
-        # The training operator would go on replacing the failed pods; suspended, it deletes
-        # them and their GPUs are free.
-        cluster.patch(PYTORCHJOB, seen.child["metadata"]["namespace"], seen.child["metadata"]["name"],
-                      {"spec": {"runPolicy": {"suspend": True}}})
-    for event in status.events(previous, new_status):
+    for event in status.events(previous, new_status) + _act_on_pod_restarts(cluster, job, previous, new_status, seen):
         cluster.event(job, event)
     return new_status
+
+
+def _act_on_pod_restarts(cluster: Cluster, job: dict[str, Any], previous: dict[str, Any], new_status: dict[str, Any],
+                         seen: Observation) -> list[Event]:
+    """After the status write that counted them: past backoffLimit, stop the training operator
+    from replacing failed pods; within it, restart the pods a replaced one left behind."""
+    where = f"{job['metadata']['namespace']}/{job['metadata']['name']}"
+    if new_status.get("podRestarts", 0) > previous.get("podRestarts", 0):
+        log.info("%s: pod restart %d: replica pods %s, were %s", where, new_status["podRestarts"],
+                 new_status.get("replicaPods"), previous.get("replicaPods"))
+    if seen.child is not None and status.gave_up_on_pod_restarts(previous, new_status):
+        # Suspended, the training operator deletes the pods and their GPUs are free.
+        cluster.patch(PYTORCHJOB, seen.child["metadata"]["namespace"], seen.child["metadata"]["name"],
+                      {"spec": {"runPolicy": {"suspend": True}}})
+        return []
+    left_behind = _left_behind(previous, new_status, seen)
+    for pod in left_behind:
+        log.info("%s: deleting pod %s (uid %s), left behind in the process group of a restarted replica", where,
+                 pod["metadata"]["name"], pod["metadata"]["uid"])
+        cluster.delete_pod(pod)
+    return [_gang_restart_event(left_behind, new_status)] if left_behind else []
 
 
 def _observe_and_act(cluster: Cluster, job: dict[str, Any], settings: Settings, now: str, fresh: bool) -> Observation:
@@ -223,6 +244,22 @@ def _read_reports(cluster: Cluster, namespace: str, pods: tuple[dict[str, Any], 
     if master is None or (master.get("status") or {}).get("phase") == "Pending":
         return progress.Reports()
     return progress.parse_log(cluster.master_log(namespace, master["metadata"]["name"]))
+
+
+def _left_behind(previous: dict[str, Any], new_status: dict[str, Any], seen: Observation) -> tuple[dict[str, Any], ...]:
+    """Pods to delete so that all replicas restart together (``status.replacements``)."""
+    found = status.pod_replacements(previous.get("replicaPods", {}), seen)
+    if found is None or new_status.get("phase") in status.TERMINAL:
+        return ()
+    return found.left_behind
+
+
+def _gang_restart_event(stale: list[dict[str, Any]], new_status: dict[str, Any]) -> Event:
+    cause = status.failure_summary(new_status["failure"]) if new_status.get("failure") else "a replica failed"
+    names = ", ".join(status.replica_name(pod) for pod in stale)
+    return Event("Warning", "RestartingAllReplicas",
+                 f"{cause}; restarting {names} as well, so that every replica starts again together "
+                 "from the latest checkpoint")
 
 
 def _crd_missing() -> Problem:

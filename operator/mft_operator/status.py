@@ -93,7 +93,7 @@ def derive(job: dict[str, Any], seen: Observation) -> dict[str, Any]:
     failure = _failure(seen, phase, child_condition)
     if failure:
         status["failure"] = failure
-        if "replica" in failure and child_condition:
+        if "replica" in failure and child_condition and phase in (FAILED, RESTARTING):
             # The condition names the replica and exit code, not only the child's summary.
             summary = child_condition.get("message") or f"The job is {phase}."
             child_condition = {**child_condition, "message": f"{summary} {failure_summary(failure)}"}
@@ -107,15 +107,72 @@ def backoff_limit(job: dict[str, Any]) -> int:
     return job["spec"].get("runPolicy", {}).get("backoffLimit", DEFAULT_BACKOFF_LIMIT)
 
 
+@dataclass(frozen=True)
+class Replacements:
+    """What the pods say about restarts since the last pass (see ``replacements``)."""
+
+    replaced: tuple[str, ...]  # replicas running a new pod since the last pass
+    left_behind: tuple[dict[str, Any], ...]  # pods of the old process group still running beside them
+    seen: dict[str, str]  # replica -> uid of its pod, as status.replicaPods records it
+
+
+# A left-behind pod the operator deleted is recorded as DELETED + its uid until its replacement
+# appears: the pod may still show (terminating, or not yet updated in the watch cache), and its
+# replacement is a new pod, not another failure.
+DELETED = "deleted:"
+
+
+def replacements(recorded: dict[str, str], pods: tuple[dict[str, Any], ...], replicas: int) -> Replacements:
+    """Compare each replica's pod with the one last recorded: a new uid is a replacement (the
+    training operator deletes a pod that failed with a retryable exit code and creates it again).
+
+    Its condition cannot tell: with the master still running, Restarting is set and cleared in one
+    of its passes, often without ever being written. A pod that stayed is left behind: it is still
+    in the process group of the old one, waiting on a peer that is gone, and a static rendezvous
+    lets no new pod join it, so all replicas must start again together (as a JobSet restarts all
+    its jobs)."""
+    current = {replica_name(p): p for p in pods if not p["metadata"].get("deletionTimestamp")}
+    seen = dict(recorded)
+    replaced = []
+    for replica, pod in sorted(current.items()):
+        uid, known = pod["metadata"]["uid"], recorded.get(replica)
+        if known == DELETED + uid:
+            continue  # the pod the operator deleted, still showing
+        if known is not None and known != uid and not known.startswith(DELETED):
+            replaced.append(replica)
+        seen[replica] = uid
+    left_behind: tuple[dict[str, Any], ...] = ()
+    if replaced and replicas > 1:
+        left_behind = tuple(p for r, p in sorted(current.items()) if recorded.get(r) == p["metadata"]["uid"]
+                            and (p.get("status") or {}).get("phase") in ("Pending", "Running"))
+        seen.update({replica_name(p): DELETED + p["metadata"]["uid"] for p in left_behind})
+    return Replacements(tuple(replaced), left_behind, seen)
+
+
+def pod_replacements(recorded: dict[str, str], seen: Observation) -> Replacements | None:
+    """``replacements`` of the child's own pods, or None where pods are not compared: without a
+    child, once it is suspended (its pods are deleted on purpose) or just recreated (all its pods
+    are new). Pods of an earlier child of the same name, not yet collected, are not its own."""
+    suspended = any(c["type"] == SUSPENDED and c.get("status") == "True" for c in _child_status(seen).get("conditions", []))
+    if seen.child is None or suspended or seen.recreated:
+        return None
+    uid = seen.child["metadata"].get("uid")
+    own = tuple(p for p in seen.pods if not any(ref.get("controller") and ref.get("uid") != uid
+                                                 for ref in p["metadata"].get("ownerReferences", [])))
+    return replacements(recorded, own, replica_count(seen.child))
+
+
 def _count_pod_restarts(job: dict[str, Any], status: dict[str, Any], seen: Observation) -> Observation:
-    """Count the training operator's restarts of failed pods (each one a new Restarting condition
-    on the child, told apart by its transition time) and fail the job past backoffLimit."""
-    restarting = next((c for c in _child_status(seen).get("conditions", [])
-                       if c["type"] == RESTARTING and c.get("status") == "True"), None)
-    since = (restarting or {}).get("lastTransitionTime") or ""
-    if since > status.get("lastPodRestartTime", ""):
+    """Count the training operator's restarts of failed pods (a pass that finds replicas running
+    new pods counts one) and fail the job past backoffLimit."""
+    found = pod_replacements(status.get("replicaPods", {}), seen)
+    if found is None:
+        status.pop("replicaPods", None)
+        return seen
+    status["replicaPods"] = found.seen
+    if found.replaced:
         status["podRestarts"] = status.get("podRestarts", 0) + 1
-        status["lastPodRestartTime"] = since
+        status["lastPodRestartTime"] = seen.now
     limit = backoff_limit(job)
     if status.get("podRestarts", 0) <= limit:
         return seen
@@ -220,9 +277,9 @@ def _merge_reports(status: dict[str, Any], reports: progress_mod.Reports) -> Non
 
 
 def _failure(seen: Observation, phase: str, child_condition: dict[str, Any] | None) -> dict[str, Any] | None:
-    """Why the job failed or restarted: the latest failed container, else the child's reason."""
-    if phase not in (FAILED, RESTARTING):
-        return None
+    """Why the job failed or last restarted: the latest failed container, else the child's reason.
+    A failed container counts whenever it is seen: the training operator deletes a pod it restarts,
+    often before its child reports Restarting."""
     failure = _latest_container_failure(seen.pods)
     if failure:
         return failure
@@ -287,7 +344,7 @@ def _pod_creation_problems(seen: Observation, phase: str, previous: list[dict[st
     missing). Once reported, a refusal stands until every pod exists: the training operator's
     recorder drops repetitions beyond a burst (about one per 5 minutes), so the newest pod can be
     younger than the refusal still in force."""
-    if seen.child is None or len(seen.pods) >= _replica_count(seen.child) or not _wants_pods(seen.child, phase):
+    if seen.child is None or len(seen.pods) >= replica_count(seen.child) or not _wants_pods(seen.child, phase):
         return []
     uid = seen.child["metadata"].get("uid")
     refusals = [e for e in seen.child_warnings
@@ -313,7 +370,7 @@ def _wants_pods(child: dict[str, Any], phase: str) -> bool:
     return phase in (CREATED, RUNNING, RESTARTING)
 
 
-def _replica_count(child: dict[str, Any]) -> int:
+def replica_count(child: dict[str, Any]) -> int:
     replica_specs = (child.get("spec") or {}).get("pytorchReplicaSpecs") or {}
     return sum(spec.get("replicas", 1) for spec in replica_specs.values())
 

@@ -26,7 +26,7 @@ ALLOWED_RESOURCES = {
     "pytorchjobs.kubeflow.org": {"get", "list", "watch", "create", "patch"},
     "configmaps": {"get", "create", "patch"},
     "persistentvolumeclaims": {"get", "create"},
-    "pods": {"list", "watch"},
+    "pods": {"list", "watch", "delete"},
     "pods/log": {"get"},
     "events": {"create", "list", "watch"},
     "customresourcedefinitions.apiextensions.k8s.io": {"list", "watch"},

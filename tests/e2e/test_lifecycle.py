@@ -49,6 +49,29 @@ def test_retryable_failures_stop_at_backoff_limit(cluster: Cluster, ns: str):
     assert cluster.pods(ns, "oom") == [] and cluster.status(ns, "oom")["podRestarts"] == 2
 
 
+def test_a_restart_of_one_replica_restarts_the_others_with_it(cluster: Cluster, ns: str):
+    # The training operator replaces only the worker that failed (137: retryable); the master would
+    # stay in the old process group, waiting on a peer that is gone.
+    cluster.apply(ns, job_manifest("gang", nodes=2, duration="1h"))
+    wait_for("2 running pods", lambda: sorted(p.status.phase for p in cluster.pods(ns, "gang")) == ["Running"] * 2, 60)
+    before = {p.metadata.uid for p in cluster.pods(ns, "gang")}
+    cluster.kubectl("annotate", "pod", "gang-worker-0", "-n", ns, "--overwrite", "mft.dev/test-fail=true",
+                    "mft.dev/test-exit-code=137", "mft.dev/test-duration=1s")
+    wait_for("both replicas running new pods", lambda: sorted(
+        p.status.phase for p in cluster.pods(ns, "gang") if p.metadata.uid not in before) == ["Running"] * 2, 60,
+        describe=lambda: cluster.describe(ns))
+    job = cluster.wait_phase(ns, "gang", "Running")
+    assert job["status"]["podRestarts"] == 1, job["status"]
+    assert set(job["status"]["replicaPods"].values()) == {p.metadata.uid for p in cluster.pods(ns, "gang")}
+    restarted = wait_for("the RestartingAllReplicas event", lambda: [
+        e for e in cluster.events(ns, "gang") if e.reason == "RestartingAllReplicas"], 10)
+    assert len(restarted) == 1 and restarted[0].count == 1, restarted
+    # The cause is named when a pass saw the failed pod before the training operator deleted it.
+    cause = restarted[0].message.split(";")[0]
+    assert cause in ("a replica failed", "worker-0 exited with code 137 (Error): simulated failure (mft.dev/test-fail)")
+    assert "restarting master-0 as well" in restarted[0].message
+
+
 def test_pods_refused_by_a_quota_block_the_job_until_the_quota_allows_them(cluster: Cluster, ns: str):
     # The training operator only reports a refused pod in an event and retries with backoff.
     quota = {"apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": "no-pods"}, "spec": {"hard": {"pods": "0"}}}

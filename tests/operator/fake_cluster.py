@@ -13,6 +13,7 @@ class FakeCluster:
         self.objects: dict[tuple[str, str, str], dict[str, Any]] = {}
         self.pods: list[dict[str, Any]] = []
         self.warnings: list[dict[str, Any]] = []  # Warning events about PyTorchJobs
+        self.deleted_pods: list[str] = []
         self.logs: dict[str, str] = {}
         self.events: list[Any] = []
         self.patches: list[tuple[str, dict[str, Any]]] = []
@@ -64,6 +65,10 @@ class FakeCluster:
     def child_warnings(self, namespace, name):
         return [copy.deepcopy(e) for e in self.warnings
                 if (e["involvedObject"]["namespace"], e["involvedObject"]["name"]) == (namespace, name)]
+
+    def delete_pod(self, pod):
+        self.deleted_pods.append(pod["metadata"]["name"])
+        self.pods = [p for p in self.pods if p["metadata"].get("uid") != pod["metadata"].get("uid")]
 
     def master_log(self, namespace, pod_name):
         return self.logs.get(pod_name, "")

@@ -202,7 +202,7 @@ def test_children_come_from_the_watch_cache_until_it_is_too_old():
     runtime.reconcile("ml", "a", "pytorchjob")  # created just now: no pods yet, nothing read
     assert (cluster.child_reads, cluster.pod_lists, cluster.job_reads) == (0, 0, 1)
 
-    pod = {"kind": "Pod", "metadata": {"namespace": "ml", "name": "a-master-0", "labels": {
+    pod = {"kind": "Pod", "metadata": {"namespace": "ml", "name": "a-master-0", "uid": "m1", "labels": {
         "mft.dev/job-name": "a", status.REPLICA_TYPE_LABEL: "master", status.REPLICA_INDEX_LABEL: "0"}},
         "status": {"phase": "Pending", "containerStatuses": [{"name": "trainer", "state": {"waiting": {
             "reason": "ImagePullBackOff", "message": "no such image"}}}]}}

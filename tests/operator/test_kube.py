@@ -12,7 +12,7 @@ from urllib.parse import unquote
 import pytest
 from kubernetes import client
 
-from mft_operator.kube import EventRecorder, KubeCluster
+from mft_operator.kube import EventRecorder, KubeCluster, merge_patch
 from mft_operator.status import Event
 
 POD = {"metadata": {"name": "a-master-0", "namespace": "ml", "creationTimestamp": "2026-11-28T00:00:00Z"}}
@@ -117,3 +117,14 @@ def test_recording_an_event_does_not_wait_for_its_post():
     assert recorder.flush(5)
     assert [reason for reason, _ in posted] == ["Created", "Running"]
     assert threading.get_ident() not in {thread for _, thread in posted}
+
+
+def test_a_status_patch_sends_null_for_what_the_new_status_dropped():
+    before = {"phase": "Running", "replicaPods": {"master-0": "m1", "worker-0": "w1"}, "podRestarts": 0,
+              "conditions": [{"type": "Running"}], "progress": {"step": 5}}
+    after = {"phase": "Running", "replicaPods": {"worker-0": "w2"}, "podRestarts": 1,
+             "conditions": [{"type": "Running"}, {"type": "Blocked"}], "progress": {"step": 5}}
+    patch = merge_patch(before, after)
+    assert patch == {"replicaPods": {"master-0": None, "worker-0": "w2"}, "podRestarts": 1,
+                     "conditions": [{"type": "Running"}, {"type": "Blocked"}]}
+    assert merge_patch(after, after) == {} and merge_patch({"replicaPods": {"a": "1"}}, {}) == {"replicaPods": None}

@@ -155,17 +155,44 @@ def test_a_job_being_deleted_never_recreates_its_child():
     assert job["status"] == status
 
 
+def _pod(replica, uid, phase="Running"):
+    labels = {"training.kubeflow.org/replica-type": replica, "training.kubeflow.org/replica-index": "0"}
+    return {"metadata": {"name": f"pythia-1b-code-lora-{replica}-0", "namespace": "ml", "uid": uid, "labels": labels},
+            "status": {"phase": phase}}
+
+
 def test_past_backoff_limit_the_job_fails_and_its_child_is_suspended():
     cluster = cluster_with_claims()
     job = lora_job()
     job["spec"]["runPolicy"]["backoffLimit"] = 0
     job = step(cluster, job)
-    pytorchjob(cluster)["status"] = {"conditions": [
-        {"type": "Restarting", "status": "True", "lastTransitionTime": NOW}]}
+    set_child_conditions(cluster, "Created", "Running")
+    cluster.pods = [_pod("master", "m1"), _pod("worker", "w1")]
+    job = step(cluster, job)
+    cluster.pods = [_pod("master", "m1"), _pod("worker", "w2", phase="Pending")]  # the worker was replaced
     job = step(cluster, job)
     assert job["status"]["phase"] == "Failed" and job["status"]["podRestarts"] == 1
+    assert cluster.deleted_pods == []  # the job is over: nothing to restart
     # Suspended, the training operator deletes the pods instead of replacing them again.
     assert pytorchjob(cluster)["spec"]["runPolicy"]["suspend"] is True
+
+
+def test_a_restart_of_one_replica_restarts_the_replicas_it_left_running():
+    cluster = cluster_with_claims()
+    job = step(cluster, lora_job())  # 2 nodes: a master and a worker
+    set_child_conditions(cluster, "Created", "Running")
+    cluster.pods = [_pod("master", "m1"), _pod("worker", "w1")]
+    job = step(cluster, job)
+    cluster.pods = [_pod("master", "m1"), _pod("worker", "w2", phase="Pending")]  # the worker failed (137), replaced
+    job = step(cluster, job)
+    assert cluster.deleted_pods == ["pythia-1b-code-lora-master-0"] and job["status"]["podRestarts"] == 1
+    event = cluster.events[-1]
+    assert (event.type, event.reason) == ("Warning", "RestartingAllReplicas")
+    assert event.message.endswith("restarting master-0 as well, so that every replica starts again together "
+                                  "from the latest checkpoint")
+    cluster.pods = [_pod("master", "m2"), _pod("worker", "w2")]  # the master's new pod is not another restart
+    job = step(cluster, job)
+    assert cluster.deleted_pods == ["pythia-1b-code-lora-master-0"] and job["status"]["podRestarts"] == 1
 
 
 def test_budget_defaults_to_backoff_limit():
@@ -226,7 +253,8 @@ def test_progress_is_read_from_the_master_log_while_running():
     job = step(cluster, lora_job())
     set_child_conditions(cluster, "Created", "Running")
     labels = {"training.kubeflow.org/replica-type": "master", "training.kubeflow.org/replica-index": "0"}
-    cluster.pods = [{"metadata": {"name": "pythia-1b-code-lora-master-0", "labels": labels}, "status": {"phase": "Running"}}]
+    cluster.pods = [{"metadata": {"name": "pythia-1b-code-lora-master-0", "uid": "m1", "labels": labels},
+                     "status": {"phase": "Running"}}]
     cluster.logs["pythia-1b-code-lora-master-0"] = "\n".join([
         "warming up",
         json.dumps({"kind": "mft.progress", "step": 5, "total_steps": 50, "loss": 1.25, "time": 1767225600}),

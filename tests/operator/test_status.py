@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from mft_operator import progress
-from mft_operator.status import Observation, Problem, derive, events
+from mft_operator.status import Observation, Problem, derive, events, replacements
 
 T0, T1, T2, T3 = "2026-01-01T00:00:00Z", "2026-01-01T00:01:00Z", "2026-01-01T00:02:00Z", "2026-01-01T00:03:00Z"
 
@@ -25,7 +25,7 @@ def child(*true_types, completion=None, message="", reason=None):
 
 def pod(replica="master", index=0, **status):
     labels = {"training.kubeflow.org/replica-type": replica, "training.kubeflow.org/replica-index": str(index)}
-    return {"metadata": {"name": f"j-{replica}-{index}", "labels": labels}, "status": status}
+    return {"metadata": {"name": f"j-{replica}-{index}", "uid": f"{replica}-{index}", "labels": labels}, "status": status}
 
 
 def terminated(code, reason="Error", finished=T1, message=""):
@@ -91,6 +91,18 @@ def test_restarting_records_the_failed_replica_then_running_again():
     assert "resources.memory" in failure["message"]
     assert statuses[2]["failure"] == failure  # why it last restarted stays visible
     assert conditions(statuses[2]) == {"Created": "True", "Running": "True", "Restarting": "False"}
+
+
+def test_a_failed_pod_seen_before_the_child_restarts_is_why_it_restarted():
+    oom = pod("worker", 1, containerStatuses=[terminated(137, "OOMKilled")])
+    statuses = run([
+        (T0, {"child": child("Created", "Running"), "pods": (pod(), oom)}),  # the child still says Running
+        (T1, {"child": child("Created", "Restarting"), "pods": (pod(),)}),  # the failed pod is already gone
+    ])
+    assert statuses[0]["phase"] == "Running" and statuses[0]["failure"]["exitCode"] == 137
+    assert conditions(statuses[0]) == {"Created": "True", "Running": "True"}
+    assert next(c for c in statuses[0]["conditions"] if c["type"] == "Running")["message"] == "Running."
+    assert statuses[1]["failure"] == statuses[0]["failure"]
 
 
 def test_failed_with_exit_code_from_the_latest_failed_container():
@@ -226,33 +238,82 @@ def test_events_for_transitions_problems_and_recreations():
     ]
 
 
-def restarting_since(time):
-    return {"metadata": {"name": "j"}, "status": {"conditions": [
-        {"type": "Created", "status": "True"},
-        {"type": "Restarting", "status": "True", "reason": "PyTorchJobRestarting", "lastTransitionTime": time}]}}
+def master(uid, phase="Running"):
+    made = pod("master")
+    made["metadata"]["uid"] = uid
+    made["status"]["phase"] = phase
+    return made
 
 
-def test_each_new_restarting_condition_counts_one_pod_restart_and_backoff_limit_fails_the_job():
+def test_each_replaced_pod_counts_one_pod_restart_and_backoff_limit_fails_the_job():
     # The training operator replaces a pod that exits 128-255 but never enforces backoffLimit
     # under restartPolicy ExitCode: the operator counts the restarts itself (default limit 3).
     T4, T5 = "2026-01-01T00:04:00Z", "2026-01-01T00:05:00Z"
+    running = child("Created", "Running")
     statuses = run([
-        (T0, {"child": child("Created", "Running")}),
-        (T1, {"child": restarting_since(T1)}),
-        (T1, {"child": restarting_since(T1)}),  # the same restart seen again counts once
-        (T2, {"child": child("Created", "Running")}),
-        (T2, {"child": restarting_since(T2)}),
-        (T3, {"child": restarting_since(T3)}),
-        (T4, {"child": restarting_since(T4)}),
-        (T5, {"child": restarting_since(T5)}),  # after a terminal phase nothing is counted
+        (T0, {"child": running, "pods": (master("a"),)}),
+        (T1, {"child": running, "pods": (master("a", "Failed"),)}),  # failed, not replaced yet
+        (T1, {"child": running}),  # deleted by the training operator
+        (T1, {"child": running, "pods": (master("b"),)}),  # its replacement
+        (T2, {"child": running, "pods": (master("b"),)}),  # the same pod again counts nothing
+        (T2, {"child": running, "pods": (master("c"),)}),
+        (T3, {"child": child("Created", "Restarting"), "pods": (master("d", "Pending"),)}),
+        (T4, {"child": running, "pods": (master("e"),)}),
+        (T5, {"child": running, "pods": (master("f"),)}),  # after a terminal phase nothing is counted
     ])
-    assert [s.get("podRestarts", 0) for s in statuses] == [0, 1, 1, 1, 2, 3, 4, 4]
-    assert [s["phase"] for s in statuses] == ["Running", "Restarting", "Restarting", "Running", "Restarting",
-                                              "Restarting", "Failed", "Failed"]
+    assert [s.get("podRestarts", 0) for s in statuses] == [0, 0, 0, 1, 1, 2, 3, 4, 4]
+    assert [s["phase"] for s in statuses][-3:] == ["Restarting", "Failed", "Failed"]
     failed = next(c for c in statuses[-2]["conditions"] if c["type"] == "Failed")
     assert failed["reason"] == "BackoffLimitExceeded"
     assert "restarted failed pods 4 times, more than spec.runPolicy.backoffLimit (3)" in failed["message"]
-    assert statuses[-2]["lastPodRestartTime"] == T4
+    assert statuses[-2]["lastPodRestartTime"] == T4 and statuses[-2]["replicaPods"] == {"master-0": "e"}
+
+
+def test_pods_of_a_suspended_or_recreated_child_are_new_not_replaced():
+    statuses = run([
+        (T0, {"child": child("Created", "Running"), "pods": (master("a"),)}),
+        (T1, {"child": child("Created", "Suspended")}),  # suspension deletes the pods on purpose
+        (T2, {"child": child("Created", "Running"), "pods": (master("b"),)}),
+        (T3, {"child": child("Created"), "pods": (master("c"),), "recreated": True}),
+    ])
+    assert [s.get("podRestarts", 0) for s in statuses] == [0, 0, 0, 0]
+    assert "replicaPods" not in statuses[1] and statuses[2]["replicaPods"] == {"master-0": "b"}
+
+
+def test_pods_of_an_earlier_child_of_the_same_name_are_not_its_own():
+    earlier = master("old")
+    earlier["metadata"]["ownerReferences"] = [{"controller": True, "uid": "earlier-child", "kind": "PyTorchJob"}]
+    now = child("Created", "Running")
+    now["metadata"]["uid"] = "child"
+    statuses = run([(T0, {"child": now, "pods": (earlier,)}), (T1, {"child": now, "pods": (master("new"),)})])
+    assert [s.get("replicaPods") for s in statuses] == [{}, {"master-0": "new"}]
+    assert statuses[1].get("podRestarts", 0) == 0
+
+
+def test_a_replaced_replica_restarts_the_pods_it_left_behind_and_only_once():
+    def gang(*pods):
+        return tuple(pods)
+
+    def worker(uid, phase="Running"):
+        made = pod("worker", 0)
+        made["metadata"]["uid"] = uid
+        made["status"]["phase"] = phase
+        return made
+
+    first = replacements({}, gang(master("m1"), worker("w1")), 2)
+    assert first.replaced == () and first.left_behind == () and first.seen == {"master-0": "m1", "worker-0": "w1"}
+    restarted = replacements(first.seen, gang(master("m1"), worker("w2", "Pending")), 2)
+    assert restarted.replaced == ("worker-0",) and [p["metadata"]["uid"] for p in restarted.left_behind] == ["m1"]
+    assert restarted.seen == {"master-0": "deleted:m1", "worker-0": "w2"}
+    # The deleted master may still show, without its deletion yet: it is neither new nor left behind again.
+    lagging = replacements(restarted.seen, gang(master("m1"), worker("w2")), 2)
+    assert lagging.replaced == () and lagging.left_behind == () and lagging.seen == restarted.seen
+    after = replacements(restarted.seen, gang(master("m2"), worker("w2")), 2)  # a new pod, not a replacement
+    assert after.replaced == () and after.left_behind == () and after.seen == {"master-0": "m2", "worker-0": "w2"}
+    going = master("m1")
+    going["metadata"]["deletionTimestamp"] = T1
+    assert replacements(first.seen, gang(going, worker("w2")), 2).left_behind == ()
+    assert replacements({"master-0": "m1"}, gang(master("m2")), 1).left_behind == ()  # one pod: nothing beside it
 
 
 def test_a_child_that_cannot_be_read_leaves_the_phase_as_it_was_and_says_why():
