@@ -148,6 +148,8 @@ class WatchCache:
         kept = None if deleted else _kept(pod)
         with self._lock:
             pod_set = self._pod_sets.get(key)
+            if pod_set is not None and _superseded(pod, pod_set.pods.get(name)):
+                return  # a late event of an earlier pod of the same name: its replacement stays
             if deleted:
                 if pod_set is None:
                     return
@@ -220,6 +222,14 @@ class WatchCache:
                     self._child_warnings[key] = kept
                 else:
                     del self._child_warnings[key]
+
+
+def _superseded(pod: dict[str, Any], cached: dict[str, Any] | None) -> bool:
+    """kopf handles each object's events on its own worker, so the DELETED event of a replaced pod
+    can come after the ADDED event of its replacement (same name, another uid)."""
+    if cached is None or cached["metadata"].get("uid") == pod["metadata"].get("uid"):
+        return False
+    return cached["metadata"].get("creationTimestamp", "") > pod["metadata"].get("creationTimestamp", "")
 
 
 class CachedCluster:

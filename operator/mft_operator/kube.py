@@ -93,8 +93,9 @@ class KubeCluster:
 
     def delete_pod(self, pod: dict[str, Any]) -> None:
         meta = pod["metadata"]
-        # One second of grace: the pod's peers are gone, so there is no checkpoint left to save.
-        options = client.V1DeleteOptions(grace_period_seconds=1, preconditions=client.V1Preconditions(uid=meta["uid"]))
+        # The pod's own grace period: after a preemption elsewhere its ranks may still be writing the
+        # checkpoint they all agreed on; a pod stuck on a lost peer is killed when it ends.
+        options = client.V1DeleteOptions(preconditions=client.V1Preconditions(uid=meta["uid"]))
         try:
             self.core.delete_namespaced_pod(meta["name"], meta["namespace"], body=options, _preload_content=False).data
         except ApiException as exc:

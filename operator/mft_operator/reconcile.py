@@ -152,7 +152,9 @@ def reconcile(cluster: Cluster, job: dict[str, Any], settings: Settings, now: st
     new_status = status.derive(job, seen)
     if new_status != previous:
         cluster.patch_status(job, new_status)
-    for event in status.events(previous, new_status) + _act_on_pod_restarts(cluster, job, previous, new_status, seen):
+    for event in status.events(previous, new_status):
+        cluster.event(job, event)
+    for event in _act_on_pod_restarts(cluster, job, previous, new_status, seen):
         cluster.event(job, event)
     return new_status
 
@@ -160,7 +162,8 @@ def reconcile(cluster: Cluster, job: dict[str, Any], settings: Settings, now: st
 def _act_on_pod_restarts(cluster: Cluster, job: dict[str, Any], previous: dict[str, Any], new_status: dict[str, Any],
                          seen: Observation) -> list[Event]:
     """After the status write that counted them: past backoffLimit, stop the training operator
-    from replacing failed pods; within it, restart the pods a replaced one left behind."""
+    from replacing failed pods; within it, restart the pods a replaced one left behind (again on
+    a later pass if a deletion did not happen: the status already records them as restarting)."""
     where = f"{job['metadata']['namespace']}/{job['metadata']['name']}"
     if new_status.get("podRestarts", 0) > previous.get("podRestarts", 0):
         log.info("%s: pod restart %d: replica pods %s, were %s", where, new_status["podRestarts"],
@@ -170,12 +173,14 @@ def _act_on_pod_restarts(cluster: Cluster, job: dict[str, Any], previous: dict[s
         cluster.patch(PYTORCHJOB, seen.child["metadata"]["namespace"], seen.child["metadata"]["name"],
                       {"spec": {"runPolicy": {"suspend": True}}})
         return []
-    left_behind = _left_behind(previous, new_status, seen)
-    for pod in left_behind:
+    found = status.pod_replacements(previous.get("replicaPods", {}), seen)
+    if found is None or new_status.get("phase") in status.TERMINAL:
+        return []
+    for pod in found.to_delete:
         log.info("%s: deleting pod %s (uid %s), left behind in the process group of a restarted replica", where,
                  pod["metadata"]["name"], pod["metadata"]["uid"])
         cluster.delete_pod(pod)
-    return [_gang_restart_event(left_behind, new_status)] if left_behind else []
+    return [_gang_restart_event(found.to_delete, new_status)] if found.replaced and found.to_delete else []
 
 
 def _observe_and_act(cluster: Cluster, job: dict[str, Any], settings: Settings, now: str, fresh: bool) -> Observation:
@@ -246,15 +251,7 @@ def _read_reports(cluster: Cluster, namespace: str, pods: tuple[dict[str, Any], 
     return progress.parse_log(cluster.master_log(namespace, master["metadata"]["name"]))
 
 
-def _left_behind(previous: dict[str, Any], new_status: dict[str, Any], seen: Observation) -> tuple[dict[str, Any], ...]:
-    """Pods to delete so that all replicas restart together (``status.replacements``)."""
-    found = status.pod_replacements(previous.get("replicaPods", {}), seen)
-    if found is None or new_status.get("phase") in status.TERMINAL:
-        return ()
-    return found.left_behind
-
-
-def _gang_restart_event(stale: list[dict[str, Any]], new_status: dict[str, Any]) -> Event:
+def _gang_restart_event(stale: tuple[dict[str, Any], ...], new_status: dict[str, Any]) -> Event:
     cause = status.failure_summary(new_status["failure"]) if new_status.get("failure") else "a replica failed"
     names = ", ".join(status.replica_name(pod) for pod in stale)
     return Event("Warning", "RestartingAllReplicas",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import re
+from datetime import datetime, timedelta
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -90,7 +91,7 @@ def derive(job: dict[str, Any], seen: Observation) -> dict[str, Any]:
     if phase in TERMINAL:
         status["completionTime"] = _child_status(seen).get("completionTime") or seen.now
 
-    failure = _failure(seen, phase, child_condition)
+    failure = _failure(seen, phase, child_condition, status.get("replicaPods", {}))
     if failure:
         status["failure"] = failure
         if "replica" in failure and child_condition and phase in (FAILED, RESTARTING):
@@ -112,14 +113,14 @@ class Replacements:
     """What the pods say about restarts since the last pass (see ``replacements``)."""
 
     replaced: tuple[str, ...]  # replicas running a new pod since the last pass
-    left_behind: tuple[dict[str, Any], ...]  # pods of the old process group still running beside them
+    to_delete: tuple[dict[str, Any], ...]  # running pods of the old process group
     seen: dict[str, str]  # replica -> uid of its pod, as status.replicaPods records it
 
 
-# A left-behind pod the operator deleted is recorded as DELETED + its uid until its replacement
-# appears: the pod may still show (terminating, or not yet updated in the watch cache), and its
-# replacement is a new pod, not another failure.
-DELETED = "deleted:"
+# A replica of the old process group restarting with a replaced one is recorded as RESTARTING +
+# the uid of its old pod until a new pod appears: the old one may still show (terminating, failed,
+# or not yet updated in the watch cache), and the new one belongs to this restart, not another.
+RESTARTING_AS = "restarting:"
 
 
 def replacements(recorded: dict[str, str], pods: tuple[dict[str, Any], ...], replicas: int) -> Replacements:
@@ -127,32 +128,41 @@ def replacements(recorded: dict[str, str], pods: tuple[dict[str, Any], ...], rep
     training operator deletes a pod that failed with a retryable exit code and creates it again).
 
     Its condition cannot tell: with the master still running, Restarting is set and cleared in one
-    of its passes, often without ever being written. A pod that stayed is left behind: it is still
-    in the process group of the old one, waiting on a peer that is gone, and a static rendezvous
-    lets no new pod join it, so all replicas must start again together (as a JobSet restarts all
-    its jobs)."""
+    of its passes, often without ever being written. The other replicas restart with it: a running
+    pod is still in the process group of the old one, waiting on a peer that is gone, and a static
+    rendezvous lets no new pod join it, so it is deleted and all replicas start again together (as a
+    JobSet restarts all its jobs). A pending one has joined nothing yet and stays."""
     current = {replica_name(p): p for p in pods if not p["metadata"].get("deletionTimestamp")}
     seen = dict(recorded)
     replaced = []
     for replica, pod in sorted(current.items()):
         uid, known = pod["metadata"]["uid"], recorded.get(replica)
-        if known == DELETED + uid:
-            continue  # the pod the operator deleted, still showing
-        if known is not None and known != uid and not known.startswith(DELETED):
+        if known == RESTARTING_AS + uid:
+            continue  # the old pod, still showing
+        if known is not None and known != uid and not known.startswith(RESTARTING_AS):
             replaced.append(replica)
         seen[replica] = uid
-    left_behind: tuple[dict[str, Any], ...] = ()
     if replaced and replicas > 1:
-        left_behind = tuple(p for r, p in sorted(current.items()) if recorded.get(r) == p["metadata"]["uid"]
-                            and (p.get("status") or {}).get("phase") in ("Pending", "Running"))
-        seen.update({replica_name(p): DELETED + p["metadata"]["uid"] for p in left_behind})
-    return Replacements(tuple(replaced), left_behind, seen)
+        for replica, known in recorded.items():
+            pod = current.get(replica)
+            pending = pod is not None and pod["metadata"]["uid"] == known and _pod_phase(pod) == "Pending"
+            if replica not in replaced and not known.startswith(RESTARTING_AS) and not pending:
+                seen[replica] = RESTARTING_AS + known
+    # Running pods recorded as restarting: deleted now, or again if a deletion did not happen.
+    to_delete = tuple(pod for replica, pod in sorted(current.items())
+                      if seen.get(replica) == RESTARTING_AS + pod["metadata"]["uid"] and _pod_phase(pod) == "Running")
+    return Replacements(tuple(replaced), to_delete, seen)
+
+
+def _pod_phase(pod: dict[str, Any]) -> str | None:
+    return (pod.get("status") or {}).get("phase")
 
 
 def pod_replacements(recorded: dict[str, str], seen: Observation) -> Replacements | None:
     """``replacements`` of the child's own pods, or None where pods are not compared: without a
-    child, once it is suspended (its pods are deleted on purpose) or just recreated (all its pods
-    are new). Pods of an earlier child of the same name, not yet collected, are not its own."""
+    child (or one that cannot be read), once it is suspended (its pods are deleted on purpose) or
+    just recreated (all its pods are new). Pods of an earlier child of the same name, not yet
+    collected, are not its own."""
     suspended = any(c["type"] == SUSPENDED and c.get("status") == "True" for c in _child_status(seen).get("conditions", []))
     if seen.child is None or suspended or seen.recreated:
         return None
@@ -167,7 +177,8 @@ def _count_pod_restarts(job: dict[str, Any], status: dict[str, Any], seen: Obser
     new pods counts one) and fail the job past backoffLimit."""
     found = pod_replacements(status.get("replicaPods", {}), seen)
     if found is None:
-        status.pop("replicaPods", None)
+        if seen.child is not None:  # suspended or recreated: its next pods are all new
+            status.pop("replicaPods", None)
         return seen
     status["replicaPods"] = found.seen
     if found.replaced:
@@ -276,16 +287,38 @@ def _merge_reports(status: dict[str, Any], reports: progress_mod.Reports) -> Non
 # ---------------------------------------------------------------- failures and pod problems
 
 
-def _failure(seen: Observation, phase: str, child_condition: dict[str, Any] | None) -> dict[str, Any] | None:
+def _failure(seen: Observation, phase: str, child_condition: dict[str, Any] | None,
+             replica_pods: dict[str, str]) -> dict[str, Any] | None:
     """Why the job failed or last restarted: the latest failed container, else the child's reason.
     A failed container counts whenever it is seen: the training operator deletes a pod it restarts,
-    often before its child reports Restarting."""
-    failure = _latest_container_failure(seen.pods)
+    often before its child reports Restarting. Containers stopped on purpose do not: by a
+    suspension, or by the operator restarting a replica with the others."""
+    if phase == SUSPENDED or ((seen.child or {}).get("spec") or {}).get("runPolicy", {}).get("suspend"):
+        return None
+    restarting = {uid.removeprefix(RESTARTING_AS) for uid in replica_pods.values() if uid.startswith(RESTARTING_AS)}
+    failure = _latest_container_failure(tuple(p for p in seen.pods if not (
+        p["metadata"]["uid"] in restarting and _killed_by_deletion(p))))
     if failure:
         return failure
     if phase == FAILED and child_condition:
         return {k: v for k, v in (("reason", child_condition.get("reason")), ("message", child_condition.get("message"))) if v}
     return None
+
+
+def _killed_by_deletion(pod: dict[str, Any]) -> bool:
+    """Its containers stopped within the grace period of its deletion (one-second timestamps)."""
+    meta = pod["metadata"]
+    if not meta.get("deletionTimestamp"):
+        return False
+    requested = _shift(meta["deletionTimestamp"], -int(meta.get("deletionGracePeriodSeconds") or 0))
+    finished = [c["state"]["terminated"].get("finishedAt") or "" for c in (pod.get("status") or {}).get("containerStatuses", [])
+                if (c.get("state") or {}).get("terminated")]
+    return bool(finished) and all(_second(f) >= _second(requested) for f in finished)
+
+
+def _shift(timestamp: str, seconds: int) -> str:
+    moved = datetime.strptime(_second(timestamp), "%Y-%m-%dT%H:%M:%S") + timedelta(seconds=seconds)
+    return moved.strftime("%Y-%m-%dT%H:%M:%S")
 
 
 def _latest_container_failure(pods: tuple[dict[str, Any], ...]) -> dict[str, Any] | None:

@@ -155,3 +155,18 @@ def test_warnings_whose_deletion_was_missed_are_dropped_after_two_hours():
     cache.prune_child_warnings()
     assert cache.child_warnings("ml", "b") == () and len(cache.child_warnings("ml", "a")) == 1
     assert ("ml", "b") not in cache._child_warnings
+
+
+def test_a_late_event_of_a_replaced_pod_leaves_its_replacement_alone():
+    clock = Clock()
+    cache = WatchCache(clock=clock)
+    old, new = _pod("a-master-0"), _pod("a-master-0")
+    old["metadata"].update(uid="m1", creationTimestamp="2026-01-01T00:00:00Z")
+    new["metadata"].update(uid="m2", creationTimestamp="2026-01-01T00:05:00Z")
+    cache.remember_pods("ml", "a", [], listed_at=clock())
+    cache.observe_pod(new, deleted=False)
+    cache.observe_pod(old, deleted=False)  # a modification of the old pod, delivered late
+    cache.observe_pod(old, deleted=True)  # and its deletion
+    assert [p["metadata"]["uid"] for p in cache.pods("ml", "a")] == ["m2"]
+    cache.observe_pod(new, deleted=True)
+    assert cache.pods("ml", "a") == ()

@@ -54,6 +54,21 @@ class _Apiserver(BaseHTTPRequestHandler):
             return
         self._answer(201, {**body, "metadata": {**body["metadata"], "uid": "u1", "resourceVersion": "7"}})
 
+    def do_PATCH(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        self.requests.append(("PATCH", self.path, body))
+        self._answer(200, {"kind": "MFTJob", "metadata": {"name": "a", "resourceVersion": "8"}, "status": {}})
+
+    def do_DELETE(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
+        self.requests.append(("DELETE", self.path, body))
+        if "gone" in self.path:
+            self._answer(404, {"kind": "Status", "reason": "NotFound", "details": {"name": "gone"}})
+        elif "replaced" in self.path:
+            self._answer(409, {"kind": "Status", "reason": "Conflict", "message": "Precondition failed: UID"})
+        else:
+            self._answer(200, {"kind": "Pod", "metadata": {"name": "a-master-0"}})
+
     def log_message(self, *args) -> None:
         pass
 
@@ -128,3 +143,21 @@ def test_a_status_patch_sends_null_for_what_the_new_status_dropped():
     assert patch == {"replicaPods": {"master-0": None, "worker-0": "w2"}, "podRestarts": 1,
                      "conditions": [{"type": "Running"}, {"type": "Blocked"}]}
     assert merge_patch(after, after) == {} and merge_patch({"replicaPods": {"a": "1"}}, {}) == {"replicaPods": None}
+
+
+def test_a_status_patch_is_conditional_and_sends_only_the_difference(cluster):
+    job = {"kind": "MFTJob", "metadata": {"name": "a", "namespace": "ml", "resourceVersion": "7"},
+           "status": {"phase": "Running", "replicaPods": {"master-0": "m1", "worker-0": "w1"}}}
+    cluster.patch_status(job, {"phase": "Running", "replicaPods": {"worker-0": "w2"}})
+    method, path, body = _Apiserver.requests[-1]
+    assert (method, path) == ("PATCH", "/apis/mft.dev/v1alpha1/namespaces/ml/mftjobs/a/status")
+    assert body == {"metadata": {"resourceVersion": "7"}, "status": {"replicaPods": {"master-0": None, "worker-0": "w2"}}}
+
+
+def test_a_pod_is_deleted_by_uid_and_gone_or_replaced_is_fine(cluster):
+    for name in ("a-master-0", "gone", "replaced"):
+        cluster.delete_pod({"metadata": {"name": name, "namespace": "ml", "uid": f"uid-{name}"}})
+    deletes = [(path, body) for method, path, body in _Apiserver.requests if method == "DELETE"]
+    assert [path for path, _ in deletes] == ["/api/v1/namespaces/ml/pods/a-master-0", "/api/v1/namespaces/ml/pods/gone",
+                                             "/api/v1/namespaces/ml/pods/replaced"]
+    assert deletes[0][1]["preconditions"] == {"uid": "uid-a-master-0"}

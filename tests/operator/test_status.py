@@ -290,30 +290,68 @@ def test_pods_of_an_earlier_child_of_the_same_name_are_not_its_own():
     assert statuses[1].get("podRestarts", 0) == 0
 
 
+def worker(uid, phase="Running"):
+    made = pod("worker", 0)
+    made["metadata"]["uid"] = uid
+    made["status"]["phase"] = phase
+    return made
+
+
+def uids(pods):
+    return [p["metadata"]["uid"] for p in pods]
+
+
 def test_a_replaced_replica_restarts_the_pods_it_left_behind_and_only_once():
-    def gang(*pods):
-        return tuple(pods)
-
-    def worker(uid, phase="Running"):
-        made = pod("worker", 0)
-        made["metadata"]["uid"] = uid
-        made["status"]["phase"] = phase
-        return made
-
-    first = replacements({}, gang(master("m1"), worker("w1")), 2)
-    assert first.replaced == () and first.left_behind == () and first.seen == {"master-0": "m1", "worker-0": "w1"}
-    restarted = replacements(first.seen, gang(master("m1"), worker("w2", "Pending")), 2)
-    assert restarted.replaced == ("worker-0",) and [p["metadata"]["uid"] for p in restarted.left_behind] == ["m1"]
-    assert restarted.seen == {"master-0": "deleted:m1", "worker-0": "w2"}
-    # The deleted master may still show, without its deletion yet: it is neither new nor left behind again.
-    lagging = replacements(restarted.seen, gang(master("m1"), worker("w2")), 2)
-    assert lagging.replaced == () and lagging.left_behind == () and lagging.seen == restarted.seen
-    after = replacements(restarted.seen, gang(master("m2"), worker("w2")), 2)  # a new pod, not a replacement
-    assert after.replaced == () and after.left_behind == () and after.seen == {"master-0": "m2", "worker-0": "w2"}
+    first = replacements({}, (master("m1"), worker("w1")), 2)
+    assert first.replaced == () and first.to_delete == () and first.seen == {"master-0": "m1", "worker-0": "w1"}
+    restarted = replacements(first.seen, (master("m1"), worker("w2", "Pending")), 2)
+    assert restarted.replaced == ("worker-0",) and uids(restarted.to_delete) == ["m1"]
+    assert restarted.seen == {"master-0": "restarting:m1", "worker-0": "w2"}
+    # The old master may still show, its deletion not yet seen: deleted again (the uid precondition
+    # makes that safe), neither new nor another restart.
+    lagging = replacements(restarted.seen, (master("m1"), worker("w2")), 2)
+    assert lagging.replaced == () and uids(lagging.to_delete) == ["m1"] and lagging.seen == restarted.seen
+    after = replacements(restarted.seen, (master("m2"), worker("w2")), 2)  # a new pod, not a replacement
+    assert after.replaced == () and after.to_delete == () and after.seen == {"master-0": "m2", "worker-0": "w2"}
     going = master("m1")
     going["metadata"]["deletionTimestamp"] = T1
-    assert replacements(first.seen, gang(going, worker("w2")), 2).left_behind == ()
-    assert replacements({"master-0": "m1"}, gang(master("m2")), 1).left_behind == ()  # one pod: nothing beside it
+    assert replacements(first.seen, (going, worker("w2")), 2).to_delete == ()
+    assert replacements({"master-0": "m1"}, (master("m2"),), 1).to_delete == ()  # one pod: nothing beside it
+
+
+def test_replicas_failing_together_count_one_restart_and_keep_their_new_pods():
+    recorded = {"master-0": "m1", "worker-0": "w1"}
+    for first_seen in ((worker("w2"),), (master("m1", "Failed"), worker("w2"))):  # master gone, or failed
+        first = replacements(recorded, first_seen, 2)
+        assert first.replaced == ("worker-0",) and first.to_delete == ()
+        assert first.seen == {"master-0": "restarting:m1", "worker-0": "w2"}
+        then = replacements(first.seen, (master("m2"), worker("w2")), 2)
+        assert then.replaced == () and then.to_delete == () and then.seen == {"master-0": "m2", "worker-0": "w2"}
+
+
+def test_a_pending_replica_joins_the_restarted_ones():
+    restarted = replacements({"master-0": "m1", "worker-0": "w1"}, (master("m2"), worker("w1", "Pending")), 2)
+    assert restarted.replaced == ("master-0",) and restarted.to_delete == ()
+    assert restarted.seen == {"master-0": "m2", "worker-0": "w1"}
+
+
+def test_a_kill_by_the_operator_or_a_suspension_is_not_why_the_job_restarted():
+    oom = worker("w1", "Failed")
+    oom["status"]["containerStatuses"] = [terminated(137, "OOMKilled", finished=T1)]
+    killed = master("m1", "Failed")  # deleted by the operator (one second of grace here), exited 137
+    killed["metadata"].update(deletionTimestamp="2026-01-01T00:02:01Z", deletionGracePeriodSeconds=1)
+    killed["status"]["containerStatuses"] = [terminated(137, finished="2026-01-01T00:02:01Z")]
+    running = two_replica_child(("Created", T0), ("Running", T0))
+    statuses = run([
+        (T0, {"child": running, "pods": (master("m1"), worker("w1"))}),
+        (T1, {"child": running, "pods": (master("m1"), oom)}),
+        (T2, {"child": running, "pods": (master("m1"), worker("w2"))}),  # the master is deleted
+        (T3, {"child": running, "pods": (killed, worker("w2"))}),
+    ])
+    assert statuses[2]["replicaPods"]["master-0"] == "restarting:m1"
+    assert statuses[3]["failure"]["reason"] == "OOMKilled" and statuses[3]["podRestarts"] == 1
+    (suspended,) = run([(T2, {"child": child("Created", "Suspended"), "pods": (killed,)})])
+    assert "failure" not in suspended
 
 
 def test_a_child_that_cannot_be_read_leaves_the_phase_as_it_was_and_says_why():

@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -22,7 +23,7 @@ from mft_trainer import checkpoint
 
 from tests.training_processes import PYTHON, REPO, TINY, TOKENIZER, child_env
 
-from .conftest import events, run_training, tiny_model, torchrun_command, write_config
+from .conftest import TORCHRUN, events, run_training, tiny_model, torchrun_command, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -314,6 +315,33 @@ def test_sigterm_to_the_pod_launcher_checkpoints_every_worker_and_exits_143(tmp_
     saved = checkpoint.latest(tmp_path / "ckpt")
     assert saved is not None and {"rank-00000.pt", "rank-00001.pt"} <= {p.name for p in saved.path.iterdir()}
     assert err.count("exiting with 143") == 2, err[-4000:]
+
+
+def test_sigterm_to_one_node_of_two_checkpoints_and_both_pods_exit_143(tmp_path):
+    """Two pods (nodes) of one job, each `mft-train launch -- torchrun --nnodes=2`; only one gets
+    SIGTERM (its node is drained). All ranks agree to stop and save; the other pod's torchrun takes
+    its workers' exit for a failure (exit 1), and the pod must still exit 143, or the PyTorchJob's
+    ExitCode policy fails the whole job instead of restarting it."""
+    raw = config(tmp_path / "ckpt", epochs=50, evaluation_strategy=["no"])
+    raw["checkpoint"]["steps"] = 1000
+    cfg = write_config(tmp_path / "nodes.yaml", raw)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    pods = [subprocess.Popen(
+        [PYTHON, "-m", "mft_trainer", "launch", "--grace-seconds", "60", "--", TORCHRUN, "--nnodes=2",
+         "--nproc_per_node=1", f"--node_rank={rank}", "--master_addr=127.0.0.1", f"--master_port={port}",
+         "-m", "mft_trainer", "train", "--config", str(cfg)],
+        env=child_env(), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for rank in (0, 1)]
+    for line in pods[0].stdout:
+        if '"step": 2,' in line:
+            break
+    time.sleep(0.2)
+    pods[1].send_signal(signal.SIGTERM)  # the worker's node only
+    errors = [pod.communicate(timeout=180)[1] for pod in pods]
+    assert [pod.returncode for pod in pods] == [143, 143], errors[0][-3000:] + errors[1][-3000:]
+    saved = checkpoint.latest(tmp_path / "ckpt")
+    assert saved is not None and {"rank-00000.pt", "rank-00001.pt"} <= {p.name for p in saved.path.iterdir()}
 
 
 def _copy_of_run(run: tuple, tmp_path: Path, **lora) -> tuple[dict, Path]:

@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -123,6 +124,9 @@ def main(config: TrainerConfig) -> int:
     distributed.shutdown()
     if stop == "preempted":
         log.warning("preempted: checkpoint saved at step %d, exiting with %d", state.step, PREEMPTED_EXIT_CODE)
+        marker = os.environ.get("MFT_PREEMPTION_MARKER")  # set by `mft-train launch`, for pods not signalled
+        if marker:
+            Path(marker).touch()
         return PREEMPTED_EXIT_CODE
     return 0
 

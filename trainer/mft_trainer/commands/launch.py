@@ -10,6 +10,11 @@ forward it, but then kills the workers after its own 30 s shutdown timeout and e
 which the PyTorchJob ExitCode restart policy treats as a permanent failure. This supervisor instead
 sends SIGTERM straight to the trainer workers, gives them the grace period to save a checkpoint,
 and exits 143 (128 + SIGTERM), a code the restart policy retries.
+
+In a multi-node job only the preempted pod gets SIGTERM, but every rank agrees to stop, saves and
+exits 143; on the other pods torchrun takes that for a failure and exits 1. So the trainer marks a
+preemption in a file this supervisor names (``MFT_PREEMPTION_MARKER``), and the pod exits 143
+whenever its workers stopped for one.
 """
 
 from __future__ import annotations
@@ -19,10 +24,13 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
+from pathlib import Path
 
 PREEMPTED_EXIT_CODE = 143
 PREFLIGHT_EXIT_CODE = 2
+PREEMPTION_MARKER_ENV = "MFT_PREEMPTION_MARKER"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -45,7 +53,18 @@ def run(args: argparse.Namespace) -> int:
     if problems:
         print("\n".join(problems), file=sys.stderr)
         return PREFLIGHT_EXIT_CODE
-    launcher = subprocess.Popen(command)
+    with tempfile.TemporaryDirectory(prefix="mft-launch-") as state:
+        marker = Path(state) / "preempted"
+        code, signalled = _supervise(command, args.grace_seconds, marker)
+        if signalled or marker.exists():
+            return PREEMPTED_EXIT_CODE
+    return code if code >= 0 else 128 - code
+
+
+def _supervise(command: list[str], grace_seconds: float, marker: Path) -> tuple[int, bool]:
+    """Run the launcher; on SIGTERM, have its workers checkpoint within the grace period. Returns
+    its exit code and whether this pod was signalled."""
+    launcher = subprocess.Popen(command, env={**os.environ, PREEMPTION_MARKER_ENV: str(marker)})
     preempted = threading.Event()
 
     def on_sigterm(signum, frame):
@@ -53,15 +72,12 @@ def run(args: argparse.Namespace) -> int:
             return
         preempted.set()
         _terminate_workers(launcher.pid)
-        deadline = threading.Timer(args.grace_seconds, _kill_tree, (launcher.pid,))
+        deadline = threading.Timer(grace_seconds, _kill_tree, (launcher.pid,))
         deadline.daemon = True  # never keeps this process alive once the launcher has exited
         deadline.start()
 
     signal.signal(signal.SIGTERM, on_sigterm)
-    code = launcher.wait()
-    if preempted.is_set():
-        return PREEMPTED_EXIT_CODE
-    return code if code >= 0 else 128 - code
+    return launcher.wait(), preempted.is_set()
 
 
 def preflight(required: list[str], writable: list[str]) -> list[str]:
