@@ -148,7 +148,7 @@ class WatchCache:
         kept = None if deleted else _kept(pod)
         with self._lock:
             pod_set = self._pod_sets.get(key)
-            if pod_set is not None and _superseded(pod, pod_set.pods.get(name)):
+            if pod_set is not None and _superseded(pod, pod_set.pods.get(name), deleted):
                 return  # a late event of an earlier pod of the same name: its replacement stays
             if deleted:
                 if pod_set is None:
@@ -224,12 +224,13 @@ class WatchCache:
                     del self._child_warnings[key]
 
 
-def _superseded(pod: dict[str, Any], cached: dict[str, Any] | None) -> bool:
-    """kopf handles each object's events on its own worker, so the DELETED event of a replaced pod
-    can come after the ADDED event of its replacement (same name, another uid)."""
+def _superseded(pod: dict[str, Any], cached: dict[str, Any] | None, deleted: bool) -> bool:
+    """kopf handles each object's events on its own worker, so the events of a replaced pod can
+    come after the ADDED event of its replacement (same name, another uid): its deletion never
+    removes the replacement, and a modification does only if it is not older."""
     if cached is None or cached["metadata"].get("uid") == pod["metadata"].get("uid"):
         return False
-    return cached["metadata"].get("creationTimestamp", "") > pod["metadata"].get("creationTimestamp", "")
+    return deleted or cached["metadata"].get("creationTimestamp", "") > pod["metadata"].get("creationTimestamp", "")
 
 
 class CachedCluster:
@@ -278,8 +279,8 @@ class CachedCluster:
     def master_log(self, namespace: str, pod_name: str) -> str:
         return self.cluster.master_log(namespace, pod_name)
 
-    def delete_pod(self, pod: dict[str, Any]) -> None:
-        self.cluster.delete_pod(pod)  # the pod watch delivers the deletion
+    def delete_pod(self, pod: dict[str, Any], grace_seconds: int | None) -> None:
+        self.cluster.delete_pod(pod, grace_seconds)  # the pod watch delivers the deletion
 
     def patch_status(self, job: dict[str, Any], new_status: dict[str, Any]) -> dict[str, Any]:
         patched = self.cluster.patch_status(job, new_status)

@@ -91,11 +91,10 @@ class KubeCluster:
         selector = f"{REFUSED_POD_EVENTS},involvedObject.name={name}"
         return _json(self.core.list_namespaced_event(namespace, field_selector=selector, _preload_content=False))["items"]
 
-    def delete_pod(self, pod: dict[str, Any]) -> None:
+    def delete_pod(self, pod: dict[str, Any], grace_seconds: int | None) -> None:
         meta = pod["metadata"]
-        # The pod's own grace period: after a preemption elsewhere its ranks may still be writing the
-        # checkpoint they all agreed on; a pod stuck on a lost peer is killed when it ends.
-        options = client.V1DeleteOptions(preconditions=client.V1Preconditions(uid=meta["uid"]))
+        options = client.V1DeleteOptions(grace_period_seconds=grace_seconds,
+                                         preconditions=client.V1Preconditions(uid=meta["uid"]))
         try:
             self.core.delete_namespaced_pod(meta["name"], meta["namespace"], body=options, _preload_content=False).data
         except ApiException as exc:

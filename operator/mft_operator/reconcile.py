@@ -18,6 +18,7 @@ from .status import Event, Observation, Problem
 log = logging.getLogger(__name__)
 
 PYTORCHJOB = "PyTorchJob"
+CRASH_GRACE_SECONDS = 5
 
 
 class AlreadyExists(Exception):
@@ -45,8 +46,9 @@ class Cluster(Protocol):
     def child_warnings(self, namespace: str, name: str) -> list[dict[str, Any]]:
         """Warning events about the PyTorchJob ``name`` (the training operator's reports)."""
     def master_log(self, namespace: str, pod_name: str) -> str: ...
-    def delete_pod(self, pod: dict[str, Any]) -> None:
-        """Delete this pod (its uid: never a replacement of the same name); gone already is fine."""
+    def delete_pod(self, pod: dict[str, Any], grace_seconds: int | None) -> None:
+        """Delete this pod (its uid: never a replacement of the same name) with that grace period
+        (None: its own); gone already is fine."""
     def patch_status(self, job: dict[str, Any], new_status: dict[str, Any]) -> dict[str, Any]:
         """Write status only if the MFTJob is still at job's resourceVersion (else raise Stale);
         return the MFTJob as written."""
@@ -176,11 +178,29 @@ def _act_on_pod_restarts(cluster: Cluster, job: dict[str, Any], previous: dict[s
     found = status.pod_replacements(previous.get("replicaPods", {}), seen)
     if found is None or new_status.get("phase") in status.TERMINAL:
         return []
+    events = [_gang_restart_event(found.to_delete, new_status)] if found.replaced and found.to_delete else []
+    grace = left_behind_grace_seconds(new_status.get("failure"))
     for pod in found.to_delete:
+        name = pod["metadata"]["name"]
         log.info("%s: deleting pod %s (uid %s), left behind in the process group of a restarted replica", where,
-                 pod["metadata"]["name"], pod["metadata"]["uid"])
-        cluster.delete_pod(pod)
-    return [_gang_restart_event(found.to_delete, new_status)] if found.replaced and found.to_delete else []
+                 name, pod["metadata"]["uid"])
+        try:
+            cluster.delete_pod(pod, grace)
+        except Exception as exc:  # the next pass tries again: the status records the pod as stopping
+            log.warning("%s: cannot delete pod %s: %s", where, name, exc)
+            events.append(Event("Warning", "DeletePodFailed",
+                                f"cannot delete pod {name}, left behind by a restarted replica: {exc}; "
+                                "trying again on the next pass"))
+    return events
+
+
+def left_behind_grace_seconds(failure: dict[str, Any] | None) -> int | None:
+    """How long a left-behind pod gets to stop. After a crash it waits on a dead peer and cannot
+    save anything: a few seconds. After a preemption (exit 143, an eviction) or an unknown cause
+    every rank may still be writing the checkpoint they agreed on: its own grace period (None)."""
+    if failure and failure.get("reason") != "Evicted" and failure.get("exitCode") not in (None, 143):
+        return CRASH_GRACE_SECONDS
+    return None
 
 
 def _observe_and_act(cluster: Cluster, job: dict[str, Any], settings: Settings, now: str, fresh: bool) -> Observation:

@@ -165,6 +165,9 @@ class Launch:
     mounts: list[Mount] = field(default_factory=list)
 
 
+RENDEZVOUS_TIMEOUT_SECONDS = 1800
+
+
 def launch_layout(ctx: Context) -> Launch:
     procs = ctx.resources["gpusPerNode"] or 1
     config_path = f"{CONFIG_DIR}/{CONFIG_FILE}"
@@ -179,6 +182,9 @@ def launch_layout(ctx: Context) -> Launch:
         "--node_rank=$(PET_NODE_RANK)",
         "--master_addr=$(PET_MASTER_ADDR)",
         "--master_port=$(PET_MASTER_PORT)",
+        # torchrun's static rendezvous waits 600 s for all nodes by default: too short for a pod
+        # whose node pulls a large image, or whose peer must first end its grace period.
+        f"--rdzv_conf=timeout={RENDEZVOUS_TIMEOUT_SECONDS + grace}",
         "-m", "mft_trainer", "train", "--config", config_path,
     ]
     return Launch(

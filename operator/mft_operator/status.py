@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import re
-from datetime import datetime, timedelta
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -117,10 +116,12 @@ class Replacements:
     seen: dict[str, str]  # replica -> uid of its pod, as status.replicaPods records it
 
 
-# A replica of the old process group restarting with a replaced one is recorded as RESTARTING +
+# A replica of the old process group restarting with a replaced one is recorded with a prefix and
 # the uid of its old pod until a new pod appears: the old one may still show (terminating, failed,
 # or not yet updated in the watch cache), and the new one belongs to this restart, not another.
-RESTARTING_AS = "restarting:"
+# STOPPING marks a running pod the operator deletes (how it ends is not a cause of anything).
+RESTARTING_AS, STOPPING_AS = "restarting:", "stopping:"
+_OLD_POD = (RESTARTING_AS, STOPPING_AS)
 
 
 def replacements(recorded: dict[str, str], pods: tuple[dict[str, Any], ...], replicas: int) -> Replacements:
@@ -137,21 +138,26 @@ def replacements(recorded: dict[str, str], pods: tuple[dict[str, Any], ...], rep
     replaced = []
     for replica, pod in sorted(current.items()):
         uid, known = pod["metadata"]["uid"], recorded.get(replica)
-        if known == RESTARTING_AS + uid:
+        if known in (RESTARTING_AS + uid, STOPPING_AS + uid):
             continue  # the old pod, still showing
-        if known is not None and known != uid and not known.startswith(RESTARTING_AS):
+        if known is not None and known != uid and not known.startswith(_OLD_POD):
             replaced.append(replica)
         seen[replica] = uid
     if replaced and replicas > 1:
         for replica, known in recorded.items():
             pod = current.get(replica)
-            pending = pod is not None and pod["metadata"]["uid"] == known and _pod_phase(pod) == "Pending"
-            if replica not in replaced and not known.startswith(RESTARTING_AS) and not pending:
-                seen[replica] = RESTARTING_AS + known
-    # Running pods recorded as restarting: deleted now, or again if a deletion did not happen.
+            same = pod is not None and pod["metadata"]["uid"] == known
+            if replica in replaced or known.startswith(_OLD_POD) or (same and _pod_phase(pod) == "Pending"):
+                continue
+            seen[replica] = (STOPPING_AS if same and _pod_phase(pod) == "Running" else RESTARTING_AS) + known
+    # Deleted now, or again on a later pass if the deletion did not happen.
     to_delete = tuple(pod for replica, pod in sorted(current.items())
-                      if seen.get(replica) == RESTARTING_AS + pod["metadata"]["uid"] and _pod_phase(pod) == "Running")
+                      if seen.get(replica) == STOPPING_AS + pod["metadata"]["uid"] and _pod_phase(pod) == "Running")
     return Replacements(tuple(replaced), to_delete, seen)
+
+
+def stopped_by_the_operator(replica_pods: dict[str, str]) -> set[str]:
+    return {value.removeprefix(STOPPING_AS) for value in replica_pods.values() if value.startswith(STOPPING_AS)}
 
 
 def _pod_phase(pod: dict[str, Any]) -> str | None:
@@ -163,8 +169,7 @@ def pod_replacements(recorded: dict[str, str], seen: Observation) -> Replacement
     child (or one that cannot be read), once it is suspended (its pods are deleted on purpose) or
     just recreated (all its pods are new). Pods of an earlier child of the same name, not yet
     collected, are not its own."""
-    suspended = any(c["type"] == SUSPENDED and c.get("status") == "True" for c in _child_status(seen).get("conditions", []))
-    if seen.child is None or suspended or seen.recreated:
+    if seen.child is None or _suspended(seen.child) or seen.recreated:
         return None
     uid = seen.child["metadata"].get("uid")
     own = tuple(p for p in seen.pods if not any(ref.get("controller") and ref.get("uid") != uid
@@ -293,11 +298,10 @@ def _failure(seen: Observation, phase: str, child_condition: dict[str, Any] | No
     A failed container counts whenever it is seen: the training operator deletes a pod it restarts,
     often before its child reports Restarting. Containers stopped on purpose do not: by a
     suspension, or by the operator restarting a replica with the others."""
-    if phase == SUSPENDED or ((seen.child or {}).get("spec") or {}).get("runPolicy", {}).get("suspend"):
+    if seen.child is not None and _suspended(seen.child):
         return None
-    restarting = {uid.removeprefix(RESTARTING_AS) for uid in replica_pods.values() if uid.startswith(RESTARTING_AS)}
-    failure = _latest_container_failure(tuple(p for p in seen.pods if not (
-        p["metadata"]["uid"] in restarting and _killed_by_deletion(p))))
+    stopped = stopped_by_the_operator(replica_pods)
+    failure = _latest_container_failure(tuple(p for p in seen.pods if p["metadata"]["uid"] not in stopped))
     if failure:
         return failure
     if phase == FAILED and child_condition:
@@ -305,20 +309,11 @@ def _failure(seen: Observation, phase: str, child_condition: dict[str, Any] | No
     return None
 
 
-def _killed_by_deletion(pod: dict[str, Any]) -> bool:
-    """Its containers stopped within the grace period of its deletion (one-second timestamps)."""
-    meta = pod["metadata"]
-    if not meta.get("deletionTimestamp"):
-        return False
-    requested = _shift(meta["deletionTimestamp"], -int(meta.get("deletionGracePeriodSeconds") or 0))
-    finished = [c["state"]["terminated"].get("finishedAt") or "" for c in (pod.get("status") or {}).get("containerStatuses", [])
-                if (c.get("state") or {}).get("terminated")]
-    return bool(finished) and all(_second(f) >= _second(requested) for f in finished)
-
-
-def _shift(timestamp: str, seconds: int) -> str:
-    moved = datetime.strptime(_second(timestamp), "%Y-%m-%dT%H:%M:%S") + timedelta(seconds=seconds)
-    return moved.strftime("%Y-%m-%dT%H:%M:%S")
+def _suspended(child: dict[str, Any]) -> bool:
+    """Suspended, or asked to be (the training operator deletes the pods): pods stop on purpose."""
+    asked = ((child.get("spec") or {}).get("runPolicy") or {}).get("suspend")
+    return bool(asked) or any(c["type"] == SUSPENDED and c.get("status") == "True"
+                              for c in (child.get("status") or {}).get("conditions", []))
 
 
 def _latest_container_failure(pods: tuple[dict[str, Any], ...]) -> dict[str, Any] | None:

@@ -14,6 +14,7 @@ class FakeCluster:
         self.pods: list[dict[str, Any]] = []
         self.warnings: list[dict[str, Any]] = []  # Warning events about PyTorchJobs
         self.deleted_pods: list[str] = []
+        self.delete_graces: list[int | None] = []
         self.logs: dict[str, str] = {}
         self.events: list[Any] = []
         self.patches: list[tuple[str, dict[str, Any]]] = []
@@ -66,8 +67,9 @@ class FakeCluster:
         return [copy.deepcopy(e) for e in self.warnings
                 if (e["involvedObject"]["namespace"], e["involvedObject"]["name"]) == (namespace, name)]
 
-    def delete_pod(self, pod):
+    def delete_pod(self, pod, grace_seconds):
         self.deleted_pods.append(pod["metadata"]["name"])
+        self.delete_graces.append(grace_seconds)
         self.pods = [p for p in self.pods if p["metadata"].get("uid") != pod["metadata"].get("uid")]
 
     def master_log(self, namespace, pod_name):

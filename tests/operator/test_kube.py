@@ -155,9 +155,10 @@ def test_a_status_patch_is_conditional_and_sends_only_the_difference(cluster):
 
 
 def test_a_pod_is_deleted_by_uid_and_gone_or_replaced_is_fine(cluster):
-    for name in ("a-master-0", "gone", "replaced"):
-        cluster.delete_pod({"metadata": {"name": name, "namespace": "ml", "uid": f"uid-{name}"}})
+    for name, grace in (("a-master-0", 5), ("gone", None), ("replaced", None)):
+        cluster.delete_pod({"metadata": {"name": name, "namespace": "ml", "uid": f"uid-{name}"}}, grace)
     deletes = [(path, body) for method, path, body in _Apiserver.requests if method == "DELETE"]
     assert [path for path, _ in deletes] == ["/api/v1/namespaces/ml/pods/a-master-0", "/api/v1/namespaces/ml/pods/gone",
                                              "/api/v1/namespaces/ml/pods/replaced"]
-    assert deletes[0][1]["preconditions"] == {"uid": "uid-a-master-0"}
+    assert deletes[0][1]["preconditions"] == {"uid": "uid-a-master-0"} and deletes[0][1]["gracePeriodSeconds"] == 5
+    assert "gracePeriodSeconds" not in deletes[1][1]  # the pod's own

@@ -44,7 +44,8 @@ def test_plan_runs_the_rendered_torchrun_command_with_the_kubeflow_env_of_one_no
     assert Path(command[separator + 1]).name == "torchrun"
     assert command[separator + 2:] == [
         "--nnodes=1", "--nproc_per_node=1", "--node_rank=0", "--master_addr=127.0.0.1",
-        "--master_port=29555", "-m", "mft_trainer", "train", "--config", str(tmp_path / "run" / "config.yaml"),
+        "--master_port=29555", "--rdzv_conf=timeout=1980", "-m", "mft_trainer", "train",
+        "--config", str(tmp_path / "run" / "config.yaml"),
     ]
     assert plan.env["WORLD_SIZE"] == "1" and plan.env["RANK"] == "0" and plan.env["MASTER_PORT"] == "29555"
     assert plan.env["NCCL_DEBUG"] == "WARN"

@@ -166,6 +166,7 @@ def test_past_backoff_limit_the_job_fails_and_its_child_is_suspended():
     job = lora_job()
     job["spec"]["runPolicy"]["backoffLimit"] = 0
     job = step(cluster, job)
+    admit(cluster)
     set_child_conditions(cluster, "Created", "Running")
     cluster.pods = [_pod("master", "m1"), _pod("worker", "w1")]
     job = step(cluster, job)
@@ -177,22 +178,70 @@ def test_past_backoff_limit_the_job_fails_and_its_child_is_suspended():
     assert pytorchjob(cluster)["spec"]["runPolicy"]["suspend"] is True
 
 
+def admit(cluster):
+    """Kueue admits the job (examples/lora.yaml is queued): the child is no longer suspended."""
+    pytorchjob(cluster)["spec"]["runPolicy"]["suspend"] = False
+
+
+def _oom(replica, uid):
+    failed = _pod(replica, uid, phase="Failed")
+    failed["status"]["containerStatuses"] = [{"name": "pytorch", "state": {"terminated": {
+        "exitCode": 137, "reason": "OOMKilled", "finishedAt": NOW}}}]
+    return failed
+
+
 def test_a_restart_of_one_replica_restarts_the_replicas_it_left_running():
     cluster = cluster_with_claims()
     job = step(cluster, lora_job())  # 2 nodes: a master and a worker
+    admit(cluster)
     set_child_conditions(cluster, "Created", "Running")
     cluster.pods = [_pod("master", "m1"), _pod("worker", "w1")]
     job = step(cluster, job)
-    cluster.pods = [_pod("master", "m1"), _pod("worker", "w2", phase="Pending")]  # the worker failed (137), replaced
+    cluster.pods = [_pod("master", "m1"), _oom("worker", "w1")]
+    job = step(cluster, job)
+    cluster.pods = [_pod("master", "m1"), _pod("worker", "w2", phase="Pending")]  # replaced by the training operator
     job = step(cluster, job)
     assert cluster.deleted_pods == ["pythia-1b-code-lora-master-0"] and job["status"]["podRestarts"] == 1
+    assert cluster.delete_graces == [reconcile.CRASH_GRACE_SECONDS]  # it waits on a dead peer: nothing to save
     event = cluster.events[-1]
     assert (event.type, event.reason) == ("Warning", "RestartingAllReplicas")
+    assert event.message.startswith("worker-0 exited with code 137 (OOMKilled)")
     assert event.message.endswith("restarting master-0 as well, so that every replica starts again together "
                                   "from the latest checkpoint")
     cluster.pods = [_pod("master", "m2"), _pod("worker", "w2")]  # the master's new pod is not another restart
     job = step(cluster, job)
     assert cluster.deleted_pods == ["pythia-1b-code-lora-master-0"] and job["status"]["podRestarts"] == 1
+
+
+def test_a_deletion_that_fails_is_reported_and_tried_again():
+    cluster = cluster_with_claims()
+    job = step(cluster, lora_job())
+    admit(cluster)
+    set_child_conditions(cluster, "Created", "Running")
+    cluster.pods = [_pod("master", "m1"), _pod("worker", "w1")]
+    job = step(cluster, job)
+    cluster.pods = [_pod("master", "m1"), _pod("worker", "w2")]
+    delete = cluster.delete_pod
+
+    def refused(pod, grace):
+        raise RuntimeError("pods is forbidden")
+
+    cluster.delete_pod = refused
+    job = step(cluster, job)
+    reasons = [e.reason for e in cluster.events]
+    assert {"RestartingAllReplicas", "DeletePodFailed"} <= set(reasons) and job["status"]["podRestarts"] == 1
+    assert "cannot delete pod pythia-1b-code-lora-master-0" in cluster.events[-1].message
+    cluster.delete_pod = delete
+    job = step(cluster, job)  # the status records the master as stopping: deleted now, not counted again
+    assert cluster.deleted_pods == ["pythia-1b-code-lora-master-0"] and job["status"]["podRestarts"] == 1
+    assert cluster.delete_graces == [None]  # the cause is unknown: the pod's own grace period
+
+
+def test_after_a_preemption_the_pods_left_behind_keep_their_grace_period():
+    assert reconcile.left_behind_grace_seconds({"replica": "worker-0", "exitCode": 143}) is None
+    assert reconcile.left_behind_grace_seconds({"replica": "worker-0", "reason": "Evicted"}) is None
+    assert reconcile.left_behind_grace_seconds(None) is None
+    assert reconcile.left_behind_grace_seconds({"exitCode": 137}) == reconcile.CRASH_GRACE_SECONDS
 
 
 def test_budget_defaults_to_backoff_limit():

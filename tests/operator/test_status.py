@@ -306,7 +306,7 @@ def test_a_replaced_replica_restarts_the_pods_it_left_behind_and_only_once():
     assert first.replaced == () and first.to_delete == () and first.seen == {"master-0": "m1", "worker-0": "w1"}
     restarted = replacements(first.seen, (master("m1"), worker("w2", "Pending")), 2)
     assert restarted.replaced == ("worker-0",) and uids(restarted.to_delete) == ["m1"]
-    assert restarted.seen == {"master-0": "restarting:m1", "worker-0": "w2"}
+    assert restarted.seen == {"master-0": "stopping:m1", "worker-0": "w2"}
     # The old master may still show, its deletion not yet seen: deleted again (the uid precondition
     # makes that safe), neither new nor another restart.
     lagging = replacements(restarted.seen, (master("m1"), worker("w2")), 2)
@@ -338,9 +338,8 @@ def test_a_pending_replica_joins_the_restarted_ones():
 def test_a_kill_by_the_operator_or_a_suspension_is_not_why_the_job_restarted():
     oom = worker("w1", "Failed")
     oom["status"]["containerStatuses"] = [terminated(137, "OOMKilled", finished=T1)]
-    killed = master("m1", "Failed")  # deleted by the operator (one second of grace here), exited 137
-    killed["metadata"].update(deletionTimestamp="2026-01-01T00:02:01Z", deletionGracePeriodSeconds=1)
-    killed["status"]["containerStatuses"] = [terminated(137, finished="2026-01-01T00:02:01Z")]
+    killed = master("m1", "Failed")  # deleted by the operator, exited 137 (or 1: its peer was gone)
+    killed["status"]["containerStatuses"] = [terminated(137, finished=T3)]
     running = two_replica_child(("Created", T0), ("Running", T0))
     statuses = run([
         (T0, {"child": running, "pods": (master("m1"), worker("w1"))}),
@@ -348,10 +347,21 @@ def test_a_kill_by_the_operator_or_a_suspension_is_not_why_the_job_restarted():
         (T2, {"child": running, "pods": (master("m1"), worker("w2"))}),  # the master is deleted
         (T3, {"child": running, "pods": (killed, worker("w2"))}),
     ])
-    assert statuses[2]["replicaPods"]["master-0"] == "restarting:m1"
+    assert statuses[2]["replicaPods"]["master-0"] == "stopping:m1"
     assert statuses[3]["failure"]["reason"] == "OOMKilled" and statuses[3]["podRestarts"] == 1
-    (suspended,) = run([(T2, {"child": child("Created", "Suspended"), "pods": (killed,)})])
-    assert "failure" not in suspended
+    for suspended in (child("Created", "Suspended"), child("Created", "Running") | {"spec": {"runPolicy": {"suspend": True}}}):
+        (status,) = run([(T2, {"child": suspended, "pods": (killed,)})])
+        assert "failure" not in status
+
+
+def test_a_replica_that_failed_with_the_replaced_one_is_a_cause_too():
+    failed = master("m1", "Failed")
+    failed["status"]["containerStatuses"] = [terminated(137, "OOMKilled", finished=T1)]
+    running = two_replica_child(("Created", T0), ("Running", T0))
+    statuses = run([(T0, {"child": running, "pods": (master("m1"), worker("w1"))}),
+                    (T1, {"child": running, "pods": (failed, worker("w2"))})])  # not deleted: it failed itself
+    assert statuses[1]["replicaPods"] == {"master-0": "restarting:m1", "worker-0": "w2"}
+    assert (statuses[1]["failure"]["replica"], statuses[1]["failure"]["reason"]) == ("master-0", "OOMKilled")
 
 
 def test_a_child_that_cannot_be_read_leaves_the_phase_as_it_was_and_says_why():

@@ -30,3 +30,12 @@ def test_present_paths_start_the_command_and_pass_its_exit_code_through(tmp_path
     proc = launch(f"--require=data.paths={tmp_path}", f"--require-writable=checkpoint.mountPath={tmp_path}",
                   "--", PYTHON, "-c", "import sys; print('ran'); sys.exit(3)")
     assert (proc.returncode, proc.stdout) == (3, "ran\n")
+
+
+def test_workers_stopped_for_a_preemption_elsewhere_make_the_pod_exit_143(tmp_path):
+    # On a pod that got no SIGTERM torchrun exits 1 when its workers stop for a preemption agreed
+    # with the other nodes; they mark it in the file the supervisor names.
+    mark_and_exit = "import os, pathlib, sys; pathlib.Path(os.environ['MFT_PREEMPTION_MARKER']).touch(); sys.exit({})"
+    assert launch("--", PYTHON, "-c", mark_and_exit.format(1)).returncode == 143
+    assert launch("--", PYTHON, "-c", mark_and_exit.format(0)).returncode == 0  # it finished after all
+    assert launch("--", PYTHON, "-c", "import sys; sys.exit(1)").returncode == 1

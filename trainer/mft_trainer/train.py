@@ -25,6 +25,7 @@ import torch
 
 from mft_trainer import checkpoint, distributed, loss, metrics, resume
 from mft_trainer.accelerate import Accelerated, accelerate, clip_grad_norm, no_sync, unwrap
+from mft_trainer.commands.launch import PREEMPTION_MARKER_ENV
 from mft_trainer.config import TrainerConfig, to_dict
 from mft_trainer.model import build_model, count_parameters, model_inputs
 from mft_trainer.schedule import build_scheduler
@@ -106,6 +107,8 @@ def main(config: TrainerConfig) -> int:
             if config.checkpoint.save_strategy == "steps" and state.step % config.checkpoint.steps == 0:
                 save(run, reporter)
             stop = stop or preemption.check()
+            if stop == "preempted":
+                _mark_preempted()  # now: if a peer dies while all save, this pod still exits as preempted
             if stop or state.step >= run.total_steps:
                 break
         if stop != "preempted" and state.offset >= run.steps_per_epoch * rows_per_step:  # epoch complete
@@ -124,11 +127,16 @@ def main(config: TrainerConfig) -> int:
     distributed.shutdown()
     if stop == "preempted":
         log.warning("preempted: checkpoint saved at step %d, exiting with %d", state.step, PREEMPTED_EXIT_CODE)
-        marker = os.environ.get("MFT_PREEMPTION_MARKER")  # set by `mft-train launch`, for pods not signalled
-        if marker:
-            Path(marker).touch()
         return PREEMPTED_EXIT_CODE
     return 0
+
+
+def _mark_preempted() -> None:
+    """Tell `mft-train launch` that this pod's workers stop for a preemption: on a pod that got no
+    SIGTERM itself, torchrun reports their exit as a failure (exit 1)."""
+    marker = os.environ.get(PREEMPTION_MARKER_ENV)
+    if marker:
+        Path(marker).touch()
 
 
 def setup(config: TrainerConfig) -> Run:

@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="mft-launch-") as state:
         marker = Path(state) / "preempted"
         code, signalled = _supervise(command, args.grace_seconds, marker)
-        if signalled or marker.exists():
+        if signalled or (code != 0 and marker.exists()):
             return PREEMPTED_EXIT_CODE
     return code if code >= 0 else 128 - code
 
