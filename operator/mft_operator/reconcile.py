@@ -164,8 +164,7 @@ def reconcile(cluster: Cluster, job: dict[str, Any], settings: Settings, now: st
 def _act_on_pod_restarts(cluster: Cluster, job: dict[str, Any], previous: dict[str, Any], new_status: dict[str, Any],
                          seen: Observation) -> list[Event]:
     """After the status write that counted them: past backoffLimit, stop the training operator
-    from replacing failed pods; within it, restart the pods a replaced one left behind (again on
-    a later pass if a deletion did not happen: the status already records them as restarting)."""
+    from replacing failed pods; within it, stop the pods a replaced one left behind."""
     where = f"{job['metadata']['namespace']}/{job['metadata']['name']}"
     if new_status.get("podRestarts", 0) > previous.get("podRestarts", 0):
         log.info("%s: pod restart %d: replica pods %s, were %s", where, new_status["podRestarts"],
@@ -179,14 +178,20 @@ def _act_on_pod_restarts(cluster: Cluster, job: dict[str, Any], previous: dict[s
     if found is None or new_status.get("phase") in status.TERMINAL:
         return []
     events = [_gang_restart_event(found.to_delete, new_status)] if found.replaced and found.to_delete else []
-    grace = left_behind_grace_seconds(new_status.get("failure"))
-    for pod in found.to_delete:
+    return events + _stop_left_behind(cluster, where, found.to_delete, left_behind_grace_seconds(new_status.get("failure")))
+
+
+def _stop_left_behind(cluster: Cluster, where: str, pods: tuple[dict[str, Any], ...], grace: int | None) -> list[Event]:
+    """Delete them; one that cannot be deleted now is tried again on the next pass (the status
+    records it as stopping) and reported."""
+    events = []
+    for pod in pods:
         name = pod["metadata"]["name"]
         log.info("%s: deleting pod %s (uid %s), left behind in the process group of a restarted replica", where,
                  name, pod["metadata"]["uid"])
         try:
             cluster.delete_pod(pod, grace)
-        except Exception as exc:  # the next pass tries again: the status records the pod as stopping
+        except Exception as exc:
             log.warning("%s: cannot delete pod %s: %s", where, name, exc)
             events.append(Event("Warning", "DeletePodFailed",
                                 f"cannot delete pod {name}, left behind by a restarted replica: {exc}; "

@@ -311,9 +311,12 @@ def _failure(seen: Observation, phase: str, child_condition: dict[str, Any] | No
 
 def _suspended(child: dict[str, Any]) -> bool:
     """Suspended, or asked to be (the training operator deletes the pods): pods stop on purpose."""
-    asked = ((child.get("spec") or {}).get("runPolicy") or {}).get("suspend")
-    return bool(asked) or any(c["type"] == SUSPENDED and c.get("status") == "True"
-                              for c in (child.get("status") or {}).get("conditions", []))
+    return _suspend_requested(child) or any(c["type"] == SUSPENDED and c.get("status") == "True"
+                                            for c in (child.get("status") or {}).get("conditions", []))
+
+
+def _suspend_requested(child: dict[str, Any]) -> bool:
+    return bool(((child.get("spec") or {}).get("runPolicy") or {}).get("suspend"))
 
 
 def _latest_container_failure(pods: tuple[dict[str, Any], ...]) -> dict[str, Any] | None:
@@ -394,7 +397,7 @@ def _wants_pods(child: dict[str, Any], phase: str) -> bool:
     """The child should have all its pods: it is active, or suspended with a resume asked for
     (the training operator keeps Suspended in its status until the resumed pods exist)."""
     if phase == SUSPENDED:
-        return not ((child.get("spec") or {}).get("runPolicy") or {}).get("suspend", False)
+        return not _suspend_requested(child)
     return phase in (CREATED, RUNNING, RESTARTING)
 
 
