@@ -16,7 +16,7 @@ from . import API_GROUP, API_VERSION, PLURAL
 from .progress import rfc3339
 from .reconcile import AlreadyExists, KindMissing, Rejected, Stale
 from .render import CONTAINER, JOB_NAME_LABEL
-from .status import Event
+from .status import FAILED_CREATE_POD, Event
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +27,7 @@ LOG_LIMIT_BYTES = 1 << 20
 
 _CUSTOM = {"PyTorchJob": ("kubeflow.org", "v1", "pytorchjobs")}
 # The training operator's reports of pods the API server refused (a field selector on core/v1 Events).
-REFUSED_POD_EVENTS = "involvedObject.kind=PyTorchJob,type=Warning,reason=FailedCreatePod"
+REFUSED_POD_EVENTS = f"involvedObject.kind=PyTorchJob,type=Warning,reason={FAILED_CREATE_POD}"
 
 
 class KubeCluster:
