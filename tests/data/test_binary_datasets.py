@@ -202,3 +202,17 @@ def test_existing_output_and_failures_leave_no_folder(tmp_path, tiny_dir, capsys
     assert main([*argv, "--input", str(tmp_path / "bad")]) == 1
     assert "a.jsonl:2: expected a JSON object, found invalid JSON" in capsys.readouterr().err
     assert sorted(p.name for p in (tmp_path / "bin").iterdir()) == ["code-exam"]
+
+
+def test_a_failing_task_leaves_none_of_the_tasks_before_it(tmp_path, tiny_dir, capsys):
+    """All or nothing: after fixing the bad task, the same command runs again without an
+    "already exists" for the tasks that had succeeded."""
+    write_jsonl(tmp_path / "bad" / "a.jsonl", [{"text": "x"}, "{"])
+    argv = ["preprocess", "--tokenizer", str(tiny_dir), "--mode", "sft", "--output", str(tmp_path / "bin"),
+            "--input", *map(str, TASKS), str(tmp_path / "bad")]
+    assert main(argv) == 1
+    assert "a.jsonl:2: expected a JSON object, found invalid JSON" in capsys.readouterr().err
+    assert list((tmp_path / "bin").iterdir()) == []
+    write_jsonl(tmp_path / "bad" / "a.jsonl", [{"text": "x"}])
+    assert main(argv) == 0
+    assert sorted(p.name for p in (tmp_path / "bin").iterdir()) == sorted([*(t.name for t in TASKS), "bad"])

@@ -33,8 +33,9 @@ def global_loss(world, mode):
     """Rank 0 holds rows 0-1 (tasks 0 and 1), rank 1 row 2 (task 0 only: task 1 is absent there)."""
     logits = logits_with_token_losses()
     rows = slice(0, 2) if world.rank == 0 else slice(2, 3)
-    counts = distributed.all_reduce_sum(loss.target_counts(LABELS[rows], TASKS[rows], SAMPLE_INDEX[rows], 2))
-    sums = loss.loss_sums(logits[rows], LABELS[rows], TASKS[rows], SAMPLE_INDEX[rows], 2).double()
+    targets = loss.targets(LABELS[rows], TASKS[rows], SAMPLE_INDEX[rows], 2)
+    counts = distributed.all_reduce_sum(targets.counts)
+    sums = loss.loss_sums(logits[rows], targets).double()
     sums = distributed.all_reduce_sum(sums)
     return {"ours": float(loss.combine(sums, counts, mode)), "hand": by_hand(logits, mode),
             "task_loss": loss.per_task_loss(sums, counts)}
@@ -99,9 +100,8 @@ def reference_step(mode, rows):
     model = tiny()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.0, eps=EPS)
     logits = model(**model_inputs(rows, torch.device("cpu"))).logits
-    counts = loss.target_counts(rows["labels"], rows["task_ids"], rows["sample_index"], 3)
-    value = loss.combine(loss.loss_sums(logits, rows["labels"], rows["task_ids"], rows["sample_index"], 3),
-                         counts, mode)
+    targets = loss.targets(rows["labels"], rows["task_ids"], rows["sample_index"], 3)
+    value = loss.combine(loss.loss_sums(logits, targets), targets.counts, mode)
     value.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     opt.step()

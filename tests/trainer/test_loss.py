@@ -56,21 +56,21 @@ def by_hand(logits, mode):
 @pytest.mark.parametrize("mode", loss.MODES)
 def test_modes_match_hand_computed(mode):
     logits = logits_with_token_losses()
-    counts = loss.target_counts(LABELS, TASKS, SAMPLE_INDEX, 2)
-    assert counts.tolist() == [[4.0, 3.0], [3.0, 1.0]]  # 4 tokens/3 docs in task 0, 3 tokens/1 doc in task 1
-    sums = loss.loss_sums(logits, LABELS, TASKS, SAMPLE_INDEX, 2)
-    assert math.isclose(float(loss.combine(sums, counts, mode)), by_hand(logits, mode), rel_tol=1e-6)
+    targets = loss.targets(LABELS, TASKS, SAMPLE_INDEX, 2)
+    assert targets.counts.tolist() == [[4.0, 3.0], [3.0, 1.0]]  # 4 tokens/3 docs in task 0, 3 tokens/1 doc in task 1
+    sums = loss.loss_sums(logits, targets)
+    assert math.isclose(float(loss.combine(sums, targets.counts, mode)), by_hand(logits, mode), rel_tol=1e-6)
 
 
 @pytest.mark.parametrize("mode", loss.MODES)
 def test_split_batches_with_global_counts_equal_one_batch(mode):
     """Gradient accumulation: micro-batch contributions with the step's counts add up to the whole."""
     logits = logits_with_token_losses().requires_grad_()
-    whole = loss.combine(loss.loss_sums(logits, LABELS, TASKS, SAMPLE_INDEX, 2),
-                         loss.target_counts(LABELS, TASKS, SAMPLE_INDEX, 2), mode)
+    counts = loss.targets(LABELS, TASKS, SAMPLE_INDEX, 2).counts
+    whole = loss.combine(loss.loss_sums(logits, loss.targets(LABELS, TASKS, SAMPLE_INDEX, 2)), counts, mode)
     (grad_whole,) = torch.autograd.grad(whole, logits)
-    counts = loss.target_counts(LABELS, TASKS, SAMPLE_INDEX, 2)
-    parts = sum(loss.combine(loss.loss_sums(logits[s], LABELS[s], TASKS[s], SAMPLE_INDEX[s], 2), counts, mode)
+    parts = sum(loss.combine(loss.loss_sums(logits[s], loss.targets(LABELS[s], TASKS[s], SAMPLE_INDEX[s], 2)),
+                             counts, mode)
                 for s in (slice(0, 1), slice(1, 3)))
     (grad_parts,) = torch.autograd.grad(parts, logits)
     assert torch.allclose(whole, parts, atol=1e-6)
@@ -79,9 +79,8 @@ def test_split_batches_with_global_counts_equal_one_batch(mode):
 
 def test_per_task_loss_is_the_token_average_and_absent_tasks_are_none():
     logits = logits_with_token_losses()
-    counts = loss.target_counts(LABELS, TASKS, SAMPLE_INDEX, 3)
-    sums = loss.loss_sums(logits, LABELS, TASKS, SAMPLE_INDEX, 3)
-    per_task = loss.per_task_loss(sums.detach(), counts)
+    targets = loss.targets(LABELS, TASKS, SAMPLE_INDEX, 3)
+    per_task = loss.per_task_loss(loss.loss_sums(logits, targets), targets.counts)
     d = docs(logits)
     task1 = [l for k, ls in d.values() if k == 1 for l in ls]
     assert math.isclose(per_task[1], sum(task1) / len(task1), rel_tol=1e-6)
@@ -89,8 +88,27 @@ def test_per_task_loss_is_the_token_average_and_absent_tasks_are_none():
 
 
 def test_no_targets_gives_zero_not_nan():
-    labels = torch.full((1, 4), -100)
-    counts = loss.target_counts(labels, torch.tensor([0]), torch.zeros(1, 4, dtype=torch.long), 2)
-    sums = loss.loss_sums(torch.randn(1, 4, VOCAB), labels, torch.tensor([0]), torch.zeros(1, 4, dtype=torch.long), 2)
+    targets = loss.targets(torch.full((1, 4), -100), torch.tensor([0]), torch.zeros(1, 4, dtype=torch.long), 2)
+    logits = torch.randn(1, 4, VOCAB, requires_grad=True)
     for mode in loss.MODES:
-        assert float(loss.combine(sums, counts, mode)) == 0.0
+        value = loss.combine(loss.loss_sums(logits, targets), targets.counts, mode)
+        assert float(value.detach()) == 0.0
+        (grad,) = torch.autograd.grad(value, logits)
+        assert not grad.any()
+
+
+@pytest.mark.parametrize("mode", loss.MODES)
+def test_the_device_side_needs_no_values(mode):
+    """On the meta device any data-dependent step (a boolean mask, .item(), torch.unique) raises: the
+    loss and its backward can be queued on a GPU without waiting for the kernels before them."""
+    meta = torch.device("meta")
+    targets = loss.targets(LABELS, TASKS, SAMPLE_INDEX, 2).to(meta)
+    logits = torch.empty(3, 5, VOCAB, device=meta, requires_grad=True)
+    value = loss.combine(loss.loss_sums(logits, targets), targets.counts, mode)
+    value.backward()
+    assert value.device == meta and logits.grad.shape == logits.shape
+
+
+def test_an_unknown_mode_is_refused():
+    with pytest.raises(ValueError, match="unknown weighted_loss_mode 'case5'"):
+        loss.coefficients(torch.ones(2, 2, dtype=torch.float64), "case5")

@@ -38,6 +38,17 @@ def init() -> World:
     return World(rank=dist.get_rank(), local_rank=local_rank, size=dist.get_world_size(), device=device)
 
 
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor on ``device``, copied without waiting for the kernels queued there.
+
+    A copy from pageable memory synchronizes the stream, which would hold every micro-batch's
+    forward pass until the previous backward finishes; from pinned memory it is queued like a kernel.
+    """
+    if device.type != "cuda" or tensor.device.type != "cpu":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
+
+
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     """Sum in place over all ranks and return the tensor (a no-op in a world of one)."""
     if dist.is_initialized() and dist.get_world_size() > 1:

@@ -18,6 +18,7 @@ import torch
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
 from mft_trainer.config import TrainerConfig
+from mft_trainer.distributed import to_device
 
 log = logging.getLogger(__name__)
 
@@ -51,10 +52,10 @@ def build_model(config: TrainerConfig, tokenizer: PreTrainedTokenizerBase,
 
 
 def model_inputs(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
-    inputs = {"input_ids": batch["input_ids"].to(device)}
+    inputs = {"input_ids": to_device(batch["input_ids"], device)}
     if is_packed(batch["sample_index"]):
-        inputs["position_ids"] = batch["position_ids"].to(device)
-        inputs["attention_mask"] = packed_attention_mask(batch["sample_index"].to(device))
+        inputs["position_ids"] = to_device(batch["position_ids"], device)
+        inputs["attention_mask"] = packed_attention_mask(to_device(batch["sample_index"], device))
     else:
         # All ones, pads included (they follow every real token and carry no target). Without any
         # mask, transformers (4.56, no KV cache) looks for packing in the position ids and always

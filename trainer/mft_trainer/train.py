@@ -230,17 +230,15 @@ def train_step(run: Run, micro_batches: list[dict[str, torch.Tensor]]) -> StepRe
     """Forward/backward every micro-batch, then one update, or none when anything is non-finite."""
     acc, device, mode = run.acc, run.world.device, run.config.training.weighted_loss_mode
     num_tasks = len(run.datasets.tasks)
-    counts = sum(loss.target_counts(b["labels"], b["task_ids"], b["sample_index"], num_tasks)
-                 for b in micro_batches)
-    counts = distributed.all_reduce_sum(counts.to(device))
+    targets = [loss.targets(b["labels"], b["task_ids"], b["sample_index"], num_tasks) for b in micro_batches]
+    counts = distributed.all_reduce_sum(distributed.to_device(sum(t.counts for t in targets), device))
     acc.model.train()
     sums = torch.zeros(2, num_tasks, dtype=torch.float64, device=device)
     tokens = 0.0
-    for i, batch in enumerate(micro_batches):
+    for i, (batch, batch_targets) in enumerate(zip(micro_batches, targets)):
         with no_sync(acc, last_micro_batch=i == len(micro_batches) - 1):
             logits = acc.model(**model_inputs(batch, device)).logits
-            labels = batch["labels"].to(device)
-            batch_sums = loss.loss_sums(logits, labels, batch["task_ids"], batch["sample_index"], num_tasks)
+            batch_sums = loss.loss_sums(logits, batch_targets.to(device))
             # Data-parallel gradients are averaged over ranks; the global loss is their sum.
             (loss.combine(batch_sums, counts, mode) * run.world.size).backward()
         sums += batch_sums.detach().double()
@@ -295,10 +293,10 @@ def evaluate(run: Run) -> tuple[float | None, list[float | None]]:
         chosen = mine[b * bs:(b + 1) * bs]
         rows = [valid[i] for i in chosen] + [_without_targets(valid[(mine or [0])[0]])] * (bs - len(chosen))
         batch = collate(rows, _pad_id(run.tokenizer))
+        batch_targets = loss.targets(batch["labels"], batch["task_ids"], batch["sample_index"], num_tasks)
         logits = acc.model(**model_inputs(batch, device)).logits
-        labels = batch["labels"].to(device)
-        stats[:2] += loss.loss_sums(logits, labels, batch["task_ids"], batch["sample_index"], num_tasks).double()
-        stats[2:] += loss.target_counts(labels, batch["task_ids"], batch["sample_index"], num_tasks).to(device)
+        stats[:2] += loss.loss_sums(logits, batch_targets.to(device)).double()
+        stats[2:] += distributed.to_device(batch_targets.counts, device)
     acc.model.train()
     stats = distributed.all_reduce_sum(stats)
     sums, counts = stats[:2], stats[2:]

@@ -62,13 +62,28 @@ def preprocess(
     seq_length: int | None,
     workers: int,
 ) -> DataReport:
-    """Tokenize JSONL task folders into binary task folders under `output`, one after the other."""
+    """Tokenize JSONL task folders into binary task folders under `output`, one after the other.
+
+    All or nothing: every task is written to a hidden partial folder, and only when all of them are
+    complete are they renamed into place. A failure or an interruption leaves no task folder behind,
+    so the same command can simply be run again.
+    """
     tasks = discover_jsonl_tasks(inputs)
     for task in tasks:
         if (output / task.name).exists():
             raise DataError(f"{output / task.name}: already exists; remove it or choose another --output")
     writer = TaskWriter(config, tokenizer, seq_length, workers)
-    return DataReport([TaskCounts(task.name, writer.write(task, output)) for task in tasks])
+    partials = [output / f".{task.name}.partial" for task in tasks]
+    try:
+        report = DataReport([TaskCounts(task.name, writer.write(task, partial))
+                             for task, partial in zip(tasks, partials)])
+    except BaseException:
+        for partial in partials:
+            shutil.rmtree(partial, ignore_errors=True)
+        raise
+    for task, partial in zip(tasks, partials):
+        os.rename(partial, output / task.name)
+    return report
 
 
 class TaskWriter:
@@ -89,21 +104,11 @@ class TaskWriter:
             "overlong_policy": config.data.overlong_policy,
         }
 
-    def write(self, task: TaskSource, output: Path) -> list[FileCounts]:
-        """Write output/{task.name} through a partial folder renamed at the end, so that a failed or
-        interrupted run never leaves a folder that looks complete. Returns the per-file counts."""
-        partial = output / f".{task.name}.partial"
-        shutil.rmtree(partial, ignore_errors=True)
-        partial.mkdir(parents=True)
-        try:
-            files = self._write_documents(task, partial)
-        except BaseException:
-            shutil.rmtree(partial, ignore_errors=True)
-            raise
-        os.rename(partial, output / task.name)
-        return files
-
-    def _write_documents(self, task: TaskSource, folder: Path) -> list[FileCounts]:
+    def write(self, task: TaskSource, folder: Path) -> list[FileCounts]:
+        """Write one task into a fresh ``folder`` (anything there before is removed); return its
+        per-file counts."""
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
         files = [FileCounts(str(path)) for path in task.files]
         workers = default_workers(task.files, self.workers)
         chunks = encode_files(task.files, self.encoder, self.data.on_bad_record, workers)
