@@ -279,6 +279,9 @@ class CachedCluster:
     def master_log(self, namespace: str, pod_name: str) -> str:
         return self.cluster.master_log(namespace, pod_name)
 
+    def delete_child(self, obj: dict[str, Any]) -> None:
+        self.cluster.delete_child(obj)  # the PyTorchJob watch delivers the deletion
+
     def delete_pod(self, pod: dict[str, Any], grace_seconds: int | None) -> None:
         self.cluster.delete_pod(pod, grace_seconds)  # the pod watch delivers the deletion
 

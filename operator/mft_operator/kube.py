@@ -91,6 +91,18 @@ class KubeCluster:
         selector = f"{REFUSED_POD_EVENTS},involvedObject.name={name}"
         return _json(self.core.list_namespaced_event(namespace, field_selector=selector, _preload_content=False))["items"]
 
+    def delete_child(self, obj: dict[str, Any]) -> None:
+        meta = obj["metadata"]
+        group, version, plural = _CUSTOM[obj["kind"]]
+        options = client.V1DeleteOptions(propagation_policy="Foreground",
+                                         preconditions=client.V1Preconditions(uid=meta["uid"]))
+        try:
+            self.custom.delete_namespaced_custom_object(group, version, meta["namespace"], plural, meta["name"],
+                                                        body=options)
+        except ApiException as exc:
+            if exc.status not in (404, 409):  # gone, or already replaced by an object of the same name
+                raise
+
     def delete_pod(self, pod: dict[str, Any], grace_seconds: int | None) -> None:
         meta = pod["metadata"]
         options = client.V1DeleteOptions(grace_period_seconds=grace_seconds,

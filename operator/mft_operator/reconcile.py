@@ -46,6 +46,8 @@ class Cluster(Protocol):
     def child_warnings(self, namespace: str, name: str) -> list[dict[str, Any]]:
         """Warning events about the PyTorchJob ``name`` (the training operator's reports)."""
     def master_log(self, namespace: str, pod_name: str) -> str: ...
+    def delete_child(self, obj: dict[str, Any]) -> None:
+        """Delete this PyTorchJob (its uid), its pods before it (foreground); gone already is fine."""
     def delete_pod(self, pod: dict[str, Any], grace_seconds: int | None) -> None:
         """Delete this pod (its uid: never a replacement of the same name) with that grace period
         (None: its own); gone already is fine."""
@@ -90,6 +92,14 @@ def adoptable(existing: dict[str, Any], job: dict[str, Any]) -> bool:
     if existing["kind"] == "PersistentVolumeClaim":
         return not has_foreign_controller(existing, job)
     return controlled_by(existing, job)
+
+
+def outdated_child(existing: dict[str, Any], job: dict[str, Any]) -> bool:
+    """A PyTorchJob rendered from an earlier generation of the spec: created by a pass whose status
+    write then failed because the spec changed. It must not be adopted, or the job would run the old
+    spec under the new one, which its first status write then locks."""
+    rendered = existing["metadata"].get("annotations", {}).get(render.GENERATION_ANNOTATION)
+    return rendered is not None and rendered != str(job["metadata"].get("generation"))
 
 
 def child_patch(job: dict[str, Any], child: dict[str, Any]) -> dict[str, Any] | None:
@@ -230,7 +240,7 @@ def _observe_and_act(cluster: Cluster, job: dict[str, Any], settings: Settings, 
         blocking = missing_claims(ctx, cluster)
         if blocking:
             return Observation(now=now, problems=tuple(blocking))
-        child, problems = _create_children(cluster, job, settings)
+        child, problems = _create_children(cluster, job, settings, first=decision == CREATE)
         if problems:
             return Observation(now=now, problems=problems)
         recreated = decision == RECREATE
@@ -244,10 +254,11 @@ def _observe_and_act(cluster: Cluster, job: dict[str, Any], settings: Settings, 
                        child_warnings=tuple(cluster.child_warnings(ctx.namespace, ctx.name)))
 
 
-def _create_children(cluster: Cluster, job: dict[str, Any],
-                     settings: Settings) -> tuple[dict[str, Any] | None, tuple[Problem, ...]]:
+def _create_children(cluster: Cluster, job: dict[str, Any], settings: Settings,
+                     first: bool) -> tuple[dict[str, Any] | None, tuple[Problem, ...]]:
     """Create (or adopt) every rendered object in order; the PyTorchJob comes last. Returns it and
-    the problems that stopped creation."""
+    the problems that stopped creation. ``first``: no PyTorchJob was recorded in status yet, so
+    the spec may have changed since one was created."""
     created = None
     for manifest in render.render(job, settings):
         try:
@@ -256,6 +267,8 @@ def _create_children(cluster: Cluster, job: dict[str, Any],
             created = cluster.get(manifest["kind"], manifest["metadata"].get("namespace"), manifest["metadata"]["name"])
             if created is None or not adoptable(created, job):
                 return None, (_conflict(created or manifest),)
+            if first and manifest["kind"] == PYTORCHJOB and outdated_child(created, job):
+                return None, (_replace_outdated(cluster, created, job),)
             if manifest["kind"] == "ConfigMap" and created.get("data") != manifest["data"]:
                 # Left by an earlier attempt whose PyTorchJob was refused, before the spec was
                 # edited: the pods must read the trainer config of the spec as it is now.
@@ -267,6 +280,17 @@ def _create_children(cluster: Cluster, job: dict[str, Any],
             return None, (Problem("ChildRejected",
                                   f"{manifest['kind']} {manifest['metadata']['name']} was rejected: {exc}"),)
     return created, ()
+
+
+def _replace_outdated(cluster: Cluster, child: dict[str, Any], job: dict[str, Any]) -> Problem:
+    """Delete it (once); the pass after its deletion completes creates it from the current spec."""
+    if not child["metadata"].get("deletionTimestamp"):
+        cluster.delete_child(child)
+    rendered = child["metadata"]["annotations"][render.GENERATION_ANNOTATION]
+    return Problem("ReplacingOutdatedChild",
+                   f"PyTorchJob {child['metadata']['name']} was created from generation {rendered} of the spec, "
+                   f"which changed to generation {job['metadata'].get('generation')} before the job started; "
+                   "deleting it to create it from the current spec")
 
 
 def _read_reports(cluster: Cluster, namespace: str, pods: tuple[dict[str, Any], ...]) -> progress.Reports:

@@ -39,6 +39,9 @@ JOB_NAME_LABEL = f"{API_GROUP}/job-name"
 # The spec.runPolicy.suspend last applied to the child: the operator changes the child's
 # suspend only when the user changed theirs, so it never undoes Kueue's admission.
 SUSPEND_ANNOTATION = f"{API_GROUP}/suspend-requested"
+# The MFTJob's metadata.generation the PyTorchJob was rendered from: a child created just before
+# the spec changed (while it still may) is replaced rather than adopted (reconcile.outdated_child).
+GENERATION_ANNOTATION = f"{API_GROUP}/spec-generation"
 
 # Trainer config sections, in file order (mft_trainer.config.SECTIONS).
 SECTIONS = ("model", "data", "training", "lora", "checkpoint")
@@ -375,6 +378,9 @@ def run_policy(ctx: Context, manifest: dict[str, Any]) -> dict[str, Any]:
 
 def ownership(ctx: Context, manifest: dict[str, Any]) -> dict[str, Any]:
     _own(ctx, manifest)
+    generation = ctx.job["metadata"].get("generation")
+    if generation is not None:  # offline (mftctl render) the MFTJob has none yet
+        manifest["metadata"].setdefault("annotations", {})[GENERATION_ANNOTATION] = str(generation)
     for template in _pod_templates(manifest):
         template["metadata"]["labels"] = labels(ctx.name)
     return manifest

@@ -23,7 +23,7 @@ ALLOWED_RESOURCES = {
     "mftjobs.mft.dev/status": {"patch"},
     # blockOwnerDeletion on children, under OwnerReferencesPermissionEnforcement (on in the e2e cluster).
     "mftjobs.mft.dev/finalizers": {"update"},
-    "pytorchjobs.kubeflow.org": {"get", "list", "watch", "create", "patch"},
+    "pytorchjobs.kubeflow.org": {"get", "list", "watch", "create", "patch", "delete"},
     "configmaps": {"get", "create", "patch"},
     "persistentvolumeclaims": {"get", "create"},
     "pods": {"list", "watch", "delete"},

@@ -1,12 +1,15 @@
 """Lifecycle against the real controllers: failure reasons, the backoff limit of retried pods,
 pods refused by a quota, suspend and resume, garbage collection, no recreation of a finished job's child, recreation of a running job's child,
-checkpoint claim retention, and an operator killed mid-flight."""
+checkpoint claim retention, an operator killed mid-flight, and a child left from an earlier spec."""
 
 from __future__ import annotations
 
 import time
 
 import pytest
+
+from mft_operator import render
+from mft_operator.settings import Settings
 
 from .conftest import PROGRESS_INTERVAL
 from .support import Cluster, Operator, condition, job_manifest, owner_uids, wait_for
@@ -225,3 +228,28 @@ def test_operator_killed_mid_flight_converges_without_duplicates(cluster: Cluste
         assert owner_uids(child) == [cluster.job(ns, child["metadata"]["name"])["metadata"]["uid"]]
     config_maps = cluster.core.list_namespaced_config_map(ns, label_selector="app.kubernetes.io/managed-by=mft-operator")
     assert sorted(c.metadata.name for c in config_maps.items) == ["latecomer-config", "steady-config"]
+
+
+def test_a_child_left_from_an_earlier_spec_is_replaced_not_adopted(cluster: Cluster, operator: Operator, ns: str):
+    """The operator created the children, then stopped before its status write (or the write failed
+    because the spec changed); the spec is edited meanwhile, as it may be until the job starts. The
+    PyTorchJob of the old spec is deleted and the job runs the spec it shows."""
+    operator.kill()
+    try:
+        cluster.apply(ns, job_manifest("edited-early", duration="2s"))
+        old_spec = cluster.job(ns, "edited-early")
+        cluster.apply(ns, *render.render(old_spec, Settings()))  # as the stopped operator would have
+        outdated = cluster.pytorchjob(ns, "edited-early")
+        assert outdated["metadata"]["annotations"][render.GENERATION_ANNOTATION] == "1"
+        cluster.kubectl("patch", "mftjob", "edited-early", "-n", ns, "--type=merge",
+                        "-p", '{"spec":{"resources":{"nodes":2}}}')
+    finally:
+        operator.start()
+
+    job = cluster.wait_phase(ns, "edited-early", "Succeeded", timeout=90)
+    child = cluster.pytorchjob(ns, "edited-early")
+    assert child["metadata"]["uid"] != outdated["metadata"]["uid"]
+    assert child["metadata"]["annotations"][render.GENERATION_ANNOTATION] == str(job["metadata"]["generation"]) == "2"
+    assert child["spec"]["pytorchReplicaSpecs"]["Worker"]["replicas"] == 1  # 2 nodes: the edited spec
+    assert job["status"]["restarts"] == 0
+    assert any(e.reason == "ReplacingOutdatedChild" for e in cluster.events(ns, "edited-early"))

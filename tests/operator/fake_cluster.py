@@ -14,6 +14,7 @@ class FakeCluster:
         self.pods: list[dict[str, Any]] = []
         self.warnings: list[dict[str, Any]] = []  # Warning events about PyTorchJobs
         self.deleted_pods: list[str] = []
+        self.deleted_children: list[str] = []
         self.delete_graces: list[int | None] = []
         self.logs: dict[str, str] = {}
         self.events: list[Any] = []
@@ -66,6 +67,13 @@ class FakeCluster:
     def child_warnings(self, namespace, name):
         return [copy.deepcopy(e) for e in self.warnings
                 if (e["involvedObject"]["namespace"], e["involvedObject"]["name"]) == (namespace, name)]
+
+    def delete_child(self, obj):
+        meta = obj["metadata"]
+        key = (obj["kind"], meta["namespace"], meta["name"])
+        if self.objects.get(key, {}).get("metadata", {}).get("uid") == meta["uid"]:
+            self.deleted_children.append(meta["name"])
+            del self.objects[key]
 
     def delete_pod(self, pod, grace_seconds):
         self.deleted_pods.append(pod["metadata"]["name"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
@@ -65,6 +66,59 @@ def test_already_existing_children_of_this_job_are_adopted():
         cluster.add(manifest)
     job = step(cluster, lora_job())  # e.g. the operator restarted before it wrote status
     assert job["status"]["phase"] == "Created" and "Blocked" not in json.dumps(job["status"])
+
+
+def test_a_child_created_just_before_a_spec_change_is_replaced_not_adopted():
+    """The first pass creates the children, then its status write fails: the spec changed meanwhile
+    (it may until the job starts). Adopting that PyTorchJob would run the old spec under the new one,
+    locked by the next status write."""
+    cluster = cluster_with_claims()
+    job = lora_job()
+    job["metadata"]["resourceVersion"] = "1"
+    edited = copy.deepcopy(job)
+    edited["metadata"].update(resourceVersion="2", generation=2)
+    edited["spec"]["image"] = "registry.example.com/mft-trainer:v2"
+    cluster.jobs[("ml", job["metadata"]["name"])] = edited
+    with pytest.raises(reconcile.Stale):
+        reconcile.reconcile(cluster, job, SETTINGS, NOW)
+    outdated = pytorchjob(cluster)
+    assert outdated["metadata"]["annotations"][render.GENERATION_ANNOTATION] == "1"
+    cluster.jobs.clear()  # the edit is stored; status writes from the edited copy succeed
+
+    edited = step(cluster, edited)
+    assert cluster.deleted_children == [outdated["metadata"]["name"]]
+    blocked = next(c for c in edited["status"]["conditions"] if c["type"] == "Blocked")
+    assert blocked["reason"] == "ReplacingOutdatedChild" and "generation 1" in blocked["message"]
+    assert "startTime" not in edited["status"] and "pytorchJob" not in edited["status"]  # the spec is not locked
+
+    edited = step(cluster, edited)
+    child = pytorchjob(cluster)
+    assert child["metadata"]["uid"] != outdated["metadata"]["uid"]
+    assert child["metadata"]["annotations"][render.GENERATION_ANNOTATION] == "2"
+    assert child["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["image"] \
+        == "registry.example.com/mft-trainer:v2"
+    assert edited["status"]["pytorchJob"] == child["metadata"]["name"]
+
+
+def test_a_child_being_deleted_as_outdated_is_waited_for():
+    cluster = cluster_with_claims()
+    job = lora_job()
+    step(cluster, job)
+    pytorchjob(cluster)["metadata"]["deletionTimestamp"] = NOW  # a foreground deletion in progress
+    edited = copy.deepcopy(job)
+    edited["metadata"]["generation"] = 2
+    edited = step(cluster, edited)
+    assert cluster.deleted_children == []
+    assert any(c["reason"] == "ReplacingOutdatedChild" for c in edited["status"]["conditions"])
+
+
+def test_a_started_job_keeps_its_child_when_the_generation_changes():
+    """Once started, the spec can only change in fields synced to the child (suspend, deadlines)."""
+    cluster = cluster_with_claims()
+    job = step(cluster, lora_job())
+    job["metadata"]["generation"] = 2
+    assert step(cluster, job)["status"]["pytorchJob"]
+    assert cluster.deleted_children == []
 
 
 def test_an_adopted_config_map_gets_the_trainer_config_of_the_spec_as_it_is_now():

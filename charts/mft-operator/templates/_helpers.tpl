@@ -57,7 +57,7 @@ app.kubernetes.io/component: operator
   verbs: [update]
 - apiGroups: [kubeflow.org]
   resources: [pytorchjobs]
-  verbs: [get, list, watch, create, patch]
+  verbs: [get, list, watch, create, patch, delete]
 - apiGroups: [""]
   resources: [configmaps]
   verbs: [get, create, patch]
