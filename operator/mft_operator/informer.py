@@ -16,7 +16,9 @@ What is remembered is trusted within limits:
   deletion was missed (a relist after the watch expired) is dropped once unconfirmed for
   ``WARNING_MAX_AGE`` seconds, past the API server's default event TTL.
 A missing PyTorchJob is never taken from memory: the API confirms a deletion before anything is
-recreated (which spends restart budget).
+recreated (which spends restart budget). One deleted after it finished (``ttlSecondsAfterFinished``)
+leaves its last state, until the status write that records the outcome: it may be deleted before
+any pass saw it finish, and taken for lost it would be created, and trained, again.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from .render import JOB_NAME_LABEL
-from .status import Event
+from .status import TERMINAL, Event, child_finished
 
 MAX_AGE_SECONDS = 60.0
 WARNING_MAX_AGE_SECONDS = 2 * 3600.0  # twice the API server's default --event-ttl
@@ -64,6 +66,7 @@ class WatchCache:
         self._jobs: dict[Key, dict[str, Any]] = {}
         self._written: dict[Key, str] = {}  # resourceVersion our last status write produced
         self._pytorchjobs: dict[Key, tuple[float, dict[str, Any]]] = {}
+        self._finished: dict[Key, dict[str, Any]] = {}  # last state of a PyTorchJob deleted once finished
         self._pod_sets: dict[Key, _PodSet] = {}
         # PyTorchJob -> Event uid -> (when an event last delivered it, the Event)
         self._child_warnings: dict[Key, dict[str, tuple[float, dict[str, Any]]]] = {}
@@ -82,6 +85,8 @@ class WatchCache:
         with self._lock:
             self._jobs[_key(patched)] = kept
             self._written[_key(patched)] = patched["metadata"]["resourceVersion"]
+            if (patched.get("status") or {}).get("phase") in TERMINAL:
+                self._finished.pop(_key(patched), None)  # the outcome is recorded
 
     def job(self, namespace: str, name: str) -> dict[str, Any] | None:
         with self._lock:
@@ -111,18 +116,22 @@ class WatchCache:
             self._jobs.pop((namespace, name), None)
             self._written.pop((namespace, name), None)
             self._pytorchjobs.pop((namespace, name), None)  # named after its MFTJob
+            self._finished.pop((namespace, name), None)
             self._pod_sets.pop((namespace, name), None)
             self._child_warnings.pop((namespace, name), None)
 
     # ------------------------------------------------------------ PyTorchJobs
 
     def observe_pytorchjob(self, child: dict[str, Any], deleted: bool) -> None:
-        kept = None if deleted else _kept(child)
+        kept, key = _kept(child), _key(child)
         with self._lock:
-            if kept is None:
-                self._pytorchjobs.pop(_key(child), None)
-            else:
-                self._pytorchjobs[_key(child)] = (self.clock(), kept)
+            if not deleted:
+                self._pytorchjobs[key] = (self.clock(), kept)
+                self._finished.pop(key, None)
+                return
+            self._pytorchjobs.pop(key, None)
+            if child_finished(kept):
+                self._finished[key] = kept
 
     def remember_pytorchjob(self, child: dict[str, Any], read_at: float) -> None:
         """A PyTorchJob read or created at ``read_at``, unless an event has delivered a newer one since."""
@@ -131,6 +140,14 @@ class WatchCache:
             seen_at, _ = self._pytorchjobs.get(_key(child), (float("-inf"), None))
             if seen_at < read_at:
                 self._pytorchjobs[_key(child)] = (read_at, kept)
+                self._finished.pop(_key(child), None)
+
+    def finished_pytorchjob(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The last state of the PyTorchJob if it was deleted after it finished, and no status
+        write has recorded its outcome since."""
+        with self._lock:
+            child = self._finished.get((namespace, name))
+        return copy.deepcopy(child) if child is not None else None
 
     def pytorchjob(self, namespace: str, name: str) -> dict[str, Any] | None:
         """The PyTorchJob, or None when it is not known (or no longer trusted): read it."""
@@ -278,6 +295,9 @@ class CachedCluster:
 
     def master_log(self, namespace: str, pod_name: str) -> str:
         return self.cluster.master_log(namespace, pod_name)
+
+    def finished_child(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self.cache.finished_pytorchjob(namespace, name)
 
     def delete_child(self, obj: dict[str, Any]) -> None:
         self.cluster.delete_child(obj)  # the PyTorchJob watch delivers the deletion

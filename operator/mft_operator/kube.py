@@ -91,6 +91,9 @@ class KubeCluster:
         selector = f"{REFUSED_POD_EVENTS},involvedObject.name={name}"
         return _json(self.core.list_namespaced_event(namespace, field_selector=selector, _preload_content=False))["items"]
 
+    def finished_child(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return None  # remembered from watch events only (informer.CachedCluster)
+
     def delete_child(self, obj: dict[str, Any]) -> None:
         meta = obj["metadata"]
         group, version, plural = _CUSTOM[obj["kind"]]

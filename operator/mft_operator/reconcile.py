@@ -46,6 +46,9 @@ class Cluster(Protocol):
     def child_warnings(self, namespace: str, name: str) -> list[dict[str, Any]]:
         """Warning events about the PyTorchJob ``name`` (the training operator's reports)."""
     def master_log(self, namespace: str, pod_name: str) -> str: ...
+    def finished_child(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The last state of the PyTorchJob ``name`` if it was deleted after it finished
+        (ttlSecondsAfterFinished) and its outcome is not recorded yet; None if not known."""
     def delete_child(self, obj: dict[str, Any]) -> None:
         """Delete this PyTorchJob (its uid), its pods before it (foreground); gone already is fine."""
     def delete_pod(self, pod: dict[str, Any], grace_seconds: int | None) -> None:
@@ -230,6 +233,11 @@ def _observe_and_act(cluster: Cluster, job: dict[str, Any], settings: Settings, 
     recreated = False
     if child is not None and not controlled_by(child, job):
         return Observation(now=now, problems=(_conflict(child),))
+    if child is None and "pytorchJob" in (job.get("status") or {}):
+        final = cluster.finished_child(ctx.namespace, ctx.name)
+        if final is not None and controlled_by(final, job):
+            # Deleted as soon as it finished, before a pass recorded how: that is the outcome.
+            return Observation(now=now, child=final)
     if child is None:
         if not fresh:  # children are only created from a copy whose status is known to be current
             raise Stale(f"{ctx.namespace}/{ctx.name}")

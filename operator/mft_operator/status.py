@@ -103,6 +103,12 @@ def derive(job: dict[str, Any], seen: Observation) -> dict[str, Any]:
     return status
 
 
+def child_finished(child: dict[str, Any]) -> bool:
+    """Whether the PyTorchJob reports an outcome (Succeeded or Failed)."""
+    return any(c.get("status") == "True" and c.get("type") in TERMINAL
+               for c in (child.get("status") or {}).get("conditions", []))
+
+
 def backoff_limit(job: dict[str, Any]) -> int:
     return job["spec"].get("runPolicy", {}).get("backoffLimit", DEFAULT_BACKOFF_LIMIT)
 

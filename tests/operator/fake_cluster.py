@@ -15,6 +15,7 @@ class FakeCluster:
         self.warnings: list[dict[str, Any]] = []  # Warning events about PyTorchJobs
         self.deleted_pods: list[str] = []
         self.deleted_children: list[str] = []
+        self.finished: dict[tuple[str, str], dict[str, Any]] = {}  # PyTorchJobs deleted once finished
         self.delete_graces: list[int | None] = []
         self.logs: dict[str, str] = {}
         self.events: list[Any] = []
@@ -67,6 +68,9 @@ class FakeCluster:
     def child_warnings(self, namespace, name):
         return [copy.deepcopy(e) for e in self.warnings
                 if (e["involvedObject"]["namespace"], e["involvedObject"]["name"]) == (namespace, name)]
+
+    def finished_child(self, namespace, name):
+        return copy.deepcopy(self.finished.get((namespace, name)))
 
     def delete_child(self, obj):
         meta = obj["metadata"]

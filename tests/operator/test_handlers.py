@@ -222,6 +222,25 @@ def test_children_come_from_the_watch_cache_until_it_is_too_old():
     assert cluster.child_reads == 2 and cluster.jobs[("ml", "a")]["status"]["restarts"] == 1
 
 
+def test_a_child_deleted_right_after_it_finished_is_not_created_again():
+    """The watch delivers the PyTorchJob's last update (Succeeded) and its TTL deletion before a
+    pass reads it: the pass takes the outcome from the deleted child's last state."""
+    cluster = _cluster_with_job("a")
+    runtime = _runtime(cluster, WatchCache())
+    runtime.reconcile("ml", "a", "mftjob")
+    creates = cluster.creates
+    child = cluster.objects.pop(("PyTorchJob", "ml", "a"))
+    child["status"] = {"conditions": [{"type": "Succeeded", "status": "True", "reason": "PyTorchJobSucceeded",
+                                       "message": "done"}], "completionTime": "2026-01-01T00:00:09Z"}
+    runtime.cache.observe_pytorchjob(child, deleted=False)
+    runtime.cache.observe_pytorchjob(child, deleted=True)
+    runtime.reconcile("ml", "a", "pytorchjob")
+    written = cluster.jobs[("ml", "a")]["status"]
+    assert written["phase"] == "Succeeded" and written["completionTime"] == "2026-01-01T00:00:09Z"
+    assert cluster.creates == creates and written["restarts"] == 0
+    assert runtime.cache.finished_pytorchjob("ml", "a") is None  # the outcome is recorded
+
+
 def test_poll_resyncs_waiting_jobs_once_a_minute_and_running_ones_every_half_interval():
     cluster = _cluster_with_job("a")
     runtime = _runtime(cluster)

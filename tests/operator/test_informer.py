@@ -170,3 +170,35 @@ def test_a_late_event_of_a_replaced_pod_leaves_its_replacement_alone():
     assert [p["metadata"]["uid"] for p in cache.pods("ml", "a")] == ["m2"]
     cache.observe_pod(new, deleted=True)
     assert cache.pods("ml", "a") == ()
+
+
+def _child(conditions=()):
+    return {"metadata": {"namespace": "ml", "name": "a", "uid": "c1"},
+            "status": {"conditions": [{"type": t, "status": "True"} for t in conditions]}}
+
+
+def test_a_child_deleted_once_finished_leaves_its_last_state_until_the_outcome_is_written():
+    cache = WatchCache()
+    cache.observe_pytorchjob(_child(["Created", "Running"]), deleted=True)
+    assert cache.finished_pytorchjob("ml", "a") is None  # deleted while running: lost, not finished
+    cache.observe_pytorchjob(_child(["Created", "Succeeded"]), deleted=True)
+    assert cache.pytorchjob("ml", "a") is None
+    assert cache.finished_pytorchjob("ml", "a")["metadata"]["uid"] == "c1"
+    cache.wrote_status({"metadata": {"namespace": "ml", "name": "a", "resourceVersion": "7"},
+                        "status": {"phase": "Running"}})
+    assert cache.finished_pytorchjob("ml", "a") is not None
+    cache.wrote_status({"metadata": {"namespace": "ml", "name": "a", "resourceVersion": "8"},
+                        "status": {"phase": "Succeeded"}})
+    assert cache.finished_pytorchjob("ml", "a") is None
+
+
+def test_a_new_child_or_a_forgotten_job_drops_the_last_state_of_a_finished_one():
+    clock = Clock()
+    cache = WatchCache(clock=clock)
+    for renewal in (lambda: cache.observe_pytorchjob(_child(), deleted=False),
+                    lambda: cache.remember_pytorchjob(_child(), clock()),
+                    lambda: cache.forget_job("ml", "a")):
+        cache.observe_pytorchjob(_child(["Failed"]), deleted=True)
+        clock.now += 1
+        renewal()
+        assert cache.finished_pytorchjob("ml", "a") is None

@@ -197,6 +197,22 @@ def test_a_vanished_child_is_recreated_within_the_budget_then_the_job_fails():
     assert job["status"]["phase"] == "Failed" and job["status"]["failure"]["reason"] == "RestartBudgetExhausted"
 
 
+def test_a_child_deleted_as_soon_as_it_finished_gives_the_outcome_not_a_recreation():
+    """ttlSecondsAfterFinished: 0 deletes the PyTorchJob when it finishes, possibly before any pass
+    saw it finish. Taken for lost, it would be created (and trained) again."""
+    cluster = cluster_with_claims()
+    job = step(cluster, lora_job())
+    set_child_conditions(cluster, "Created", "Running")
+    job = step(cluster, job)
+    assert job["status"]["phase"] == "Running"
+    set_child_conditions(cluster, "Created", "Succeeded")
+    cluster.finished[("ml", "pythia-1b-code-lora")] = cluster.objects.pop(("PyTorchJob", "ml", "pythia-1b-code-lora"))
+    creates = cluster.creates
+    job = step(cluster, job)
+    assert job["status"]["phase"] == "Succeeded" and job["status"]["restarts"] == 0
+    assert cluster.creates == creates
+
+
 def test_a_job_being_deleted_never_recreates_its_child():
     # kubectl delete --cascade=foreground (and Argo CD's prune) deletes the children first.
     cluster = cluster_with_claims()
