@@ -15,12 +15,20 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text(encoding="utf-8")
+CHART_README = (ROOT / "charts" / "mft-operator" / "README.md").read_text(encoding="utf-8")
+CHART_CRDS = "charts/mft-operator/crds/"
 # Programs whose README commands run offline on any machine.
 RUNNABLE = ("mftctl validate", "mftctl render", "mftctl reference", "mft-train tokenize")
 
 
-def blocks(language: str) -> list[str]:
-    return re.findall(rf"```{language}\n(.*?)```", README, flags=re.S)
+def blocks(language: str, text: str = README) -> list[str]:
+    return re.findall(rf"```{language}\n(.*?)```", text, flags=re.S)
+
+
+def crd_upgrade_commands(text: str) -> list[str]:
+    """The commands of ``text``'s bash blocks that apply the chart's CRD (the upgrade step)."""
+    return [line.strip() for block in blocks("bash", text) for line in block.splitlines()
+            if line.startswith("kubectl apply") and CHART_CRDS in line]
 
 
 def runnable_bash_commands() -> list[str]:
@@ -70,3 +78,16 @@ def test_readme_console_example_prints_what_the_readme_shows(command, expected):
         assert result.returncode == 0, result.stderr[-2000:]
     if expected:
         assert shown == expected
+
+
+def test_both_readmes_upgrade_the_crd_over_the_fields_helm_owns():
+    """Helm creates the CRD, so its field manager owns the fields: a plain server-side apply of a changed
+    CRD fails with a conflict (tests/e2e/test_chart_and_rbac.py runs the README's command against a CRD
+    Helm installed). tests/e2e/cluster/up.sh applies its CRDs the same way."""
+    expected = f"kubectl apply --server-side --force-conflicts -f {CHART_CRDS}"
+    assert crd_upgrade_commands(README) == [expected]
+    assert crd_upgrade_commands(CHART_README) == [expected]
+    up = (ROOT / "tests" / "e2e" / "cluster" / "up.sh").read_text(encoding="utf-8")
+    server_side = [line for line in up.splitlines() if "apply --server-side" in line]
+    assert server_side and all("--force-conflicts" in line for line in server_side)
+

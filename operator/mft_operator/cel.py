@@ -15,7 +15,7 @@ from typing import Any
 import celpy
 from celpy import celtypes
 
-from .schema import FieldError, Schema, join
+from .schema import NO_VALUE, FieldError, Schema, join
 
 _REASON_KIND = {
     "FieldValueRequired": "Required value",
@@ -91,7 +91,9 @@ def _evaluate(rule: dict[str, Any], value: Any, old: Any, schema: Schema, path: 
     if passed:
         return None
     kind = _REASON_KIND[rule.get("reason", "FieldValueInvalid")]
-    return FieldError(error_path, kind, _message(rule, activation))
+    # The apiserver prints the value of a scalar that fails a rule, never that of an object or a list.
+    shown = value if kind == "Invalid value" and schema.get("type") not in ("object", "array") else NO_VALUE
+    return FieldError(error_path, kind, _message(rule, activation), shown)
 
 
 def _message(rule: dict[str, Any], activation: dict[str, Any]) -> str:

@@ -6,11 +6,17 @@ import argparse
 import os
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Sequence, TextIO
 
 import yaml
 
-from . import KIND, render, settings as settings_mod, validation, yamlio
+from . import API_GROUP, KIND, render, settings as settings_mod, validation, yamlio
+
+STDIN = Path("-")
+
+
+class InputError(Exception):
+    """A manifest that cannot be read; the message is one line that names the file."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -21,6 +27,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except settings_mod.SettingsError as exc:
         parser.error(str(exc))
         return 2
+    except InputError as exc:
+        print(exc, file=sys.stderr)
+        return 1
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -28,11 +37,11 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
     validate = commands.add_parser("validate", help="check MFTJob manifests with the CRD's schema and rules")
-    validate.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    validate.add_argument("files", nargs="+", type=Path, metavar="FILE", help="a manifest file, or - for standard input")
     validate.set_defaults(command=cmd_validate)
 
     render_cmd = commands.add_parser("render", help="print the objects the operator would create")
-    render_cmd.add_argument("file", type=Path, metavar="FILE")
+    render_cmd.add_argument("file", type=Path, metavar="FILE", help="a manifest file, or - for standard input")
     render_cmd.add_argument("--namespace", "-n", help="namespace of the MFTJob when the manifest has none")
     _settings_flags(render_cmd)
     render_cmd.set_defaults(command=cmd_render)
@@ -86,7 +95,46 @@ def _settings(args: argparse.Namespace) -> settings_mod.Settings:
 
 
 def _documents(path: Path) -> list[Any]:
-    return list(yamlio.load_all(path.read_text(encoding="utf-8")))
+    """The YAML documents of ``path`` (``-``: standard input)."""
+    try:
+        text = sys.stdin.read() if path == STDIN else path.read_text(encoding="utf-8")
+        return list(yamlio.load_all(text))
+    except OSError as exc:
+        raise InputError(f"{_name(path)}: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{_name(path)}: not UTF-8 text: {exc.reason} at byte {exc.start}") from exc
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        raise InputError(f"{_name(path)}: not valid YAML: {exc.problem or exc.context}{where}") from exc
+    except yaml.YAMLError as exc:
+        raise InputError(f"{_name(path)}: not valid YAML: {' '.join(str(exc).split())}") from exc
+
+
+def _name(path: Path) -> str:
+    return "<stdin>" if path == STDIN else str(path)
+
+
+def _mftjobs(path: Path) -> list[Any]:
+    """The documents of ``path`` that are MFTJobs, or meant to be (they are validated); documents of
+    other kinds (a PersistentVolumeClaim beside the job) are skipped, with a note on stderr."""
+    documents = _documents(path)
+    if not documents:
+        raise InputError(f"{_name(path)}: no YAML documents")
+    jobs = []
+    for doc in documents:
+        if _other_kind(doc):
+            print(f"{_name(path)}: {_label(doc)}: skipped, not an {KIND}", file=sys.stderr)
+        else:
+            jobs.append(doc)
+    return jobs
+
+
+def _other_kind(doc: Any) -> bool:
+    """A manifest of another kind. One without a kind, or of this API group, is validated as an MFTJob."""
+    if not isinstance(doc, dict) or not doc.get("kind") or doc["kind"] == KIND:
+        return False
+    return not str(doc.get("apiVersion", "")).startswith(f"{API_GROUP}/")
 
 
 def _label(doc: Any) -> str:
@@ -101,37 +149,39 @@ def cmd_validate(args: argparse.Namespace) -> int:
     failed = False
     for path in args.files:
         try:
-            documents = _documents(path)
-        except (OSError, yaml.YAMLError) as exc:
-            print(f"{path}: {exc}", file=sys.stderr)
+            jobs = _mftjobs(path)
+        except InputError as exc:
+            print(exc, file=sys.stderr)
             failed = True
             continue
-        if not documents:
-            print(f"{path}: no YAML documents", file=sys.stderr)
-            failed = True
-        for doc in documents:
-            errors = validation.validate(doc)
-            for error in errors:
-                print(f"{path}: {_label(doc)}: {error}")
-            failed = failed or bool(errors)
+        failed = _report(path, jobs, sys.stdout) or failed
     return 1 if failed else 0
+
+
+def _report(path: Path, jobs: list[Any], out: TextIO) -> bool:
+    """Print every validation error of ``jobs`` to ``out``; True when there was one."""
+    failed = False
+    for job in jobs:
+        for error in validation.validate(job):
+            print(f"{_name(path)}: {_label(job)}: {error}", file=out)
+            failed = True
+    return failed
 
 
 def cmd_render(args: argparse.Namespace) -> int:
     """Validate first: the operator never sees an object the apiserver would reject."""
     settings = _settings(args)
+    jobs = _mftjobs(args.file)
+    if not jobs:
+        print(f"{_name(args.file)}: no {KIND} to render", file=sys.stderr)
+        return 1
+    if _report(args.file, jobs, sys.stderr):
+        return 1
     objects = []
-    for doc in _documents(args.file):
-        errors = validation.validate(doc)
-        if errors:
-            for error in errors:
-                print(f"{args.file}: {_label(doc)}: {error}", file=sys.stderr)
-            return 1
-        if doc.get("kind") != KIND:
-            continue
-        if args.namespace and not doc["metadata"].get("namespace"):
-            doc["metadata"]["namespace"] = args.namespace
-        objects.extend(render.render(doc, settings))
+    for job in jobs:
+        if args.namespace and not job["metadata"].get("namespace"):
+            job["metadata"]["namespace"] = args.namespace
+        objects.extend(render.render(job, settings))
     sys.stdout.write(yamlio.dump_all(objects))
     return 0
 
@@ -139,15 +189,12 @@ def cmd_render(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from . import local
 
-    jobs = [doc for doc in _documents(args.file) if isinstance(doc, dict) and doc.get("kind") == KIND]
+    jobs = _mftjobs(args.file)
     if len(jobs) != 1:
-        print(f"{args.file}: expected exactly one {KIND}, found {len(jobs)}", file=sys.stderr)
+        print(f"{_name(args.file)}: expected exactly one {KIND}, found {len(jobs)}", file=sys.stderr)
         return 1
-    job = jobs[0]
-    errors = validation.validate(job)
-    for error in errors:
-        print(f"{args.file}: {_label(job)}: {error}", file=sys.stderr)
-    if errors:
+    (job,) = jobs
+    if _report(args.file, jobs, sys.stderr):
         return 1
     try:
         plan = local.plan(job, args.file.resolve().parent, _settings(args), workdir=args.workdir,

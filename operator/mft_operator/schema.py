@@ -19,7 +19,8 @@ from typing import Any
 
 Schema = dict[str, Any]
 
-_NO_VALUE = object()
+# The value of an error that prints none (a missing field, a rule on an object or a list).
+NO_VALUE = object()
 
 
 @dataclass(frozen=True)
@@ -29,14 +30,14 @@ class FieldError:
     path: str
     kind: str
     detail: str = ""
-    value: Any = _NO_VALUE
+    value: Any = NO_VALUE
     # A wrong type, a missing field, a value outside an enum or over a size limit: the
     # apiserver then skips CEL rules, which were type-checked against the schema's shape.
     shape: bool = False
 
     def __str__(self) -> str:
         parts = [self.path or "<nil>", self.kind]
-        if self.value is not _NO_VALUE:
+        if self.value is not NO_VALUE:
             parts.append(go_repr(self.value))
         if self.detail:
             parts.append(self.detail)
@@ -179,12 +180,13 @@ def _check_number(value: float, schema: Schema, path: str, errors: list[FieldErr
 
 
 def _check_string(value: str, schema: Schema, path: str, errors: list[FieldError]) -> None:
+    """The first of maxLength, minLength and pattern that fails, as the apiserver reports it."""
     size = len(value.encode("utf-8"))
     if "maxLength" in schema and size > schema["maxLength"]:
         errors.append(FieldError(path, "Too long", f"may not be more than {schema['maxLength']} bytes", shape=True))
-    if "minLength" in schema and size < schema["minLength"]:
+    elif "minLength" in schema and size < schema["minLength"]:
         errors.append(FieldError(path, "Invalid value", f"{path} in body should be at least {schema['minLength']} chars long", value))
-    if "pattern" in schema and not _regex(schema["pattern"]).search(value):
+    elif "pattern" in schema and not _regex(schema["pattern"]).search(value):
         errors.append(FieldError(path, "Invalid value", f"{path} in body should match '{schema['pattern']}'", value))
 
 

@@ -6,6 +6,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Mapping
 
+from . import validation
+
 DEFAULT_TRAINER_IMAGE = "ghcr.io/mft-dev/mft-trainer:0.1.0"
 
 
@@ -44,6 +46,15 @@ ENV = {
     "health_port": "MFT_HEALTH_PORT",
     "log_format": "MFT_LOG_FORMAT",
     "log_level": "MFT_LOG_LEVEL",
+}
+
+# The defaults for spec.resources, checked at startup by the CRD's own rules for those fields: a
+# value the apiserver would refuse in an MFTJob would make every pod that gets it invalid.
+JOB_DEFAULTS = {
+    "default_gpus_per_node": "spec.resources.gpusPerNode",
+    "default_cpu": "spec.resources.cpu",
+    "default_memory": "spec.resources.memory",
+    "default_shm_size": "spec.resources.shmSize",
 }
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")  # the chart's values.schema.json lists the same
@@ -91,5 +102,8 @@ def _check(settings: Settings) -> None:
         raise SettingsError(f"log level must be one of {', '.join(LOG_LEVELS)}, found {settings.log_level!r}")
     if settings.max_concurrent_reconciles < 1:
         raise SettingsError(f"max concurrent reconciles must be >= 1, found {settings.max_concurrent_reconciles}")
-    if settings.default_gpus_per_node < 0:
-        raise SettingsError(f"default GPUs per node must be >= 0, found {settings.default_gpus_per_node}")
+    for name, field in JOB_DEFAULTS.items():
+        value = getattr(settings, name)
+        errors = validation.validate_field(field, value)
+        if errors:
+            raise SettingsError(f"{ENV[name]}={value!r} is not a valid {field}: {errors[0].kind}: {errors[0].detail}")

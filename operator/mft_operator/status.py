@@ -12,8 +12,10 @@ from . import progress as progress_mod
 
 PENDING, CREATED, RUNNING, RESTARTING = "Pending", "Created", "Running", "Restarting"
 SUCCEEDED, FAILED, SUSPENDED = "Succeeded", "Failed", "Suspended"
+# Suspended by Kueue, not by the user: waiting to be admitted from its LocalQueue.
+QUEUED = "Queued"
 TERMINAL = frozenset({SUCCEEDED, FAILED})
-ACTIVE = frozenset({PENDING, CREATED, RUNNING, RESTARTING, SUSPENDED})
+ACTIVE = frozenset({PENDING, CREATED, QUEUED, RUNNING, RESTARTING, SUSPENDED})
 # PyTorchJob condition types, strongest first: the phase is the first one that is True.
 CHILD_PHASES = (SUCCEEDED, FAILED, SUSPENDED, RESTARTING, RUNNING, CREATED)
 # Child phases in which the trainer has run, so its log may hold progress.
@@ -80,6 +82,14 @@ def derive(job: dict[str, Any], seen: Observation) -> dict[str, Any]:
     seen = _count_pod_restarts(job, status, seen)
 
     phase, child_condition = _phase(seen)
+    queue = (job["spec"].get("scheduling") or {}).get("queueName")
+    if phase == SUSPENDED and queue:
+        # Kueue owns a queued job's suspension (spec.runPolicy.suspend is ignored for it).
+        phase, child_condition = QUEUED, {
+            "reason": "WaitingForAdmission",
+            "message": f"Waiting for Kueue to admit the job from LocalQueue {queue} (scheduling.queueName); "
+                       f"kubectl -n {job['metadata'].get('namespace')} get workloads shows its place and why.",
+        }
     if phase == PENDING and seen.problems and previous.get("phase") in ACTIVE:
         # The child could not be read this time (its API went missing, say): Blocked says why,
         # and the phase stays what was last seen rather than fall back to Pending.
@@ -402,7 +412,7 @@ def _pod_creation_problems(seen: Observation, phase: str, previous: list[dict[st
 def _wants_pods(child: dict[str, Any], phase: str) -> bool:
     """The child should have all its pods: it is active, or suspended with a resume asked for
     (the training operator keeps Suspended in its status until the resumed pods exist)."""
-    if phase == SUSPENDED:
+    if phase in (SUSPENDED, QUEUED):
         return not _suspend_requested(child)
     return phase in (CREATED, RUNNING, RESTARTING)
 

@@ -4,7 +4,7 @@ validation)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from . import API_GROUP, API_VERSION, KIND, cel, schema
 from .crd import mftjob_schema
@@ -27,11 +27,25 @@ def validate(job: Any, old: dict[str, Any] | None = None) -> list[FieldError]:
         return errors
     root = mftjob_schema()
     defaulted = with_defaults(job)
-    errors = schema.validate(_without_metadata(defaulted), root)
+    old_defaulted = with_defaults(old) if old is not None else None
+    return _then_rules(schema.validate(_without_metadata(defaulted), root),
+                       lambda: cel.check(defaulted, root, old_defaulted))
+
+
+def validate_field(path: str, value: Any) -> list[FieldError]:
+    """Errors of ``value`` as the value of one field of an MFTJob (``spec.resources.memory``):
+    what the apiserver would say if a manifest held it there."""
+    node = mftjob_schema()
+    for name in path.split("."):
+        node = node["properties"][name]
+    return _then_rules(schema.validate(value, node, path), lambda: cel.check(value, node, path=path))
+
+
+def _then_rules(errors: list[FieldError], rules: Callable[[], list[FieldError]]) -> list[FieldError]:
+    """Like the apiserver, CEL rules run only when the schema found no shape errors."""
     if any(error.shape for error in errors):
         return errors
-    old_defaulted = with_defaults(old) if old is not None else None
-    return errors + cel.check(defaulted, root, old_defaulted)
+    return errors + rules()
 
 
 def _check_identity(job: dict[str, Any]) -> list[FieldError]:

@@ -119,7 +119,8 @@ class UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-@pytest.mark.parametrize("values", [[], ["--set", "watchNamespaces={a,b}"]])
+@pytest.mark.parametrize("values", [[], ["--set", "watchNamespaces={a,b}"],
+                                    ["--set", r"podLabels.app\.kubernetes\.io/component=controller"]])
 def test_rendered_chart_repeats_no_key(helm, values):
     out = subprocess.run([helm, "template", "mft", str(CHART), "-n", "mft-system", *values],
                          check=True, capture_output=True, text=True).stdout
@@ -161,6 +162,40 @@ def test_job_defaults_reach_the_operator_and_are_checked(helm):
 
     settings = from_env(env)
     assert (settings.default_gpus_per_node, settings.default_memory, settings.default_shm_size) == (8, "64Gi", "2Gi")
-    refused = subprocess.run([helm, "template", "mft", str(CHART), "--set", "jobDefaults.memory=lots"],
+    for bad in ("jobDefaults.memory=lots", "jobDefaults.memory=16K", "jobDefaults.shmSize=2gb", "jobDefaults.cpu=-1",
+                "jobDefaults.cpu=0", "jobDefaults.gpusPerNode=65"):
+        refused = subprocess.run([helm, "template", "mft", str(CHART), "--set", bad], capture_output=True, text=True)
+        assert refused.returncode != 0 and f"/{bad.split('=')[0].replace('.', '/')}" in refused.stderr, bad
+    for good in ("jobDefaults.memory=1e9", "jobDefaults.shmSize=512Mi", "jobDefaults.cpu=500m", "jobDefaults.gpusPerNode=64"):
+        template(helm, "--set", good)
+
+
+def test_job_defaults_follow_the_crd():
+    """The chart's schema for jobDefaults is the CRD's for the spec.resources fields they fill in."""
+    from mft_operator.crd import mftjob_schema
+
+    resources = mftjob_schema()["properties"]["spec"]["properties"]["resources"]["properties"]
+    defaults = json.loads((CHART / "values.schema.json").read_text())["properties"]["jobDefaults"]["properties"]
+    for name in ("cpu", "memory", "shmSize"):
+        assert defaults[name]["pattern"] == resources[name]["pattern"], name
+    gpus = resources["gpusPerNode"]
+    assert (defaults["gpusPerNode"]["minimum"], defaults["gpusPerNode"]["maximum"]) == (gpus["minimum"], gpus["maximum"])
+
+
+def test_health_and_metrics_ports_must_differ(helm):
+    refused = subprocess.run([helm, "template", "mft", str(CHART), "--set", "healthPort=9090"],
                              capture_output=True, text=True)
-    assert refused.returncode != 0 and "/jobDefaults/memory" in refused.stderr
+    assert refused.returncode != 0
+    assert "healthPort and metrics.port must differ (both are 9090)" in refused.stderr
+
+
+def test_pod_labels_never_replace_the_selector_labels(helm):
+    for key in ("name", "instance"):
+        refused = subprocess.run([helm, "template", "mft", str(CHART), "--set", rf"podLabels.app\.kubernetes\.io/{key}=x"],
+                                 capture_output=True, text=True)
+        assert refused.returncode != 0 and f"/podLabels/app.kubernetes.io~1{key}" in refused.stderr, refused.stderr
+    deployment = next(d for d in template(helm, "--set", "podLabels.team=ml", "--set", r"podLabels.app\.kubernetes\.io/component=c")
+                      if d["kind"] == "Deployment")
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert deployment["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    assert (labels["team"], labels["app.kubernetes.io/component"]) == ("ml", "c")

@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
+from pathlib import Path
 
 import pytest
 
+from mft_operator import yamlio
+from tests.test_readme import CHART_CRDS, README, crd_upgrade_commands
 
 from .conftest import RELEASE, RELEASE_NAMESPACE, SERVICE_ACCOUNT
-from .support import Cluster, Operator
+from .support import ROOT, Cluster, Operator, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -57,7 +61,10 @@ def test_helm_install_creates_crd_rbac_and_service_account(cluster: Cluster, cha
     assert deployment["spec"]["template"]["spec"]["serviceAccountName"] == SERVICE_ACCOUNT
     # The short name and the category from the CRD work against the real apiserver.
     assert cluster.kubectl("get", "mft", "-A").returncode == 0
-    assert cluster.kubectl("get", "mft", "-A", "-o", "name").stdout == cluster.kubectl("get", "mftjobs", "-A", "-o", "name").stdout
+    # Two listings a moment apart: jobs of other tests' namespaces may go in between, so ask until they agree.
+    wait_for("the short name to list what the plural lists",
+             lambda: cluster.kubectl("get", "mft", "-A", "-o", "name").stdout
+             == cluster.kubectl("get", "mftjobs", "-A", "-o", "name").stdout, 30)
 
 
 def test_operator_authenticates_as_the_chart_service_account(cluster: Cluster, operator: Operator):
@@ -124,3 +131,36 @@ def test_kubectl_explain_documents_every_training_field(cluster: Cluster, chart:
     # Every section of the spec is documented too.
     spec = _explain_fields(cluster.kubectl("explain", "mftjob.spec").stdout)
     assert all(spec[name] for name in mftjob_schema()["properties"]["spec"]["properties"]), spec
+
+
+def test_readme_crd_upgrade_command_applies_a_changed_crd_over_helms_fields(cluster: Cluster, chart: dict,
+                                                                             tmp_path: Path):
+    """The README's upgrade step, run as written against the CRD Helm installed, with the chart's CRD
+    changed the way a new release changes it; the original CRD is put back the same way."""
+    (command,) = crd_upgrade_commands(README)
+    original = ROOT / CHART_CRDS / "mftjob.yaml"
+    crd = yamlio.load(original.read_text(encoding="utf-8"))
+    crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["description"] += " Upgraded."
+    upgraded = tmp_path / "crds"
+    upgraded.mkdir()
+    (upgraded / "mftjob.yaml").write_text(yamlio.dump(crd))
+
+    def apply(folder: Path, *args: str):
+        argv = [str(folder) if arg == CHART_CRDS else arg for arg in shlex.split(command)[1:]]
+        return cluster.kubectl(*[a for a in argv if a not in args], check=False)
+
+    def description() -> str:
+        return cluster.kubectl("get", "crd", "mftjobs.mft.dev", "-o",
+                               "jsonpath={.spec.versions[0].schema.openAPIV3Schema.description}").stdout
+
+    plain = apply(upgraded, "--force-conflicts")
+    assert plain.returncode != 0 and 'conflict with "helm"' in plain.stderr, plain.stdout + plain.stderr
+    try:
+        result = apply(upgraded)
+        assert result.returncode == 0, result.stderr
+        assert description().endswith(" Upgraded.")
+    finally:
+        restored = apply(ROOT / CHART_CRDS)
+        assert restored.returncode == 0, restored.stderr
+    assert not description().endswith(" Upgraded.")
+

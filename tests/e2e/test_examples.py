@@ -175,8 +175,10 @@ def test_lora_example_waits_for_kueue_admission_then_runs(cluster: Cluster, clus
     cluster.kubectl("create", "secret", "generic", "hf-token", "-n", ns, "--from-literal=token=hf_test")
     apply_example(cluster, ns, "lora")
 
-    # scheduling.queueName: created suspended with Kueue's label, for Kueue to admit.
-    cluster.wait_phase(ns, name, "Suspended")
+    # scheduling.queueName: created suspended with Kueue's label, for Kueue to admit; Queued meanwhile.
+    queued = cluster.wait_phase(ns, name, "Queued")
+    waiting = condition(queued["status"], "Queued")
+    assert waiting["reason"] == "WaitingForAdmission" and "LocalQueue team-a" in waiting["message"]
     child = check_children(cluster, ns, manifest)
     assert child["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a"
     assert child["spec"]["runPolicy"]["suspend"] is True

@@ -72,3 +72,36 @@ def test_operator_install_script_builds_a_working_environment(tmp_path):
     installed = subprocess.run([python, "-m", "pip", "list", "--format=json"], capture_output=True, text=True, check=True)
     names = {canonical(p["name"]) for p in json.loads(installed.stdout)}
     assert "torch" not in names, "the operator image must not carry torch"
+
+
+def docker_ignored(path: str, patterns: list[str]) -> bool:
+    """Whether the build context leaves out ``path`` (relative to the root): a pattern matches it or a
+    folder above it, ``*`` within one path element and ``**`` across any number of them, as Docker reads
+    .dockerignore (no ``!`` exceptions are used)."""
+    parts = path.split("/")
+    for pattern in patterns:
+        regex = "".join(".*" if piece == "**" else re.escape(piece).replace(r"\*", "[^/]*").replace(r"\?", "[^/]")
+                        for piece in re.split(r"(\*\*)", pattern.strip("/")))
+        if any(re.fullmatch(regex.replace(".*/", "(.*/)?"), "/".join(parts[:n])) for n in range(1, len(parts) + 1)):
+            return True
+    return False
+
+
+def test_dockerignore_keeps_local_state_out_of_the_build_context_and_every_copied_file_in():
+    patterns = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
+                if line.strip() and not line.startswith("#")]
+    for local in (".venv/bin/python", ".cluster/kubeconfig", "runs/demo/sst/config.yaml", ".bench/x", ".whl/a.whl",
+                  ".git/HEAD", ".pytest_cache/v", ".hypothesis/examples", "operator/build/lib/mft_operator/cli.py",
+                  "trainer/mft_trainer.egg-info/PKG-INFO", "operator/mft_operator/__pycache__/cli.cpython-311.pyc"):
+        assert docker_ignored(local, patterns), f"{local} would be sent to the Docker daemon"
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    for image in IMAGES:
+        dockerfile = (ROOT / "images" / image / "Dockerfile").read_text()
+        sources = [line.split()[1] for line in dockerfile.splitlines() if line.startswith(("COPY ", "ADD "))]
+        assert sources, image
+        for source in sources:
+            copied = [f for f in tracked if f == source or f.startswith(source.rstrip("/") + "/")]
+            assert copied, f"{image}: COPY {source} copies no tracked file"
+            ignored = [f for f in copied if docker_ignored(f, patterns)]
+            assert ignored == [], f"{image}: COPY {source} would miss {ignored[:5]}"
+

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import io
+
+import pytest
+
 from mft_operator import cli, yamlio
 
 from .helpers import EXAMPLES, INVALID, ROOT
@@ -48,6 +52,69 @@ def test_render_prints_the_objects_with_flags_applied(capsys):
 def test_render_refuses_an_invalid_job(capsys):
     assert cli.main(["render", str(ROOT / "examples" / "invalid" / "lora-with-sft.yaml")]) == 1
     assert "spec.lora: Forbidden" in capsys.readouterr().err
+
+
+PVC = """apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {name: models}
+spec: {accessModes: [ReadOnlyMany], resources: {requests: {storage: 10Gi}}}
+"""
+
+
+@pytest.mark.parametrize("command", [["render"], ["run", "--local"]])
+def test_render_and_run_name_an_unreadable_file_in_one_line(capsys, tmp_path, command):
+    missing, broken = tmp_path / "missing.yaml", tmp_path / "broken.yaml"
+    broken.write_text("spec: [unclosed\n")
+    assert cli.main([command[0], str(missing), *command[1:]]) == 1
+    assert capsys.readouterr().err == f"{missing}: No such file or directory\n"
+    assert cli.main([command[0], str(broken), *command[1:]]) == 1
+    assert capsys.readouterr().err == (f"{broken}: not valid YAML: expected ',' or ']', but got '<stream end>' "
+                                       "(line 2, column 1)\n")
+
+
+def test_validate_names_an_unreadable_file_in_one_line(capsys, tmp_path):
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("a: b: c\n")
+    assert cli.main(["validate", str(broken), str(EXAMPLES[0])]) == 1
+    assert capsys.readouterr().err == f"{broken}: not valid YAML: mapping values are not allowed here (line 1, column 5)\n"
+
+
+def test_render_and_validate_skip_other_kinds_and_say_so(capsys, tmp_path):
+    both = tmp_path / "both.yaml"
+    both.write_text(PVC + "---\n" + (ROOT / "examples" / "sft.yaml").read_text())
+    assert cli.main(["validate", str(both)]) == 0
+    out, err = capsys.readouterr()
+    assert out == "" and err == f"{both}: PersistentVolumeClaim/models: skipped, not an MFTJob\n"
+    assert cli.main(["render", str(both)]) == 0
+    out, err = capsys.readouterr()
+    assert [o["kind"] for o in yamlio.load_all(out)] == ["ConfigMap", "PersistentVolumeClaim", "PyTorchJob"]
+    assert err == f"{both}: PersistentVolumeClaim/models: skipped, not an MFTJob\n"
+
+
+def test_a_document_of_the_mft_api_group_is_never_skipped(capsys, tmp_path):
+    typo = tmp_path / "typo.yaml"
+    typo.write_text((ROOT / "examples" / "sft.yaml").read_text().replace("kind: MFTJob", "kind: MFTJobs"))
+    assert cli.main(["validate", str(typo)]) == 1
+    assert 'kind: Unsupported value: "MFTJobs"' in capsys.readouterr().out
+
+
+def test_render_needs_an_mftjob(capsys, tmp_path):
+    only_pvc = tmp_path / "pvc.yaml"
+    only_pvc.write_text(PVC)
+    assert cli.main(["render", str(only_pvc)]) == 1
+    assert capsys.readouterr().err.splitlines()[-1] == f"{only_pvc}: no MFTJob to render"
+
+
+def test_validate_and_render_read_standard_input(capsys, monkeypatch):
+    manifest = PVC + "---\n" + (ROOT / "examples" / "invalid" / "lora-with-sft.yaml").read_text()
+    monkeypatch.setattr("sys.stdin", io.StringIO(manifest))
+    assert cli.main(["validate", "-"]) == 1
+    out, err = capsys.readouterr()
+    assert out.startswith("<stdin>: MFTJob/lora-with-sft: spec.lora: Forbidden")
+    assert err == "<stdin>: PersistentVolumeClaim/models: skipped, not an MFTJob\n"
+    monkeypatch.setattr("sys.stdin", io.StringIO((ROOT / "examples" / "sft.yaml").read_text()))
+    assert cli.main(["render", "-"]) == 0
+    assert [o["kind"] for o in yamlio.load_all(capsys.readouterr().out)][-1] == "PyTorchJob"
 
 
 def test_the_operator_package_never_imports_torch_or_the_trainer():

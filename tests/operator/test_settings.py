@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from mft_operator import cli
 from mft_operator.settings import Settings, SettingsError, from_env
 
 
@@ -27,7 +28,26 @@ def test_environment_and_flag_overrides():
     ({"MFT_METRICS_PORT": "http"}, "MFT_METRICS_PORT"),
     ({"MFT_LOG_FORMAT": "xml"}, "log format"),
     ({"MFT_LOG_LEVEL": "verbose"}, "log level must be one of DEBUG, INFO, WARNING, ERROR, found 'verbose'"),
+    # The job defaults obey the CRD's rules for the fields they fill in.
+    ({"MFT_DEFAULT_MEMORY": "16K"}, r"MFT_DEFAULT_MEMORY='16K' is not a valid spec.resources.memory: .* should match"),
+    ({"MFT_DEFAULT_SHM_SIZE": "0Gi"}, "MFT_DEFAULT_SHM_SIZE='0Gi' is not a valid spec.resources.shmSize: Invalid value: must be greater than 0"),
+    ({"MFT_DEFAULT_CPU": "-2"}, "MFT_DEFAULT_CPU='-2' is not a valid spec.resources.cpu"),
+    ({"MFT_DEFAULT_GPUS_PER_NODE": "65"}, "MFT_DEFAULT_GPUS_PER_NODE=65 is not a valid spec.resources.gpusPerNode: .* less than or equal to 64"),
+    ({"MFT_DEFAULT_GPUS_PER_NODE": "-1"}, "MFT_DEFAULT_GPUS_PER_NODE=-1 is not a valid spec.resources.gpusPerNode"),
 ])
 def test_bad_settings_are_refused(env, message):
     with pytest.raises(SettingsError, match=message):
         from_env(env)
+
+
+def test_job_defaults_accept_every_quantity_form():
+    settings = from_env({"MFT_DEFAULT_CPU": "500m", "MFT_DEFAULT_MEMORY": "1e9", "MFT_DEFAULT_SHM_SIZE": "512Mi"})
+    assert (settings.default_cpu, settings.default_memory, settings.default_shm_size) == ("500m", "1e9", "512Mi")
+
+
+def test_the_operator_refuses_to_start_with_a_bad_job_default(monkeypatch, capsys):
+    monkeypatch.setenv("MFT_DEFAULT_MEMORY", "16K")
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["operator", "-A"])
+    assert exit_info.value.code == 2
+    assert "MFT_DEFAULT_MEMORY='16K' is not a valid spec.resources.memory" in capsys.readouterr().err

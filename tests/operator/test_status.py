@@ -144,6 +144,19 @@ def test_suspended_and_resumed():
     assert conditions(statuses[-1]) == {"Created": "True", "Running": "True", "Suspended": "False"}
 
 
+def test_suspended_by_kueue_is_queued_with_the_local_queue_named():
+    queued = {"metadata": {"name": "j", "namespace": "ml", "generation": 1},
+              "spec": {"mode": "sft", "scheduling": {"queueName": "team-a"}}, "status": {}}
+    waiting = derive(queued, Observation(now=T0, child=child("Created", "Suspended")))
+    assert waiting["phase"] == "Queued"
+    condition = next(c for c in waiting["conditions"] if c["type"] == "Queued")
+    assert condition["status"] == "True" and condition["reason"] == "WaitingForAdmission"
+    assert "LocalQueue team-a" in condition["message"] and "kubectl -n ml get workloads" in condition["message"]
+    assert [e.reason for e in events({}, waiting)] == ["Queued"]
+    admitted = derive({**queued, "status": waiting}, Observation(now=T1, child=child("Created", "Running")))
+    assert admitted["phase"] == "Running" and conditions(admitted)["Queued"] == "False"
+
+
 def test_terminal_is_final_even_when_the_child_vanishes():
     statuses = run([
         (T0, {"child": child("Created", "Succeeded")}),

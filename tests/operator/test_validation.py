@@ -114,6 +114,34 @@ def test_schema_walker_reports_like_the_apiserver():
     }
 
 
+def test_scalar_rules_and_string_checks_report_like_the_apiserver():
+    """A rule on a scalar prints its value (never one on an object or a list), and a string reports only
+    the first of maxLength, minLength and pattern it fails. Lines as kube-apiserver 1.36 printed them."""
+    job = _lora()
+    spec = job["spec"]
+    spec["checkpoint"]["mountPath"] = "/etc/mft"
+    spec["imagePullSecrets"] = [{"name": ""}]
+    spec["resources"].update(memory="0Gi", cpu=0)
+    spec["podMetadata"]["labels"]["n" * 64] = "x"
+    errors = [str(e) for e in validation.validate(job)]
+    assert set(errors) == {
+        'spec.checkpoint.mountPath: Invalid value: "/etc/mft": /etc/mft and /dev/shm are reserved for the operator',
+        'spec.imagePullSecrets[0].name: Invalid value: "": spec.imagePullSecrets[0].name in body should be at least 1 chars long',
+        'spec.resources.memory: Invalid value: "0Gi": must be greater than 0',
+        "spec.resources.cpu: Invalid value: 0: spec.resources.cpu in body should be greater than or equal to 1",
+        "spec.podMetadata.labels: Invalid value: keys must be qualified names: an optional DNS subdomain prefix of at "
+        "most 253 characters and '/', then a name of at most 63 characters (letters, digits, '-', '_' and '.', "
+        "starting and ending with a letter or digit)",
+    }
+
+
+def test_one_field_is_checked_by_the_crds_schema_and_rules():
+    assert validation.validate_field("spec.resources.shmSize", "64Gi") == []
+    assert [str(e) for e in validation.validate_field("spec.resources.shmSize", "0")] == [
+        'spec.resources.shmSize: Invalid value: "0": must be greater than 0']
+    assert [e.kind for e in validation.validate_field("spec.resources.gpusPerNode", "8")] == ["Invalid value"]
+
+
 def test_int_or_string_quantities():
     crd_quantity = {"anyOf": [{"type": "integer"}, {"type": "string"}], "x-kubernetes-int-or-string": True,
                     "pattern": "^[0-9]+(Gi)?$"}
