@@ -85,7 +85,7 @@ def batches(plan: SimpleNamespace, seq: int, vocab: int):
 def flops_per_token(cfg: dict, params: int, seq: int) -> float:
     from mft_trainer.metrics import flops_per_token as fpt
 
-    return fpt(params, cfg["num_hidden_layers"], cfg["hidden_size"], seq)
+    return fpt(params, params, cfg["num_hidden_layers"], cfg["hidden_size"], seq)  # full training
 
 
 def ours(plan: SimpleNamespace, name: str, seq: int) -> dict:

@@ -1,6 +1,7 @@
 """Binary datasets: preprocess -> load equals tokenize; wrong tokenizer, settings and damaged files refused."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -216,3 +217,83 @@ def test_a_failing_task_leaves_none_of_the_tasks_before_it(tmp_path, tiny_dir, c
     write_jsonl(tmp_path / "bad" / "a.jsonl", [{"text": "x"}])
     assert main(argv) == 0
     assert sorted(p.name for p in (tmp_path / "bin").iterdir()) == sorted([*(t.name for t in TASKS), "bad"])
+
+
+def test_a_dataset_with_skipped_records_is_refused_when_bad_records_must_fail(tmp_path, config_file, tiny_dir,
+                                                                            tiny_tokenizer, caplog):
+    assert main(["preprocess", "--config", str(config_file), "--output", str(tmp_path / "bin")]) == 0
+    folder = tmp_path / "bin" / "qa"
+    with pytest.raises(DataError) as caught:
+        build_datasets(make_config(tiny_dir, [folder], format="bin", on_bad_record="fail"), tiny_tokenizer)
+    assert str(caught.value) == (
+        f"{folder}: expected a dataset without bad records (data.on_bad_record: fail), found 1 skipped when it was "
+        f"preprocessed with on_bad_record: skip, the first: {tmp_path / 'qa' / 'a.jsonl'}:2: expected a JSON object, "
+        f"found invalid JSON (Expecting property name enclosed in double quotes at column 2); fix the records and "
+        f"preprocess again, or set data.on_bad_record: skip"
+    )
+    datasets = build_datasets(make_config(tiny_dir, [folder], format="bin", on_bad_record="skip"), tiny_tokenizer)
+    assert datasets.report.total("skipped") == 1
+    assert "1 bad records skipped (data.on_bad_record: skip)" in caplog.text
+
+
+def test_a_file_name_that_is_not_utf8_survives_the_manifest(tmp_path, tiny_dir, tiny_tokenizer):
+    """Linux file names are bytes: Python holds an undecodable byte as a surrogate escape, which
+    UTF-8 cannot encode."""
+    task = tmp_path / "qa"
+    task.mkdir()
+    with open(os.fsencode(task) + b"/caf\xe9.jsonl", "wb") as f:  # Latin-1 for "café.jsonl"
+        f.write(json.dumps(chat(("human", "q"), ("bot", "a"))).encode() + b"\n")
+    (path,) = task.iterdir()
+    (folder,) = preprocess(tiny_dir, tmp_path / "bin", "--mode", "sft", inputs=[task])
+    text = (folder / "manifest.json").read_bytes().decode("utf-8")
+    assert '"path": "' + str(task) + '/caf\\udce9.jsonl"' in text
+    (counts,) = build_datasets(make_config(tiny_dir, [folder], format="bin"), tiny_tokenizer).report.files
+    assert counts.path == str(path) and counts.records == 1
+
+
+def test_a_source_changed_since_preprocessing_is_named_in_a_warning(tmp_path, tiny_dir, tiny_tokenizer, caplog):
+    task = tmp_path / "qa"
+    path = write_jsonl(task / "a.jsonl", [chat(("human", "q"), ("bot", "a"))] * 3)
+    original, stat = path.read_bytes(), path.stat()
+    (folder,) = preprocess(tiny_dir, tmp_path / "bin", "--mode", "sft", inputs=[task])
+    (source,) = [f["source"] for f in json.loads((folder / "manifest.json").read_text())["files"]]
+    assert source == {"path": str(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    config = make_config(tiny_dir, [folder], format="bin")
+    build_datasets(config, tiny_tokenizer)
+    assert "changed since" not in caplog.text
+
+    write_jsonl(path, [chat(("human", "q"), ("bot", "a"))] * 4)
+    build_datasets(config, tiny_tokenizer)
+    assert (f"{path}: changed since {folder} was preprocessed from it (expected {stat.st_size} bytes modified "
+            in caplog.text)
+    assert f"found {path.stat().st_size} bytes modified " in caplog.text
+    assert "the dataset holds the old content; run mft-train preprocess again to train on the new one" in caplog.text
+
+    caplog.clear()
+    path.write_bytes(original)  # the same size, modified later
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    build_datasets(config, tiny_tokenizer)
+    assert f"{path}: changed since" in caplog.text
+
+    caplog.clear()
+    path.unlink()  # sources are often not mounted where training runs: nothing to compare with
+    build_datasets(config, tiny_tokenizer)
+    assert "changed since" not in caplog.text
+
+
+def test_a_manifest_without_sources_still_loads(tmp_path, tiny_dir, tiny_tokenizer, caplog):
+    """A dataset preprocessed before sources were recorded (same format version)."""
+    (folder,) = preprocess(tiny_dir, tmp_path / "bin", "--mode", "sft", inputs=TASKS[1:2])
+    manifest_path = folder / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    for entry in manifest["files"]:
+        del entry["source"]
+    manifest_path.write_text(json.dumps(manifest))
+    config = make_config(tiny_dir, [folder], format="bin")
+    assert_same_rows(build_datasets(config, tiny_tokenizer).train,
+                     build_datasets(make_config(tiny_dir, TASKS[1:2]), tiny_tokenizer).train)
+    manifest["files"][0]["source"] = {"path": "a.jsonl", "size": "12"}
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(DataError, match=r"field files\[0\]\.source: expected an object with a path, a size and an "
+                                        r"mtime_ns, found \{'path': 'a\.jsonl', 'size': '12'\}"):
+        build_datasets(config, tiny_tokenizer)

@@ -97,6 +97,16 @@ def test_task_probabilities():
     assert np.allclose(EpochSampler(data, 0, 1, 0, "temperature", temperature=1.0).task_probabilities(), [0.8, 0.2, 0])
 
 
+def test_a_small_temperature_gives_finite_probabilities():
+    """size ** (1/T) overflows float64 for T = 0.01 (2000 ** 100); the weights are computed in log space."""
+    sampler = EpochSampler(dataset(500, 2000, 0), 0, 1, seed=0, task_sampling="temperature", temperature=0.01)
+    probabilities = sampler.task_probabilities()
+    assert np.isfinite(probabilities).all() and probabilities.sum() == pytest.approx(1.0)
+    assert probabilities[1] == pytest.approx(1.0) and probabilities[0] == pytest.approx(0.25 ** 100, rel=1e-9)
+    assert probabilities[2] == 0
+    assert len(list(sampler)) == 2500
+
+
 def test_uniform_sampling_repeats_small_tasks_in_cycles():
     data = dataset(1000, 10)
     order = list(EpochSampler(data, 0, 1, seed=0, task_sampling="uniform"))

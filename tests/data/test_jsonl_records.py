@@ -1,6 +1,7 @@
 """Records: the three kinds, aliases, and an error naming file:line, what was expected and what was found."""
 
 import gzip
+import zlib
 
 import pytest
 from data_fixtures import chat, make_config, write_jsonl
@@ -122,6 +123,42 @@ def test_damaged_gzip_is_an_error(tmp_path):
     path.write_bytes(gzip.compress(b'{"text": "a"}\n' * 100)[:40])
     with pytest.raises(DataError, match=r"t\.jsonl\.gz: cannot read the file"):
         list(read_line_chunks(path, 0))
+
+
+def test_a_damaged_deflate_stream_names_the_file_and_the_line_reached(tmp_path, tiny_dir, tiny_tokenizer):
+    """gzip passes zlib's own error through for a damaged stream (a CRC mismatch or a cut-off file
+    come as OSError and EOFError instead)."""
+    good = b"".join(b'{"text": "record %d %s"}\n' % (i, b"abc def " * (i % 13)) for i in range(2000))
+    compressed = gzip.compress(good, mtime=0)
+    path = tmp_path / "qa" / "t.jsonl.gz"
+    path.parent.mkdir()
+    for offset in range(10, len(compressed)):  # past the header: the first byte whose damage zlib notices
+        damaged = bytearray(compressed)
+        damaged[offset] ^= 0xFF
+        path.write_bytes(damaged)
+        lines, error = _read_until_error(path)
+        if isinstance(error, zlib.error) and lines:
+            break
+    else:
+        pytest.fail("no damaged byte makes zlib fail after the first line")
+    expected = f"{path}: cannot read the file after line {lines}: damaged compressed data ({error})"
+    with pytest.raises(DataError) as caught:
+        list(read_line_chunks(path, 0))
+    assert str(caught.value) == expected
+    with pytest.raises(DataError) as caught:
+        build_datasets(make_config(tiny_dir, [path.parent], on_bad_record="skip"), tiny_tokenizer)
+    assert str(caught.value) == expected
+
+
+def _read_until_error(path):
+    lines = 0
+    try:
+        with gzip.open(path, "rb") as stream:
+            for _ in stream:
+                lines += 1
+    except Exception as exc:
+        return lines, exc
+    return lines, None
 
 
 def test_a_record_without_targets_is_a_bad_record(tmp_path, tiny_dir, tiny_tokenizer):

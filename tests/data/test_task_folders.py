@@ -72,3 +72,24 @@ def test_binary_task_needs_manifest(tmp_path):
     write_jsonl(tmp_path / "t" / "a.jsonl", [{"text": "x"}])
     with pytest.raises(DataError, match=r"t: expected a preprocessed task folder with manifest\.json"):
         discover_binary_tasks([str(tmp_path / "t")])
+
+
+def test_an_unreadable_jsonl_entry_is_an_error_not_an_ignored_file(tmp_path):
+    """Classified by name: a *.jsonl entry that cannot be read (a link into a volume that is not
+    mounted, typically) would otherwise leave its records out of training without a word."""
+    task = tmp_path / "t"
+    write_jsonl(task / "a.jsonl", [{"text": "x"}])
+    (task / "b.jsonl").symlink_to(tmp_path / "unmounted" / "b.jsonl")
+    with pytest.raises(DataError) as caught:
+        discover_jsonl_tasks([str(task)])
+    assert str(caught.value) == (f"{task / 'b.jsonl'}: a JSONL data file that cannot be read: expected a readable "
+                                 f"file, found a dangling symlink to {tmp_path / 'unmounted' / 'b.jsonl'}")
+    (task / "b.jsonl").unlink()
+    (task / "c.JSONL.GZ").mkdir()
+    with pytest.raises(DataError, match=r"c\.JSONL\.GZ: a JSONL data file that cannot be read: expected a readable "
+                                        r"file, found a folder$"):
+        discover_jsonl_tasks([str(task)])
+    (task / "c.JSONL.GZ").rmdir()
+    (task / "d.jsonl").symlink_to(task / "a.jsonl")  # a link that resolves is data like any file
+    (source,) = discover_jsonl_tasks([str(task)])
+    assert [p.name for p in source.files] == ["a.jsonl", "d.jsonl"]

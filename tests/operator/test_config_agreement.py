@@ -4,10 +4,14 @@ camelCase) and defaults. The CRD is the source of truth."""
 from __future__ import annotations
 
 import dataclasses
+import re
+import subprocess
+import sys
 import typing
 from typing import Any
 
 import pytest
+import yaml
 
 from mft_operator.crd import mftjob_schema
 from mft_operator.render import SECTIONS, snake_case
@@ -113,3 +117,72 @@ def test_mode_enum_matches():
 
 def test_same_sections_in_the_same_order():
     assert SECTIONS == config.SECTIONS
+
+
+BOUND_KEYS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "minLength", "maxLength",
+              "minItems", "maxItems", "pattern")
+
+
+def _crd_bounds(sub: dict[str, Any]) -> dict[str, Any]:
+    bounds = {key: sub[key] for key in BOUND_KEYS if key in sub}
+    items = {key: sub["items"][key] for key in BOUND_KEYS if key in sub.get("items", {})}
+    return bounds | ({"items": items} if items else {})
+
+
+def _check_bounds(cls: type, schema: dict[str, Any], path: str) -> None:
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        sub = schema["properties"][_camel(f.name, schema)]
+        assert f.metadata.get("bounds", {}) == _crd_bounds(sub), f"{path}.{f.name}"
+        nested = _nested_dataclass(hints[f.name])
+        if nested is not None:
+            _check_bounds(nested, sub, f"{path}.{f.name}")
+
+
+@pytest.mark.parametrize(("section", "cls", "schema"), list(_pairs()), ids=SECTIONS)
+def test_same_limits_on_single_values(section, cls, schema):
+    """config.py checks what the CRD checks, for configs that never passed an apiserver."""
+    _check_bounds(cls, schema, section)
+
+
+JOB = {"mode": "sft", "model": {"path": "/m"}, "data": {"paths": ["/d"]}}
+
+
+@pytest.mark.parametrize(("section", "values", "message"), [
+    ("training", {"seed": -1}, "training.seed: expected >= 0, found -1"),
+    ("training", {"seed": 2**32}, "training.seed: expected <= 4294967295, found 4294967296"),
+    ("training", {"log_interval": 0}, "training.log_interval: expected >= 1, found 0"),
+    ("training", {"evaluation_steps": 0}, "training.evaluation_steps: expected >= 1, found 0"),
+    ("training", {"learning_rate": 0}, "training.learning_rate: expected > 0, found 0.0"),
+    ("training", {"learning_rate": "inf"}, "training.learning_rate: expected a finite number, found 'inf'"),
+    ("training", {"evaluation_strategy": ["no", "steps"]},
+     "training.evaluation_strategy: 'no' cannot be combined with other strategies, found ['no', 'steps']"),
+    ("checkpoint", {"steps": 0}, "checkpoint.steps: expected >= 1, found 0"),
+    ("checkpoint", {"mount_path": "ckpt"}, "checkpoint.mount_path: expected to match ^/, found 'ckpt'"),
+    ("data", {"paths": [""]}, "data.paths[0]: expected at least 1 characters, found ''"),
+    ("data", {"paths": []}, "data.paths: expected at least 1 items, found []"),
+    ("data", {"sampling_temperature": -1}, "data.sampling_temperature: expected > 0, found -1.0"),
+    ("data", {"valid_split": 1}, "data.valid_split: expected < 1, found 1.0"),
+])
+def test_the_trainer_refuses_what_the_crd_refuses_naming_the_field(section, values, message):
+    raw = {**JOB, section: {**JOB.get(section, {}), **values}}
+    with pytest.raises(config.ConfigError, match=f"^{re.escape(message)}$"):
+        config.from_dict(raw)
+
+
+def test_limits_are_inclusive_where_the_crd_says_so():
+    for seed in (0, 2**32 - 1):
+        assert config.from_dict({**JOB, "training": {"seed": seed}}).training.seed == seed
+    assert config.from_dict({**JOB, "training": {"max_grad_norm": 0}}).training.max_grad_norm == 0.0
+
+
+def test_mft_train_refuses_a_negative_seed_naming_the_field(tmp_path):
+    """Exit 1 (not retried) with the field path, before training starts."""
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(yaml.safe_dump({"mode": "sft", "model": {"path": str(tmp_path)}, "data": {"paths": [str(tmp_path)]},
+                                   "training": {"seed": -1}, "checkpoint": {"mount_path": str(tmp_path / "out")}}))
+    proc = subprocess.run([sys.executable, "-m", "mft_trainer", "train", "--config", str(cfg)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"mft-train: {cfg}: training.seed: expected >= 0, found -1")

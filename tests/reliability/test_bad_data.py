@@ -14,7 +14,7 @@ import pytest
 
 from mft_trainer.config import from_dict
 from mft_trainer.data import DataError, build_datasets, load_tokenizer
-from mft_trainer.data.binary import OFFSETS, TOKENS, preprocess
+from mft_trainer.data.binary import LOSS_MASK, OFFSETS, TOKENS, preprocess
 from mft_trainer.data.records import MAX_RECORD_BYTES
 from tests.tokenizer_fixtures import gpt_neox_20b_dir
 
@@ -269,6 +269,13 @@ def widen_ids(task: Path) -> None:
     (task / "manifest.json").write_text(json.dumps(manifest | {"token_dtype": "int32"}))
 
 
+def read_every_row(datasets) -> None:
+    """Read every row of both splits, as training and evaluation will."""
+    for split in (datasets.train, datasets.valid):
+        for index in range(len(split)):
+            split[index]
+
+
 @pytest.mark.parametrize("dtype,token_id", [("uint16", 65000), ("int32", -7)])
 def test_a_token_id_outside_the_vocabulary_is_refused_where_a_row_reads_it(binary_tasks, tiny, tmp_path, dtype, token_id):
     task = damaged_copy(binary_tasks / "tiny" / "code", tmp_path / "code")
@@ -277,11 +284,24 @@ def test_a_token_id_outside_the_vocabulary_is_refused_where_a_row_reads_it(binar
     damage_ids(task, [7], token_id)
     datasets = load([task], tiny, format="bin")  # loading reads no token
     with pytest.raises(DataError) as caught:
-        for split in (datasets.train, datasets.valid):
-            for index in range(len(split)):
-                split[index]
+        read_every_row(datasets)
     assert str(caught.value) == (f"{task / TOKENS}: document 7 holds token id {token_id}, but the tokenizer has "
                                  f"{len(tiny)} ids: the file is damaged; run mft-train preprocess again")
+
+
+@pytest.mark.parametrize("value", [2, 255])
+def test_a_loss_mask_value_other_than_0_or_1_is_refused_where_a_row_reads_it(binary_tasks, tiny, tmp_path, value):
+    import numpy as np
+
+    task = damaged_copy(binary_tasks / "tiny" / "code", tmp_path / "code")
+    mask, offsets = np.fromfile(task / LOSS_MASK, dtype=np.uint8), np.fromfile(task / OFFSETS, dtype=np.int64)
+    mask[offsets[11] + 2] = value  # same size: the manifest still agrees
+    mask.tofile(task / LOSS_MASK)
+    datasets = load([task], tiny, format="bin")
+    with pytest.raises(DataError) as caught:
+        read_every_row(datasets)
+    assert str(caught.value) == (f"{task / LOSS_MASK}: document 11 holds loss mask value {value}, but a loss mask is "
+                                 f"0 or 1: the file is damaged; run mft-train preprocess again")
 
 
 # ---------------------------------------------------------------- end to end: training refuses to start

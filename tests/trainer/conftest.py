@@ -29,6 +29,16 @@ def tiny_model(vocab_size: int, seed: int = 0, **overrides):
     return GPTNeoXForCausalLM(config).eval()
 
 
+@pytest.fixture(scope="session")
+def base_model(tmp_path_factory, tokenizer) -> Path:
+    """A "pretrained" tiny GPT-NeoX folder for sft and lora, saved like any HF model: the tiny
+    tokenizer's 4096 tokens, no rows for role markers made special tokens."""
+    path = tmp_path_factory.mktemp("base")
+    tiny_model(len(tokenizer), seed=3).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
 def write_config(path: Path, raw: dict) -> Path:
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     return path

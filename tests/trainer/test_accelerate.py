@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mft_trainer.accelerate import build_strategy, describe, place
+from mft_trainer.accelerate import Accelerated, build_strategy, clip_grad_norm, describe, place
 from mft_trainer.config import TrainingConfig
 from tests.training_processes import PYTHON, REPO, child_env
 
@@ -58,3 +58,16 @@ def test_what_moves_to_the_device_before_atorch_wraps_the_model(world_size, move
         assert on_meta == everything
     else:
         assert on_meta == {"gpt_neox.rotary_emb.inv_freq"}
+
+
+@pytest.mark.parametrize("max_norm", [0.0, -1.0])
+def test_a_max_norm_of_zero_measures_the_gradient_norm_and_clips_nothing(max_norm):
+    layer = torch.nn.Linear(4, 4)
+    layer(torch.ones(2, 4)).sum().mul(100).backward()
+    before = [p.grad.clone() for p in layer.parameters()]
+    acc = Accelerated(model=layer, optimizer=torch.optim.SGD(layer.parameters(), lr=0.1), strategy=[])
+    norm = clip_grad_norm(acc, max_norm)
+    assert float(norm) == pytest.approx(float(torch.cat([g.flatten() for g in before]).norm()))
+    assert all(torch.equal(p.grad, g) for p, g in zip(layer.parameters(), before))
+    clip_grad_norm(acc, 1.0)
+    assert float(torch.cat([p.grad.flatten() for p in layer.parameters()]).norm()) == pytest.approx(1.0, rel=1e-4)

@@ -55,6 +55,39 @@ def test_epoch_copy_is_a_complete_checkpoint_under_a_second_name(tmp_path):
     assert (copy / checkpoint.STATE_FILE).exists() and checkpoint.latest(tmp_path).epoch == 1
 
 
+def test_saving_a_name_again_replaces_it_and_a_crash_in_between_keeps_the_new_copy(tmp_path):
+    fake(tmp_path, "checkpoint-4", 2.0)
+    source = fake(tmp_path, "checkpoint-2", 1.0)
+    checkpoint.copy(tmp_path, source, "checkpoint-4")
+    assert checkpoint.best(tmp_path).name == "checkpoint-2"
+    assert json.loads((tmp_path / "checkpoint-4" / checkpoint.STATE_FILE).read_text())["valid_loss"] == 1.0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-2", "checkpoint-4"]
+    # Killed after the older copy moved aside, before the new one (complete, fsynced) was renamed in.
+    (tmp_path / "checkpoint-4").rename(tmp_path / f"{checkpoint.REPLACED_PREFIX}checkpoint-4")
+    fake(tmp_path, ".tmp-checkpoint-4", 0.5)
+    assert checkpoint.finish_replacements(tmp_path) == ["checkpoint-4"]
+    checkpoint.clean_stale(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-2", "checkpoint-4"]
+    assert checkpoint.best(tmp_path).name == "checkpoint-4"  # the new copy
+
+
+def test_a_replacement_killed_before_anything_moved_keeps_the_older_copy(tmp_path):
+    fake(tmp_path, "checkpoint-4", 2.0)
+    fake(tmp_path, ".tmp-checkpoint-4", 0.5)  # written, not yet installed
+    assert checkpoint.finish_replacements(tmp_path) == []
+    checkpoint.clean_stale(tmp_path)
+    assert [c.valid_loss for c in checkpoint.complete(tmp_path)] == [2.0]
+
+
+def test_a_run_that_does_not_resume_sets_the_earlier_checkpoints_aside(tmp_path):
+    for name in ("checkpoint-4", "checkpoint-6", "checkpoint-6-epoch-1"):
+        fake(tmp_path, name, 1.0)
+    moved = checkpoint.set_aside(tmp_path, "20261129T100000Z")
+    assert moved == tmp_path / checkpoint.PREVIOUS_RUNS / "20261129T100000Z"
+    assert sorted(p.name for p in moved.iterdir()) == ["checkpoint-4", "checkpoint-6", "checkpoint-6-epoch-1"]
+    assert checkpoint.complete(tmp_path) == [] and checkpoint.set_aside(tmp_path, "later") is None
+
+
 def test_writer_runs_jobs_in_order_off_the_caller_thread_and_reraises_failures():
     done: list[tuple[int, str]] = []
     gate = threading.Event()

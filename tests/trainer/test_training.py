@@ -23,7 +23,7 @@ from mft_trainer import checkpoint
 
 from tests.training_processes import PYTHON, REPO, TINY, TOKENIZER, child_env
 
-from .conftest import TORCHRUN, events, run_training, tiny_model, torchrun_command, write_config
+from .conftest import TORCHRUN, events, run_training, torchrun_command, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -59,15 +59,6 @@ def step_losses(stdout: str) -> dict[int, float]:
     for e in events(stdout, "mft.progress"):
         out.setdefault(e["step"], e["loss"])
     return out
-
-
-@pytest.fixture(scope="module")
-def base_model(tmp_path_factory, tokenizer) -> Path:
-    """A "pretrained" tiny GPT-NeoX folder for sft and lora, saved like any HF model."""
-    path = tmp_path_factory.mktemp("base")
-    tiny_model(len(tokenizer), seed=3).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -405,3 +396,56 @@ def test_generate_cli_answers_from_a_lora_checkpoint(lora):
                            "What is 2 + 2 in Python?", "--max-new-tokens", "8", "--device", "cpu"],
                           env=child_env(), capture_output=True, text=True, timeout=300, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-4000:]
+
+
+def test_a_resume_with_another_batch_size_finishes(tmp_path):
+    """The data position saved at a step of 2 rows is not a step boundary for 8: the resumed epoch
+    must still end (it once waited forever for a step that could not come)."""
+    raw = config(tmp_path / "ckpt", per_device_train_batch_size=2, gradient_accumulation_steps=1, max_steps=3,
+                 evaluation_strategy=["no"])
+    train(tmp_path, "small", raw, nproc=1)
+    bigger = copy.deepcopy(raw)
+    bigger["training"].update(per_device_train_batch_size=8, max_steps=0)
+    proc = run_training(write_config(tmp_path / "bigger.yaml", bigger), nproc=1, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "per_device_train_batch_size: 2 in the checkpoint, 8 now" in proc.stderr
+    summary = events(proc.stdout, "mft.summary")[-1]
+    assert summary["steps"] > 3 and summary["stopped_by"] in ("completed", "max_steps")
+
+    # Starting over on the same volume: the earlier run's checkpoints go aside, none is rotated out
+    # by this run's, and "latest" is this run's.
+    fresh = copy.deepcopy(raw)
+    fresh["checkpoint"].update(resume="never", steps=1)
+    fresh["training"]["max_steps"] = 2
+    earlier = sorted(c.name for c in checkpoint.complete(tmp_path / "ckpt"))
+    proc = train(tmp_path, "fresh", fresh, nproc=1)
+    assert "checkpoint.resume is never: moved the checkpoints already in" in proc.stderr
+    assert [c.name for c in checkpoint.complete(tmp_path / "ckpt")] == ["checkpoint-1", "checkpoint-2"]
+    assert events(proc.stdout, "mft.summary")[-1]["latest"] == "checkpoint-2"
+    (previous,) = (tmp_path / "ckpt" / checkpoint.PREVIOUS_RUNS).iterdir()
+    assert sorted(c.name for c in checkpoint.complete(previous)) == earlier
+
+
+def test_the_end_of_an_epoch_on_an_evaluated_step_is_evaluated_once(tmp_path):
+    # A repeated evaluation would count as one without improvement against early-stopping patience.
+    raw = config(tmp_path / "ckpt", epochs=1, per_device_train_batch_size=8, gradient_accumulation_steps=1,
+                 evaluation_steps=1, max_valid_batches=1)
+    proc = train(tmp_path, "once", raw, nproc=1)
+    evaluated = [e["step"] for e in events(proc.stdout, "mft.progress") if e["tokens_per_second"] is None]
+    assert evaluated == list(range(1, events(proc.stdout, "mft.summary")[-1]["steps"] + 1))
+
+
+def test_early_stopping_stays_stopped(tmp_path):
+    # A learning rate this large makes the valid loss worse soon, and patience 2 stops the run there.
+    raw = config(tmp_path / "ckpt", epochs=1, per_device_train_batch_size=8, gradient_accumulation_steps=1,
+                 learning_rate=0.5, num_warmup_steps=0, evaluation_steps=1, early_stopping_patience=2,
+                 max_valid_batches=1)
+    raw["checkpoint"]["steps"] = 1
+    summary = events(train(tmp_path, "stops", raw, nproc=1).stdout, "mft.summary")[-1]
+    assert summary["stopped_by"] == "early_stop", summary
+
+    again = run_training(write_config(tmp_path / "again.yaml", raw), nproc=1)  # a pod restarted after it
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "early stopping: decided at step" in again.stderr
+    assert step_losses(again.stdout) == {}
+    assert events(again.stdout, "mft.summary")[-1] | {"time": 0} == summary | {"time": 0}

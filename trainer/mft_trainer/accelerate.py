@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -150,12 +151,14 @@ def param_groups(model: nn.Module, **_: Any) -> list[dict[str, Any]]:
 
 
 def clip_grad_norm(acc: Accelerated, max_norm: float) -> torch.Tensor:
-    """Clip and return the total gradient norm.
+    """Clip and return the total gradient norm; ``max_norm`` 0 (or below) only measures it.
 
     Not ATorch's clip_grad_norm: on its unsharded (data parallel) path it computes the norm from a
     parameter generator and then scales through the same, exhausted, generator, so nothing is
     clipped (atorch 0.2.5). FSDP's own method reduces the norm across shards.
     """
+    if max_norm <= 0:
+        max_norm = math.inf  # torch would scale every gradient by 0 / norm
     if acc.uses_fsdp:
         return acc.model.clip_grad_norm_(max_norm)
     return torch.nn.utils.clip_grad_norm_(acc.model.parameters(), max_norm)

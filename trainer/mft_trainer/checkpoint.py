@@ -13,8 +13,11 @@ Layout of ``<mount_path>/checkpoint-<step>[-epoch-<k>]/``:
 Saving has two halves: ``snapshot`` copies the state to host memory (collective, the only part
 the training loop waits for), then rank 0 ``persist``s it, on the ``Writer``'s background thread
 unless asynchronous saving is off. Everything is written into ``.tmp-<name>``, fsynced, and
-renamed into place; a crash mid-write leaves only a ``.tmp-*`` folder, which the next start removes. Rotation keeps the best step
-checkpoint by valid loss and the newest ones; epoch checkpoints are never rotated.
+renamed into place; a crash mid-write leaves only a ``.tmp-*`` folder, which the next start removes
+(or, if the crash came while a complete one replaced an older copy of the same name, installs).
+Rotation keeps the best step checkpoint by valid loss and the newest ones; epoch checkpoints are
+never rotated. A run that does not resume first moves the checkpoints it finds to
+``previous-runs/<time>/``.
 
 Fault-injection tests set ``MFT_TEST_CHECKPOINT_DELAY`` (seconds, unset or 0 by default) to pause
 between the phases of a write and of a deletion, so that a kill can land inside each phase.
@@ -45,6 +48,8 @@ STATE_FILE = "trainer_state.json"
 TEST_DELAY_ENV = "MFT_TEST_CHECKPOINT_DELAY"
 OPTIMIZER_FILE = "optimizer.pt"
 TMP_PREFIX = ".tmp-"
+REPLACED_PREFIX = f"{TMP_PREFIX}replaced-"  # an older copy of a name saved again, until the new one is in place
+PREVIOUS_RUNS = "previous-runs"
 
 
 @dataclass(frozen=True)
@@ -90,6 +95,22 @@ def best(root: Path) -> Saved | None:
     return min(scored, key=lambda c: c.valid_loss) if scored else None
 
 
+def finish_replacements(root: Path) -> list[str]:
+    """Install the new copy of each checkpoint whose replacement was interrupted between moving the
+    older copy aside and renaming the new one into place (rank 0, at start, before ``clean_stale``).
+    The new copy was complete and fsynced before the older one moved. Returns the names installed."""
+    installed = []
+    for replaced in root.glob(f"{REPLACED_PREFIX}*"):
+        name = replaced.name.removeprefix(REPLACED_PREFIX)
+        final, new = root / name, root / f"{TMP_PREFIX}{name}"
+        if not final.exists() and (new / STATE_FILE).is_file():
+            os.rename(new, final)
+            installed.append(name)
+    if installed:
+        _fsync(root)
+    return sorted(installed)
+
+
 def clean_stale(root: Path) -> list[str]:
     """Remove leftovers of interrupted writes and deletions (rank 0, before anything is saved)."""
     removed = []
@@ -109,6 +130,22 @@ def clean_unmarked(root: Path) -> list[str]:
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path.name)
     return sorted(removed)
+
+
+def set_aside(root: Path, label: str) -> Path | None:
+    """Move every checkpoint folder into ``previous-runs/<label>/`` (rank 0, at the start of a run
+    that does not resume): rotation and "latest" must see this run's checkpoints only, and nothing
+    of the earlier run is deleted. Returns the folder, or None when there was nothing to move."""
+    found = sorted(p for p in root.glob("checkpoint-*") if NAME.match(p.name) and p.is_dir())
+    if not found:
+        return None
+    target = root / PREVIOUS_RUNS / label
+    target.mkdir(parents=True)
+    for path in found:
+        os.rename(path, target / path.name)
+    _fsync(target)
+    _fsync(root)
+    return target
 
 
 def rotate(root: Path, limit: int) -> list[str]:
@@ -188,10 +225,7 @@ def persist(root: Path, name: str, snap: Snapshot, *, model: torch.nn.Module, to
             _fsync(path)
     _fsync(tmp)
     _test_pause()
-    if final.exists():  # the same step saved again (only after a resume re-saves its own step)
-        _delete(final)
-    os.rename(tmp, final)
-    _fsync(root)
+    _install(tmp, final)
     return final
 
 
@@ -234,11 +268,22 @@ def copy(root: Path, source: Path, name: str) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(source, tmp, copy_function=os.link)
     _fsync(tmp)
-    if final.exists():
-        _delete(final)
-    os.rename(tmp, final)
-    _fsync(root)
+    _install(tmp, final)
     return final
+
+
+def _install(tmp: Path, final: Path) -> None:
+    """Rename the complete ``tmp`` into place. When the name exists (a resumed run saving its own
+    step again) the older copy moves aside first and goes after, so a crash at any moment leaves
+    one complete copy that the next start keeps (``finish_replacements``)."""
+    replaced = final.with_name(f"{REPLACED_PREFIX}{final.name}")
+    if final.exists():
+        shutil.rmtree(replaced, ignore_errors=True)
+        os.rename(final, replaced)
+        _test_pause()
+    os.rename(tmp, final)
+    _fsync(final.parent)
+    shutil.rmtree(replaced, ignore_errors=True)
 
 
 def load_trainer_state(path: Path) -> dict[str, Any]:

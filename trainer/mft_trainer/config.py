@@ -9,6 +9,8 @@ every field and default here agrees with it, field by field.
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -18,93 +20,99 @@ from typing import Any, Literal
 import yaml
 
 Mode = Literal["sst", "sft", "lora"]
+DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+QUANTITY = r"^\+?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
 
 
 class ConfigError(ValueError):
     """A config value is missing or has the wrong type; the message names the field path."""
 
 
+def bounded(default: Any = dataclasses.MISSING, *, factory: Any = dataclasses.MISSING, **bounds: Any) -> Any:
+    """A field with the CRD's limits on its value (the CRD's keywords: minimum, maximum,
+    exclusiveMinimum, exclusiveMaximum, minLength, maxLength, minItems, maxItems, pattern, and
+    ``items`` for a list's items), checked by ``from_dict``; a test holds them equal to the CRD's."""
+    return field(default=default, default_factory=factory, metadata={"bounds": bounds})
+
+
 @dataclass
 class ModelConfig:
     type: Literal["gpt_neox"] = "gpt_neox"
-    path: str | None = None
+    path: str | None = bounded(None, maxLength=1024)
     config: dict[str, Any] = field(default_factory=dict)
-    tokenizer_path: str | None = None
+    tokenizer_path: str | None = bounded(None, maxLength=1024)
 
 
 @dataclass
 class DataConfig:
-    paths: list[str] = field(default_factory=list)
+    paths: list[str] = bounded(factory=list, minItems=1, maxItems=64, items={"minLength": 1, "maxLength": 1024})
     format: Literal["jsonl", "bin"] = "jsonl"
-    valid_split: float = 0.05
+    valid_split: float = bounded(0.05, minimum=0, maximum=1, exclusiveMinimum=True, exclusiveMaximum=True)
     padding_mode: Literal["pack", "padding", "concat"] = "pack"
     on_bad_record: Literal["fail", "skip"] = "fail"
     overlong_policy: Literal["truncate", "drop"] = "truncate"
     task_sampling: Literal["proportional", "uniform", "temperature"] = "proportional"
-    sampling_temperature: float = 1.0
-    role_start: str = "<|role_start|>"
-    role_end: str = "<|role_end|>"
-    eos_token: str | None = None
+    sampling_temperature: float = bounded(1.0, minimum=0, exclusiveMinimum=True)
+    role_start: str = bounded("<|role_start|>", maxLength=64)
+    role_end: str = bounded("<|role_end|>", maxLength=64)
+    eos_token: str | None = bounded(None, maxLength=64)
     markers_as_special_tokens: bool = False
     normalize_punctuation: bool = False
 
 
 @dataclass
 class TrainingConfig:
-    epochs: int = 1
-    max_steps: int = 0
-    per_device_train_batch_size: int = 4
-    per_device_valid_batch_size: int = 4
-    gradient_accumulation_steps: int = 1
-    seq_length: int = 4096
-    learning_rate: float = 1e-4
-    min_lr: float = 0.0
+    epochs: int = bounded(1, minimum=1, maximum=10000)
+    max_steps: int = bounded(0, minimum=0)
+    per_device_train_batch_size: int = bounded(4, minimum=1, maximum=65536)
+    per_device_valid_batch_size: int = bounded(4, minimum=1, maximum=65536)
+    gradient_accumulation_steps: int = bounded(1, minimum=1, maximum=65536)
+    seq_length: int = bounded(4096, minimum=1, maximum=1048576)
+    learning_rate: float = bounded(1e-4, minimum=0, exclusiveMinimum=True)
+    min_lr: float = bounded(0.0, minimum=0)
     lr_scheduler_type: Literal["cosine", "linear", "constant", "constant_with_warmup"] = "cosine"
-    num_warmup_steps: int = 30
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
+    num_warmup_steps: int = bounded(30, minimum=0)
+    weight_decay: float = bounded(0.0, minimum=0)
+    max_grad_norm: float = bounded(1.0, minimum=0)
     checkpoint_activations: bool = True
     weighted_loss_mode: Literal["case1", "case2", "case3", "case4"] = "case3"
     tensor_parallel: int = 1
     bf16: bool = True
-    seed: int = 42
-    log_interval: int = 10
-    evaluation_strategy: list[Literal["steps", "epoch", "no"]] = field(
-        default_factory=lambda: ["steps", "epoch"]
-    )
-    evaluation_steps: int = 500
-    max_valid_batches: int = 0
-    early_stopping_patience: int = 5
+    seed: int = bounded(42, minimum=0, maximum=4294967295)  # numpy's generators take unsigned 32-bit seeds
+    log_interval: int = bounded(10, minimum=1)
+    evaluation_strategy: list[Literal["steps", "epoch", "no"]] = bounded(factory=lambda: ["steps", "epoch"], maxItems=3)
+    evaluation_steps: int = bounded(500, minimum=1)
+    max_valid_batches: int = bounded(0, minimum=0)
+    early_stopping_patience: int = bounded(5, minimum=0)
 
 
 @dataclass
 class LoraConfig:
-    r: int = 96
-    alpha: int = 32
-    dropout: float = 0.05
-    target_modules: list[str] = field(
-        default_factory=lambda: ["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"]
-    )
+    r: int = bounded(96, minimum=1)
+    alpha: int = bounded(32, minimum=1)
+    dropout: float = bounded(0.05, minimum=0, maximum=1, exclusiveMaximum=True)
+    target_modules: list[str] = bounded(factory=lambda: ["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"],
+                                        minItems=1, maxItems=32, items={"maxLength": 128})
 
 
 @dataclass
 class CheckpointVolumeRequest:
-    size: str = "100Gi"
-    storage_class_name: str | None = None
+    size: str = bounded("100Gi", pattern=QUANTITY)
+    storage_class_name: str | None = bounded(None, maxLength=253)
 
 
 @dataclass
 class CheckpointConfig:
-    claim_name: str | None = None
+    claim_name: str | None = bounded(None, maxLength=253, pattern=DNS_SUBDOMAIN)
     create: CheckpointVolumeRequest | None = None
     retain_on_delete: bool = True
-    mount_path: str = "/checkpoints"
+    mount_path: str = bounded("/checkpoints", maxLength=1024, pattern="^/")
     save_strategy: Literal["steps", "epoch"] = "steps"
-    steps: int = 500
-    save_total_limit: int = 2
+    steps: int = bounded(500, minimum=1)
+    save_total_limit: int = bounded(2, minimum=1)
     extra_save_by_epoch: bool = True
     resume: Literal["auto", "never"] = "auto"
-    preemption_grace_seconds: int = 120
+    preemption_grace_seconds: int = bounded(120, minimum=0, maximum=3600)
     async_save: bool = True
 
 
@@ -147,6 +155,7 @@ def from_dict(raw: dict[str, Any]) -> TrainerConfig:
     config = _build(TrainerConfig, raw, "")
     if config.mode == "lora" and config.lora is None:
         config.lora = LoraConfig()
+    _check_bounds(config, "")
     _check_rules(config)
     return config
 
@@ -163,21 +172,45 @@ def _check_rules(c: TrainerConfig) -> None:
         (c.mode == "sst" and not (c.model.path or c.model.config), "model", "sst needs model.path or model.config"),
         (c.lora is not None and c.mode != "lora", "lora", "only allowed with mode lora"),
         (c.data.padding_mode == "concat" and c.mode != "sst", "data.padding_mode", "concat is only allowed with mode sst"),
-        (not c.data.paths, "data.paths", "at least one task folder is required"),
-        (not 0 < c.data.valid_split < 1, "data.valid_split", f"expected 0 < value < 1, found {c.data.valid_split}"),
         (t.tensor_parallel != 1, "training.tensor_parallel", f"must be 1, found {t.tensor_parallel}"),
-        (t.learning_rate <= 0, "training.learning_rate", f"must be > 0, found {t.learning_rate}"),
-        (not 0 <= t.min_lr <= t.learning_rate, "training.min_lr", f"expected 0 <= min_lr <= learning_rate, found {t.min_lr}"),
-        (c.lora is not None and not 0 <= c.lora.dropout < 1, "lora.dropout", "expected 0 <= dropout < 1"),
+        (t.min_lr > t.learning_rate, "training.min_lr", f"expected min_lr <= learning_rate, found {t.min_lr}"),
+        ("no" in t.evaluation_strategy and len(t.evaluation_strategy) > 1, "training.evaluation_strategy",
+         f"'no' cannot be combined with other strategies, found {t.evaluation_strategy}"),
         (c.checkpoint.claim_name is not None and c.checkpoint.create is not None, "checkpoint", "claim_name and create are mutually exclusive"),
     ]
-    for name in ("epochs", "per_device_train_batch_size", "per_device_valid_batch_size",
-                 "gradient_accumulation_steps", "seq_length"):
-        value = getattr(t, name)
-        rules.append((value <= 0, f"training.{name}", f"must be > 0, found {value}"))
     for broken, path, message in rules:
         if broken:
             raise ConfigError(f"{path}: {message}")
+
+
+def _check_bounds(obj: Any, path: str) -> None:
+    for f in dataclasses.fields(obj):
+        value, where = getattr(obj, f.name), _join(path, f.name)
+        if dataclasses.is_dataclass(value):
+            _check_bounds(value, where)
+        elif value is not None and "bounds" in f.metadata:
+            _check_value(value, f.metadata["bounds"], where)
+
+
+def _check_value(value: Any, bounds: dict[str, Any], path: str) -> None:
+    size = len(value) if isinstance(value, (str, list)) else None
+    low, high = bounds.get("minimum"), bounds.get("maximum")
+    failures = [
+        (low is not None and (value <= low if bounds.get("exclusiveMinimum") else value < low),
+         f"{'>' if bounds.get('exclusiveMinimum') else '>='} {low}"),
+        (high is not None and (value >= high if bounds.get("exclusiveMaximum") else value > high),
+         f"{'<' if bounds.get('exclusiveMaximum') else '<='} {high}"),
+        ("minLength" in bounds and size < bounds["minLength"], f"at least {bounds.get('minLength')} characters"),
+        ("maxLength" in bounds and size > bounds["maxLength"], f"at most {bounds.get('maxLength')} characters"),
+        ("minItems" in bounds and size < bounds["minItems"], f"at least {bounds.get('minItems')} items"),
+        ("maxItems" in bounds and size > bounds["maxItems"], f"at most {bounds.get('maxItems')} items"),
+        ("pattern" in bounds and not re.search(bounds.get("pattern", ""), value), f"to match {bounds.get('pattern')}"),
+    ]
+    for broken, expected in failures:
+        if broken:
+            raise ConfigError(f"{path}: expected {expected}, found {value!r}")
+    for i, item in enumerate(value if "items" in bounds else []):
+        _check_value(item, bounds["items"], f"{path}[{i}]")
 
 
 def _build(cls: type, raw: Any, path: str) -> Any:
@@ -225,18 +258,19 @@ def _scalar(hint: type, value: Any, path: str) -> Any:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
     elif hint is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+        number = value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
         # YAML 1.1 loaders read "2e-4" (no dot) as a string; accept the number it spells.
         if isinstance(value, str):
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
+        if number is not None and math.isfinite(number):  # the API has no NaN or infinity either
+            return float(number)
     elif hint is str:
         if isinstance(value, str):
             return value
-    expected = {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}[hint]
+    expected = {bool: "a boolean", int: "an integer", float: "a finite number", str: "a string"}[hint]
     raise ConfigError(f"{path}: expected {expected}, found {value!r}")
 
 

@@ -21,16 +21,20 @@ HUMAN_PROGRESS_ENV = "MFT_HUMAN_PROGRESS"
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "H800": 989e12, "A100": 312e12, "A800": 312e12}
 
 
-def peak_flops() -> float | None:
-    if not torch.cuda.is_available():
+def peak_flops(bf16: bool) -> float | None:
+    """The device's dense bf16 peak, for MFU of bf16 training (no MFU for fp32, whose peak depends
+    on whether matmuls use TF32)."""
+    if not (bf16 and torch.cuda.is_available()):
         return None
     name = torch.cuda.get_device_name()
     return next((flops for key, flops in PEAK_BF16_FLOPS.items() if key in name), None)
 
 
-def flops_per_token(num_params: int, num_layers: int, hidden: int, seq_length: int) -> float:
-    """Training FLOPs per token: 6N for the weights plus the attention score/value matmuls."""
-    return 6 * num_params + 12 * num_layers * hidden * seq_length
+def flops_per_token(num_params: int, num_trainable: int, num_layers: int, hidden: int, seq_length: int) -> float:
+    """Training FLOPs per token: 2N forward and 2N for the activation gradients through every
+    weight, 2N for the weight gradients of the trainable ones only (6N in full training, about 4N
+    with LoRA), plus the attention score/value matmuls."""
+    return 4 * num_params + 2 * num_trainable + 12 * num_layers * hidden * seq_length
 
 
 class Throughput:

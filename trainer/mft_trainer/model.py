@@ -42,13 +42,20 @@ def build_model(config: TrainerConfig, tokenizer: PreTrainedTokenizerBase,
         model_config = GPTNeoXConfig(**overrides)
         model_config._attn_implementation = ATTENTION
         model = GPTNeoXForCausalLM(model_config)
-    if len(tokenizer) > model.config.vocab_size:
-        log.info("resizing embeddings from %d to the tokenizer's %d tokens", model.config.vocab_size, len(tokenizer))
-        model.resize_token_embeddings(len(tokenizer))
+    fit_embeddings(model, len(tokenizer))
     model.config.use_cache = False
     model.config.eos_token_id = tokenizer.eos_token_id
     model.config.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     return model
+
+
+def fit_embeddings(model: PreTrainedModel, vocab_size: int) -> None:
+    """Grow the input and output embeddings to ``vocab_size`` rows when they have fewer: tokens the
+    tokenizer adds (role markers made special tokens) need rows of their own. The new rows start
+    random (the mean and covariance of the old ones)."""
+    if vocab_size > model.config.vocab_size:
+        log.info("resizing embeddings from %d to the tokenizer's %d tokens", model.config.vocab_size, vocab_size)
+        model.resize_token_embeddings(vocab_size)
 
 
 def model_inputs(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:

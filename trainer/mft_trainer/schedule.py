@@ -41,3 +41,13 @@ def build_scheduler(optimizer: torch.optim.Optimizer, training: TrainingConfig, 
                      warmup=training.num_warmup_steps, total=total_steps) / peak
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def restart_schedule(scheduler: torch.optim.lr_scheduler.LambdaLR, peak: float) -> None:
+    """Continue a restored schedule from the configured peak: a checkpoint restores the optimizer's
+    and scheduler's own, and a run resumed with another learning rate must use the new one."""
+    scheduler.base_lrs = [peak] * len(scheduler.optimizer.param_groups)
+    rates = [peak * factor(scheduler.last_epoch) for factor in scheduler.lr_lambdas]
+    for group, rate in zip(scheduler.optimizer.param_groups, rates):
+        group["initial_lr"], group["lr"] = peak, rate
+    scheduler._last_lr = rates

@@ -28,7 +28,7 @@ from mft_trainer.accelerate import Accelerated, accelerate, clip_grad_norm, no_s
 from mft_trainer.commands.launch import PREEMPTION_MARKER_ENV
 from mft_trainer.config import TrainerConfig, to_dict
 from mft_trainer.model import build_model, count_parameters, model_inputs
-from mft_trainer.schedule import build_scheduler
+from mft_trainer.schedule import build_scheduler, restart_schedule
 
 log = logging.getLogger("mft_trainer")
 
@@ -78,24 +78,24 @@ class Run:
     num_params: int
     writer: checkpoint.Writer
     state: TrainState = field(default_factory=TrainState)
+    num_trainable: int = 0  # parameters the optimizer updates (LoRA: the adapter's)
 
 
 def main(config: TrainerConfig) -> int:
     run = setup(config)
     reporter = metrics.Reporter(config.output_dir, run.world.is_main, run.total_steps)
     preemption = Preemption(config.checkpoint.preemption_grace_seconds, run.world.device)
-    throughput = metrics.Throughput(_flops_per_token(run), metrics.peak_flops(), run.world.size)
+    throughput = metrics.Throughput(_flops_per_token(run), metrics.peak_flops(config.training.bf16), run.world.size)
     t, state = config.training, run.state
-    rows_per_step = t.per_device_train_batch_size * t.gradient_accumulation_steps
-    stop: str | None = None
+    stop = _stopped_early(run)
 
-    while stop is None and state.step < run.total_steps:
-        for micro_batches in epoch_steps(run):
+    while stop is None:
+        for micro_batches in epoch_steps(run) if state.step < run.total_steps else ():
             started = time.perf_counter()
             result = train_step(run, micro_batches)
             throughput.add(result.tokens, time.perf_counter() - started)
             state.step += 1
-            state.offset += rows_per_step
+            state.offset += sum(len(batch["task_ids"]) for batch in micro_batches)
             state.tokens += result.tokens
             state.skipped_steps += result.skipped
             state.last_loss = result.loss if not result.skipped else state.last_loss
@@ -111,17 +111,20 @@ def main(config: TrainerConfig) -> int:
                 _mark_preempted()  # now: if a peer dies while all save, this pod still exits as preempted
             if stop or state.step >= run.total_steps:
                 break
-        if stop != "preempted" and state.offset >= run.steps_per_epoch * rows_per_step:  # epoch complete
+        # Also when a preempted run stopped at the last step of an epoch: its resume closes it.
+        if stop != "preempted" and _epoch_done(run):
             state.epoch += 1
             state.offset = 0
             stop = end_of_epoch(run, reporter) or stop
+        if state.step >= run.total_steps or state.epoch >= t.epochs:
+            break
 
     if stop != "preempted" and _evaluates(t) and state.last_eval_step != state.step:
         evaluate_and_track(run, reporter)
     if state.last_save_step != state.step:
         save(run, reporter)
     run.writer.close()  # every checkpoint on disk before the summary lists them and the process exits
-    summarize(run, reporter, stop or ("completed" if state.step == run.steps_per_epoch * t.epochs else "max_steps"))
+    summarize(run, reporter, stop or ("completed" if state.epoch >= t.epochs else "max_steps"))
     reporter.close()
     distributed.barrier()
     distributed.shutdown()
@@ -129,6 +132,21 @@ def main(config: TrainerConfig) -> int:
         log.warning("preempted: checkpoint saved at step %d, exiting with %d", state.step, PREEMPTED_EXIT_CODE)
         return PREEMPTED_EXIT_CODE
     return 0
+
+
+def _stopped_early(run: Run) -> str | None:
+    """A resumed run whose early stopping was already decided stays stopped (a pod restarted
+    after the decision must not train on); a larger patience now lets it go on."""
+    state, patience = run.state, run.config.training.early_stopping_patience
+    if patience > 0 and state.evals_without_improvement >= patience:
+        log.info("early stopping: decided at step %d (no improvement of the valid loss in %d evaluations)",
+                 state.last_eval_step, state.evals_without_improvement)
+        return "early_stop"
+    return None
+
+
+def _epoch_done(run: Run) -> bool:
+    return run.state.offset >= len(run.sampler)
 
 
 def _mark_preempted() -> None:
@@ -151,10 +169,17 @@ def setup(config: TrainerConfig) -> Run:
     root = config.output_dir
     if world.is_main:
         root.mkdir(parents=True, exist_ok=True)
+        for name in checkpoint.finish_replacements(root):
+            log.info("installed %s, whose replacement of an older copy was interrupted", name)
         for name in checkpoint.clean_stale(root):
             log.info("removed %s left by an interrupted write", name)
         for name in checkpoint.clean_unmarked(root):
             log.info("removed %s left by an interrupted deletion (no %s)", name, checkpoint.STATE_FILE)
+        if config.checkpoint.resume == "never":
+            moved = checkpoint.set_aside(root, time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()))
+            if moved:
+                log.warning("checkpoint.resume is never: moved the checkpoints already in %s to %s "
+                            "(delete that folder to free its space)", root, moved)
     distributed.barrier()
 
     resume_from = checkpoint.latest(root) if config.checkpoint.resume == "auto" else None
@@ -165,38 +190,49 @@ def setup(config: TrainerConfig) -> Run:
         log.info("resuming from %s", resume_from.path)
     tokenizer = load_tokenizer(config)
     datasets = build_datasets(config, tokenizer)  # logs its own report
-
-    model = _build(config, tokenizer, resume_from.path if resume_from else None)
-    num_params = count_parameters(model)  # before FSDP shards it
-    log.info("mode %s, %d parameters", config.mode, num_params)
-    acc = accelerate(model, t, world)
-
     sampler = EpochSampler(datasets.train, world.rank, world.size, t.seed,
                            config.data.task_sampling, config.data.sampling_temperature)
     rows_per_step = t.per_device_train_batch_size * t.gradient_accumulation_steps
-    steps_per_epoch = len(sampler) // rows_per_step
-    if steps_per_epoch == 0:
-        raise ValueError(f"each rank gets {len(sampler)} training rows per epoch, fewer than one step needs "
-                         f"({rows_per_step} = per_device_train_batch_size x gradient_accumulation_steps)")
+    # Every row of an epoch is trained: its last step takes the rows left, fewer than a whole step.
+    steps_per_epoch = -(-len(sampler) // rows_per_step)
+
+    model = _build(config, tokenizer, resume_from.path if resume_from else None)
+    num_params = count_parameters(model)  # before FSDP shards it
+    num_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    log.info("mode %s, %d parameters", config.mode, num_params)
+    acc = accelerate(model, t, world)
+
     total_steps = steps_per_epoch * t.epochs
     if t.max_steps > 0:
         total_steps = min(total_steps, t.max_steps)
     scheduler = build_scheduler(acc.optimizer, t, total_steps)
+    _warn_if_no_checkpoint_is_evaluated(config)
     writer = checkpoint.Writer(background=config.checkpoint.async_save and world.is_main)
     run = Run(config, world, tokenizer, datasets, sampler, acc, scheduler, steps_per_epoch, total_steps, num_params,
-              writer)
+              writer, num_trainable=num_trainable)
 
     if resume_from is not None:
         run.state = TrainState(**saved["state"])
         if saved["world_size"] != world.size:
-            # Same global data position, rounded down; RNG streams cannot carry over.
+            # Same global data position, rounded down; ranks the checkpoint lacks start new RNG streams.
             run.state.offset = run.state.offset * saved["world_size"] // world.size
-            log.warning("resuming %d-rank state with %d ranks: data position kept, RNG streams restarted",
-                        saved["world_size"], world.size)
+            fresh = f", new RNG streams for ranks {saved['world_size']} and up" if world.size > saved["world_size"] else ""
+            log.warning("resuming %d-rank state with %d ranks: data position kept%s",
+                        saved["world_size"], world.size, fresh)
         rank_state = checkpoint.load_training_state(resume_from.path, acc, scheduler, world)
+        restart_schedule(scheduler, t.learning_rate)  # the configured peak, which may have changed
         if rank_state is not None:
             checkpoint.set_rng_state(rank_state["rng"])  # last: nothing after this may draw random numbers
     return run
+
+
+def _warn_if_no_checkpoint_is_evaluated(config: TrainerConfig) -> None:
+    """The best checkpoint is chosen among those saved at an evaluated step."""
+    t, ck = config.training, config.checkpoint
+    if ck.save_strategy == "steps" and "steps" in t.evaluation_strategy and ck.steps % t.evaluation_steps:
+        log.warning("checkpoint.steps (%d) is not a multiple of training.evaluation_steps (%d): checkpoints saved "
+                    "between evaluations carry no valid loss, and the best checkpoint is chosen among the others",
+                    ck.steps, t.evaluation_steps)
 
 
 def _build(config: TrainerConfig, tokenizer: Any, resume_path: Any) -> torch.nn.Module:
@@ -211,8 +247,10 @@ def epoch_steps(run: Run) -> Iterator[list[dict[str, torch.Tensor]]]:
     """The remaining steps of the current epoch: lists of collated micro-batches.
 
     The order is a function of (seed, epoch) only, so starting at ``offset`` (indices consumed, which
-    the loop counts itself) puts a resumed run exactly where the interrupted one stopped. A tail
-    shorter than one step is left out.
+    the loop counts itself) puts a resumed run exactly where the interrupted one stopped. The last
+    step takes the rows left: the same number on every rank (the sampler pads ranks to one length),
+    and the loss is normalized by the step's own target counts, so a short step weighs its tokens
+    like any other.
     """
     from mft_trainer.data import collate
 
@@ -221,9 +259,9 @@ def epoch_steps(run: Run) -> Iterator[list[dict[str, torch.Tensor]]]:
     run.sampler.load_state_dict({"epoch": state.epoch, "offset": state.offset})
     indices = list(run.sampler)
     pad = _pad_id(run.tokenizer)
-    for start in range(0, len(indices) - bs * ga + 1, bs * ga):
+    for start in range(0, len(indices), bs * ga):
         step = indices[start:start + bs * ga]
-        yield [collate([run.datasets.train[i] for i in step[m:m + bs]], pad) for m in range(0, bs * ga, bs)]
+        yield [collate([run.datasets.train[i] for i in step[m:m + bs]], pad) for m in range(0, len(step), bs)]
 
 
 def train_step(run: Run, micro_batches: list[dict[str, torch.Tensor]]) -> StepResult:
@@ -328,7 +366,9 @@ def evaluate_and_track(run: Run, reporter: metrics.Reporter) -> str | None:
 
 def end_of_epoch(run: Run, reporter: metrics.Reporter) -> str | None:
     t, ck, state = run.config.training, run.config.checkpoint, run.state
-    stop = evaluate_and_track(run, reporter) if "epoch" in t.evaluation_strategy else None
+    # Not twice at one step: a repeated result would count as an evaluation without improvement.
+    evaluates = "epoch" in t.evaluation_strategy and state.last_eval_step != state.step
+    stop = evaluate_and_track(run, reporter) if evaluates else None
     saved = save(run, reporter) if ck.save_strategy == "epoch" else None
     if ck.extra_save_by_epoch:
         save(run, reporter, epoch=state.epoch, source=saved)
@@ -432,7 +472,7 @@ def _evaluates(t: Any) -> bool:
 
 
 def _epoch(run: Run) -> float:
-    return run.state.step / run.steps_per_epoch
+    return run.state.epoch + run.state.offset / len(run.sampler)
 
 
 def _lr(run: Run) -> float:
@@ -449,7 +489,7 @@ def _per_task(prefix: str, tasks: list[str], values: list[float | None]) -> dict
 
 def _flops_per_token(run: Run) -> float:
     cfg = unwrap(run.acc.model).config
-    return metrics.flops_per_token(run.num_params, cfg.num_hidden_layers, cfg.hidden_size,
+    return metrics.flops_per_token(run.num_params, run.num_trainable, cfg.num_hidden_layers, cfg.hidden_size,
                                    run.config.training.seq_length)
 
 

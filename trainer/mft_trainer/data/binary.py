@@ -5,6 +5,7 @@
     {task}/offsets.bin     int64, documents + 1: document d is tokens[offsets[d]:offsets[d+1]]
     {task}/manifest.json   format version, tokenizer hash, mode, assembly settings, dtype, sizes and
                            per-file counts (records, skipped with reasons, truncated/dropped at seq_length)
+                           and each source file's absolute path, size and mtime when it was read
 
 Documents are stored whole; the over-long policy is applied when training loads them, so one
 preprocessed dataset serves any seq_length. Loading memory-maps the three files: tokens are never read
@@ -15,8 +16,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import shutil
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +37,7 @@ from mft_trainer.data.tokenizer import tokenizer_fingerprint
 
 FORMAT, VERSION = "mft-bin", 1
 TOKENS, LOSS_MASK, OFFSETS = "tokens.bin", "loss_mask.bin", "offsets.bin"
+log = logging.getLogger("mft_trainer.data")
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
@@ -110,6 +114,7 @@ class TaskWriter:
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True)
         files = [FileCounts(str(path)) for path in task.files]
+        sources = [_source(path) for path in task.files]  # before reading: a change while reading is a change
         workers = default_workers(task.files, self.workers)
         chunks = encode_files(task.files, self.encoder, self.data.on_bad_record, workers)
         lengths = []
@@ -126,16 +131,26 @@ class TaskWriter:
             "task": task.name,
             "documents": len(all_lengths),
             "tokens": int(all_lengths.sum()),
-            "files": [dataclasses.asdict(f) for f in files],
+            "files": [dataclasses.asdict(f) | {"source": source} for f, source in zip(files, sources)],
         }
-        (folder / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        # A file name that is not UTF-8 holds surrogate escapes (\udce9 for byte 0xe9). backslashreplace
+        # writes them as JSON's own \u escapes: valid UTF-8, and json.loads gives the same name back.
+        text = json.dumps(manifest, indent=2, ensure_ascii=False) + "\n"
+        (folder / MANIFEST).write_bytes(text.encode("utf-8", "backslashreplace"))
         return files
 
 
-def open_task(task: TaskSource, expected_settings: dict[str, Any], vocab_size: int) -> TaskDocuments:
+def _source(path: Path) -> dict[str, Any]:
+    stat = path.stat()
+    return {"path": os.path.abspath(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def open_task(
+    task: TaskSource, expected_settings: dict[str, Any], vocab_size: int, on_bad_record: str
+) -> TaskDocuments:
     """Memory-map a preprocessed task folder after checking it was made for this training setup and
-    that its files have the sizes the manifest promises. Token ids are checked against
-    ``vocab_size`` as rows read them (a whole-file scan would read every token at each start)."""
+    that its files have the sizes the manifest promises. Token ids (against ``vocab_size``) and loss
+    masks are checked as rows read them (a whole-file scan would read every token at each start)."""
     folder = task.path
     manifest = _read_manifest(folder)
     _check_settings(folder, manifest, expected_settings)
@@ -152,7 +167,49 @@ def open_task(task: TaskSource, expected_settings: dict[str, Any], vocab_size: i
         raise DataError(
             f"{folder / MANIFEST}: corrupt manifest: file record counts do not add up to {n_documents} documents"
         )
-    return TaskDocuments(task.name, tokens, loss_mask, offsets, files, file_ends(files), folder / TOKENS, vocab_size)
+    _check_skips(folder, files, on_bad_record)
+    _warn_about_changed_sources(folder, manifest["files"])
+    return TaskDocuments(task.name, tokens, loss_mask, offsets, files, file_ends(files), tokens_file=folder / TOKENS,
+                         vocab_size=vocab_size, loss_mask_file=folder / LOSS_MASK)
+
+
+def _check_skips(folder: Path, files: list[FileCounts], on_bad_record: str) -> None:
+    """A dataset preprocessed with on_bad_record: skip lacks its bad records; a job set to fail must
+    not train on it as if nothing was wrong."""
+    skipped = sum(f.skipped for f in files)
+    if on_bad_record != "fail" or not skipped:
+        return
+    first = next(f for f in files if f.skipped)
+    first_skip = next(iter(first.first_skips.values()), first.path)
+    raise DataError(
+        f"{folder}: expected a dataset without bad records (data.on_bad_record: fail), found {skipped} skipped "
+        f"when it was preprocessed with on_bad_record: skip, the first: {first_skip}; fix the records and "
+        f"preprocess again, or set data.on_bad_record: skip"
+    )
+
+
+def _warn_about_changed_sources(folder: Path, entries: list[dict[str, Any]]) -> None:
+    """Only a warning: training often runs where the sources are not mounted at all, and the dataset
+    itself is still consistent."""
+    for entry in entries:
+        source = entry.get("source")
+        if source is None:  # a dataset preprocessed before sources were recorded
+            continue
+        try:
+            stat = os.stat(source["path"])
+        except OSError:  # the source is not visible here
+            continue
+        if (stat.st_size, stat.st_mtime_ns) != (source["size"], source["mtime_ns"]):
+            log.warning(
+                "%s: changed since %s was preprocessed from it (expected %d bytes modified %s, found %d bytes "
+                "modified %s): the dataset holds the old content; run mft-train preprocess again to train on "
+                "the new one", source["path"], folder, source["size"], _time(source["mtime_ns"]), stat.st_size,
+                _time(stat.st_mtime_ns),
+            )
+
+
+def _time(ns: int) -> str:
+    return datetime.fromtimestamp(ns / 1e9, timezone.utc).isoformat(timespec="milliseconds")
 
 
 def _read_manifest(folder: Path) -> dict[str, Any]:
@@ -181,18 +238,28 @@ def _check_fields(path: Path, manifest: dict[str, Any]) -> None:
         return DataError(f"{path}: field {field}: expected {expected}, found {value!r}")
 
     for field in ("tokens", "documents"):
-        value = manifest.get(field)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            raise bad(field, "a count (an integer >= 0)", value)
+        if not _is_count(manifest.get(field)):
+            raise bad(field, "a count (an integer >= 0)", manifest.get(field))
     if manifest.get("token_dtype") not in ("uint16", "int32"):
         raise bad("token_dtype", "uint16 or int32", manifest.get("token_dtype"))
     files = manifest.get("files")
     if not isinstance(files, list):
         raise bad("files", "a list of per-file counts", files)
     for i, entry in enumerate(files):
-        if not isinstance(entry, dict) or not isinstance(entry.get("path"), str) \
-                or not isinstance(entry.get("records"), int) or entry["records"] < 0:
+        if not isinstance(entry, dict) or not isinstance(entry.get("path"), str) or not _is_count(entry.get("records")):
             raise bad(f"files[{i}]", "an object with a path and a records count", entry)
+        source = entry.get("source")
+        if source is not None and not (isinstance(source, dict) and isinstance(source.get("path"), str)
+                                       and _is_count(source.get("size")) and _is_integer(source.get("mtime_ns"))):
+            raise bad(f"files[{i}].source", "an object with a path, a size and an mtime_ns", source)
+
+
+def _is_integer(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_count(value: Any) -> bool:
+    return _is_integer(value) and value >= 0
 
 
 def _check_settings(folder: Path, manifest: dict[str, Any], expected: dict[str, Any]) -> None:

@@ -76,7 +76,9 @@ def load_documents(config: TrainerConfig, tokenizer: PreTrainedTokenizerFast) ->
     data = config.data
     if data.format == "bin":
         settings = dataset_settings(config, tokenizer)
-        return [open_task(task, settings, len(tokenizer)) for task in discover_binary_tasks(data.paths)]
+        return [
+            open_task(task, settings, len(tokenizer), data.on_bad_record) for task in discover_binary_tasks(data.paths)
+        ]
     tasks = discover_jsonl_tasks(data.paths)
     encoder = Encoder(tokenizer, AssemblyStyle.from_config(data, config.mode))
     workers = default_workers([path for task in tasks for path in task.files])

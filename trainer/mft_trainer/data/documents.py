@@ -26,22 +26,29 @@ class TaskDocuments:
     offsets: np.ndarray  # int64, documents + 1
     files: list[FileCounts]
     file_ends: np.ndarray  # int64, one per file
-    # Binary datasets only: where the ids were read, and the tokenizer's size. An id at or above it
-    # is a damaged file, which would otherwise surface as an index error (a device-side assert on a
-    # GPU) deep inside the model.
+    # Binary datasets only: where the ids and masks were read, and the tokenizer's size. An id at or
+    # above it is a damaged file, which would otherwise surface as an index error (a device-side
+    # assert on a GPU) deep inside the model; a damaged mask would silently change what is trained on.
     tokens_file: Path | None = None
     vocab_size: int | None = None
+    loss_mask_file: Path | None = None
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
 
-    def check_ids(self, document: int, ids: np.ndarray) -> None:
-        """Raise DataError if ``ids``, read from ``document``, hold one the tokenizer does not have."""
-        if self.vocab_size is None or not ids.size or 0 <= int(ids.min()) and int(ids.max()) < self.vocab_size:
+    def check(self, document: int, ids: np.ndarray, mask: np.ndarray) -> None:
+        """Raise DataError if ``ids`` or ``mask``, read from ``document`` of a binary dataset, hold a
+        value preprocess never writes: an id the tokenizer does not have, a mask other than 0 or 1."""
+        if self.vocab_size is None or not ids.size:
             return
-        bad = int(ids[(ids < 0) | (ids >= self.vocab_size)][0])
-        raise DataError(f"{self.tokens_file}: document {document} holds token id {bad}, but the tokenizer has "
-                        f"{self.vocab_size} ids: the file is damaged; run mft-train preprocess again")
+        if not (0 <= int(ids.min()) and int(ids.max()) < self.vocab_size):
+            bad = int(ids[(ids < 0) | (ids >= self.vocab_size)][0])
+            raise DataError(f"{self.tokens_file}: document {document} holds token id {bad}, but the tokenizer has "
+                            f"{self.vocab_size} ids: the file is damaged; run mft-train preprocess again")
+        if int(mask.max()) > 1:
+            bad = int(mask[mask > 1][0])
+            raise DataError(f"{self.loss_mask_file}: document {document} holds loss mask value {bad}, but a loss "
+                            f"mask is 0 or 1: the file is damaged; run mft-train preprocess again")
 
     @property
     def lengths(self) -> np.ndarray:

@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 from collections import deque
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from weakref import WeakKeyDictionary
 
 import numpy as np
@@ -158,14 +161,8 @@ def encode_files(
     if workers <= 1:
         yield from (encode_chunk(encoder, chunk, on_bad_record, keep_text) for chunk in chunks)
         return
-    with _worker_pool(workers, encoder, on_bad_record, keep_text) as pool:
-        pending: deque = deque()
-        for chunk in chunks:
-            pending.append(pool.apply_async(_encode_in_worker, (chunk,)))
-            if len(pending) >= 2 * workers:
-                yield pending.popleft().get()
-        while pending:
-            yield pending.popleft().get()
+    with _WorkerPool(workers, encoder, on_bad_record, keep_text) as pool:
+        yield from pool.encode(chunks)
 
 
 def default_workers(files: Iterable[Path], cores: int | None = None) -> int:
@@ -177,36 +174,114 @@ def default_workers(files: Iterable[Path], cores: int | None = None) -> int:
     return max(1, min(cores, -(-total_bytes // CHUNK_BYTES)))
 
 
-_worker_state: tuple[Encoder, str, bool] | None = None
+@dataclass(frozen=True)
+class _Lines:
+    """Where a chunk's lines come from, for a message about them."""
+
+    path: str
+    first: int
+    last: int
+
+    @classmethod
+    def of(cls, chunk: LineChunk) -> _Lines:
+        return cls(chunk.path, chunk.first_line, chunk.first_line + len(chunk.lines) - 1)
 
 
-def _init_worker(encoder: Encoder, on_bad_record: str, keep_text: bool) -> None:
+class _WorkerPool:
+    """Tokenizer processes, forked: they inherit the encoder without pickling it and without
+    re-importing torch.
+
+    A worker can die mid-chunk, typically killed by the kernel for memory. ProcessPoolExecutor then
+    fails every chunk in flight with BrokenProcessPool (multiprocessing.Pool would wait for ever), but
+    cannot say which chunk the dead worker held; the workers note that in shared memory, so that the
+    error names the lines.
+    """
+
+    def __init__(self, workers: int, encoder: Encoder, on_bad_record: str, keep_text: bool):
+        context = multiprocessing.get_context("fork")
+        # claims[n % len(claims)]: the pid of the worker encoding chunk n. Only len(claims)
+        # consecutive chunks are ever in flight, so no two of them share an entry.
+        self._claims = context.RawArray("q", 2 * workers)
+        self._executor = ProcessPoolExecutor(
+            workers, context, initializer=_init_worker, initargs=(encoder, on_bad_record, keep_text, self._claims)
+        )
+        self._processes: list[multiprocessing.process.BaseProcess] | None = None
+
+    def encode(self, chunks: Iterable[LineChunk]) -> Iterator[EncodedChunk]:
+        """The chunks encoded, in order."""
+        pending: deque[tuple[int, _Lines, Future]] = deque()
+        try:
+            for number, chunk in enumerate(chunks):
+                self._claims[number % len(self._claims)] = 0
+                pending.append((number, _Lines.of(chunk), self._submit(number, chunk)))
+                if len(pending) == len(self._claims):
+                    yield pending[0][2].result()
+                    pending.popleft()
+            while pending:
+                yield pending[0][2].result()
+                pending.popleft()
+        except BrokenProcessPool:
+            raise self._death(pending) from None
+
+    def __enter__(self) -> _WorkerPool:
+        return self
+
+    def __exit__(self, error_type: type | None, *_: Any) -> None:
+        if error_type is not None:  # the chunks in flight are no longer wanted: do not wait for them
+            for process in self._processes or ():
+                process.terminate()
+        self._executor.shutdown(wait=True, cancel_futures=True)
+
+    def _submit(self, number: int, chunk: LineChunk) -> Future:
+        if self._processes is not None:
+            return self._executor.submit(_encode_in_worker, number, chunk)
+        # The first submit forks all the workers (fork context). Each tokenizes single-threaded (the
+        # processes are the parallelism); setting the variable before forking also keeps the
+        # tokenizers library from warning about a fork after threads.
+        before = set(multiprocessing.active_children())
+        previous = os.environ.get("TOKENIZERS_PARALLELISM")
+        os.environ["TOKENIZERS_PARALLELISM"] = "false"
+        try:
+            future = self._executor.submit(_encode_in_worker, number, chunk)
+        finally:
+            if previous is None:
+                del os.environ["TOKENIZERS_PARALLELISM"]
+            else:
+                os.environ["TOKENIZERS_PARALLELISM"] = previous
+        self._processes = [p for p in multiprocessing.active_children() if p not in before]
+        return future
+
+    def _death(self, pending: deque[tuple[int, _Lines, Future]]) -> DataError:
+        """The error for a pool broken by a worker's death, naming the lines that worker held."""
+        self._executor.shutdown(wait=True)  # the pool ends the other workers itself: all exit codes are known
+        exit_codes = {p.pid: p.exitcode for p in self._processes or ()}
+        for number, lines, _ in pending:
+            code = exit_codes.get(self._claims[number % len(self._claims)])
+            if code not in (None, 0, -signal.SIGTERM):  # SIGTERM: ended by the pool after the death
+                how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
+                return _worker_died(lines, f"while encoding them ({how})")
+        if pending:  # it died between two chunks, or before its pid was known
+            return _worker_died(pending[0][1], "before they were encoded")
+        return DataError("a tokenizer worker died (out of memory?)")
+
+
+def _worker_died(lines: _Lines, when: str) -> DataError:
+    return DataError(
+        f"{lines.path}: lines {lines.first}-{lines.last}: a tokenizer worker died (out of memory?) {when}; "
+        f"give it more memory (tokenizing takes about a hundred times the text's size) or run fewer workers"
+    )
+
+
+_worker_state: tuple[Encoder, str, bool, Any] | None = None
+
+
+def _init_worker(encoder: Encoder, on_bad_record: str, keep_text: bool, claims: Any) -> None:
     global _worker_state
-    _worker_state = (encoder, on_bad_record, keep_text)
+    _worker_state = (encoder, on_bad_record, keep_text, claims)
 
 
-def _encode_in_worker(chunk: LineChunk) -> EncodedChunk:
+def _encode_in_worker(number: int, chunk: LineChunk) -> EncodedChunk:
     assert _worker_state is not None
-    encoder, on_bad_record, keep_text = _worker_state
+    encoder, on_bad_record, keep_text, claims = _worker_state
+    claims[number % len(claims)] = os.getpid()
     return encode_chunk(encoder, chunk, on_bad_record, keep_text)
-
-
-@contextmanager
-def _worker_pool(workers: int, encoder: Encoder, on_bad_record: str, keep_text: bool) -> Iterator:
-    # fork: workers inherit the encoder without pickling it and without re-importing torch.
-    # Each worker tokenizes single-threaded (the processes are the parallelism); setting the variable
-    # before forking also keeps the tokenizers library from warning about a fork after threads.
-    previous = os.environ.get("TOKENIZERS_PARALLELISM")
-    os.environ["TOKENIZERS_PARALLELISM"] = "false"
-    try:
-        pool = multiprocessing.get_context("fork").Pool(workers, _init_worker, (encoder, on_bad_record, keep_text))
-    finally:
-        if previous is None:
-            del os.environ["TOKENIZERS_PARALLELISM"]
-        else:
-            os.environ["TOKENIZERS_PARALLELISM"] = previous
-    try:
-        yield pool
-    finally:
-        pool.terminate()
-        pool.join()

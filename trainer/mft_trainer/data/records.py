@@ -15,6 +15,7 @@ import codecs
 import gzip
 import json
 import re
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,7 +60,7 @@ def read_line_chunks(path: Path, file_index: int, chunk_bytes: int = 1 << 20) ->
     it is a broken input, not a bad record."""
     opener = gzip.open if path.name.lower().endswith(".gz") else open
     lines: list[bytes] = []
-    size, first_line, has_record = 0, 1, False
+    size, first_line, has_record, number = 0, 1, False, 0
     try:
         with opener(path, "rb") as stream:
             for number, line in enumerate(_bounded_lines(stream), start=1):
@@ -71,8 +72,10 @@ def read_line_chunks(path: Path, file_index: int, chunk_bytes: int = 1 << 20) ->
                 if size >= chunk_bytes:
                     yield LineChunk(str(path), file_index, first_line, lines)
                     lines, size, first_line = [], 0, number + 1
-    except (OSError, EOFError) as exc:  # gzip raises these for damaged archives
-        raise DataError(f"{path}: cannot read the file: {exc}") from exc
+    except (OSError, EOFError, zlib.error) as exc:  # gzip raises all three for damaged archives
+        reached = f" after line {number}" if number else ""
+        found = f"damaged compressed data ({exc})" if isinstance(exc, zlib.error) else str(exc)
+        raise DataError(f"{path}: cannot read the file{reached}: {found}") from exc
     if not has_record:
         raise DataError(f"{path}: empty file: expected JSON records, one per line, found none")
     if lines:

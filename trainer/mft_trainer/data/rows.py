@@ -47,7 +47,7 @@ class DocumentView:
             lo, hi = base + max(start, int(self.starts[k])), base + min(stop, int(self.starts[k + 1]))
             token_parts.append(tokens[lo:hi])
             mask_parts.append(mask[lo:hi])
-            self.documents.check_ids(int(self.ids[k]), token_parts[-1])
+            self.documents.check(int(self.ids[k]), token_parts[-1], mask_parts[-1])
         return np.concatenate(token_parts).astype(np.int64), np.concatenate(mask_parts)
 
 

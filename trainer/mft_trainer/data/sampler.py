@@ -97,7 +97,11 @@ class EpochSampler:
         if self.task_sampling == "uniform":
             weights = present.astype(np.float64)
         elif self.task_sampling == "temperature":
-            weights = np.where(present, self.task_sizes.astype(np.float64) ** (1.0 / self.temperature), 0.0)
+            # size ** (1/T) in log space, relative to the largest task: with a small T the powers
+            # themselves overflow (2000 ** 100 is inf in float64) and the probabilities become NaN.
+            # An empty task counts as size 1 here (log 0), which never exceeds a present task's log.
+            logs = np.log(np.maximum(self.task_sizes, 1).astype(np.float64)) / self.temperature
+            weights = np.where(present, np.exp(logs - logs.max()), 0.0)
         else:
             weights = self.task_sizes.astype(np.float64)
         return weights / weights.sum()

@@ -63,16 +63,32 @@ def _checked_folders(paths: list[str]) -> list[str]:
 
 def _jsonl_files(folder: Path) -> tuple[Path, ...]:
     entries = sorted(folder.iterdir())
-    if not any(p.is_file() for p in entries):
-        raise DataError(f"{folder}: empty task folder: expected *.jsonl or *.jsonl.gz files, found no files")
-    files = tuple(p for p in entries if p.is_file() and _is_jsonl(p))
+    files = tuple(p for p in entries if _is_jsonl(p))
+    for path in files:  # by name: a data file that cannot be read is an error, not something to skip
+        _check_readable(path)
     others = [p.name + ("/" if p.is_dir() else "") for p in entries if p not in files]
     if not files:
+        if not any(p.is_file() for p in entries):
+            raise DataError(f"{folder}: empty task folder: expected *.jsonl or *.jsonl.gz files, found no files")
         raise DataError(f"{folder}: expected *.jsonl or *.jsonl.gz files, found only {_names(others)}")
     if others:
         log.warning("%s: reading %d JSONL files, ignoring %s (only *.jsonl and *.jsonl.gz files are data)",
                     folder, len(files), _names(others))
     return files
+
+
+def _check_readable(path: Path) -> None:
+    def unreadable(found: str) -> DataError:
+        return DataError(f"{path}: a JSONL data file that cannot be read: expected a readable file, found {found}")
+
+    if path.is_symlink() and not path.exists():  # typically a link into a volume that is not mounted
+        raise unreadable(f"a dangling symlink to {os.readlink(path)}")
+    if not path.is_file():
+        raise unreadable("a folder" if path.is_dir() else "something that is not a regular file")
+    try:
+        path.open("rb").close()
+    except OSError as exc:
+        raise unreadable(f"an error opening it: {exc.strerror}") from exc
 
 
 def _is_jsonl(path: Path) -> bool:
