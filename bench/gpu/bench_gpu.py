@@ -102,7 +102,7 @@ def ours(plan: SimpleNamespace, name: str, seq: int) -> dict:
     acc = accelerate(model, training, world)
     scheduler = build_scheduler(acc.optimizer, training, plan.warmup + plan.steps)
     run = Run(TrainerConfig(mode="sst", training=training), world, None, SimpleNamespace(tasks=["t"]), None,
-              acc, scheduler, 1, plan.warmup + plan.steps, params, checkpoint.Writer(background=False))
+              acc, scheduler, plan.warmup + plan.steps, params, checkpoint.Writer(background=False))
     seconds, tokens = 0.0, 0
     for i, batch in enumerate(batches(plan, seq, cfg["vocab_size"])):
         sync()

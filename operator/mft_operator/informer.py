@@ -130,7 +130,9 @@ class WatchCache:
                 self._finished.pop(key, None)
                 return
             self._pytorchjobs.pop(key, None)
-            if child_finished(kept):
+            # Not when the outcome is recorded already (the usual TTL deletion): nothing would drop it.
+            recorded = ((self._jobs.get(key) or {}).get("status") or {}).get("phase") in TERMINAL
+            if child_finished(kept) and not recorded:
                 self._finished[key] = kept
 
     def remember_pytorchjob(self, child: dict[str, Any], read_at: float) -> None:

@@ -204,3 +204,27 @@ def test_other_files_in_a_task_folder_are_named_in_a_warning(tmp_path, tiny_dir,
     assert [f.path for f in datasets.report.files] == [str(task / "a.jsonl"), str(task / "b.JSONL")]
     assert "ignoring notes.json, old/ (only *.jsonl and *.jsonl.gz files are data)" in caplog.text
 
+
+
+def test_a_dead_worker_is_blamed_for_its_unfinished_chunk_not_one_it_finished():
+    """A worker's claim stays on a chunk it finished; the chunk it died on is the unfinished one."""
+    import signal
+    from collections import deque
+    from concurrent.futures import Future
+    from types import SimpleNamespace
+
+    from mft_trainer.data.encoding import _Lines, _WorkerPool
+
+    pool = _WorkerPool.__new__(_WorkerPool)
+    pool._executor = SimpleNamespace(shutdown=lambda wait: None)
+    pool._processes = [SimpleNamespace(pid=41, exitcode=-signal.SIGKILL), SimpleNamespace(pid=42, exitcode=-signal.SIGTERM)]
+    pool._claims = [41, 41, 42, 0]
+    finished, broken, other = Future(), Future(), Future()
+    finished.set_result("encoded")
+    broken.set_exception(RuntimeError("pool broken"))
+    other.set_exception(RuntimeError("pool broken"))
+    pending = deque([(0, _Lines("a.jsonl", 1, 10), finished), (1, _Lines("a.jsonl", 11, 20), broken),
+                     (2, _Lines("a.jsonl", 21, 30), other)])
+    message = str(pool._death(pending))
+    assert message.startswith("a.jsonl: lines 11-20: a tokenizer worker died (out of memory?) while encoding them "
+                              "(killed by SIGKILL)")

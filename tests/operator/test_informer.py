@@ -202,3 +202,12 @@ def test_a_new_child_or_a_forgotten_job_drops_the_last_state_of_a_finished_one()
         clock.now += 1
         renewal()
         assert cache.finished_pytorchjob("ml", "a") is None
+
+
+def test_no_last_state_is_kept_for_a_job_whose_outcome_is_recorded():
+    """The usual TTL deletion comes after the outcome was written: keeping the child would leak it."""
+    cache = WatchCache()
+    cache.observe_job({"metadata": {"namespace": "ml", "name": "a", "resourceVersion": "9"},
+                       "status": {"phase": "Succeeded"}})
+    cache.observe_pytorchjob(_child(["Created", "Succeeded"]), deleted=True)
+    assert cache.finished_pytorchjob("ml", "a") is None and cache._finished == {}

@@ -85,7 +85,7 @@ def make_run(world, mode, training_overrides=None):
     for group in acc.optimizer.param_groups:
         group["eps"] = EPS
     scheduler = build_scheduler(acc.optimizer, training, total_steps=10)
-    return Run(config, world, None, SimpleNamespace(tasks=["a", "b", "c"]), None, acc, scheduler, 1, 10, 0,
+    return Run(config, world, None, SimpleNamespace(tasks=["a", "b", "c"]), None, acc, scheduler, 10, 0,
                checkpoint.Writer(background=False))
 
 

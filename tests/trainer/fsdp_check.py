@@ -103,7 +103,7 @@ def make_run(config: TrainerConfig, world, tokenizer, wrap, weights: Path | None
     for group in acc.optimizer.param_groups:
         group["eps"] = EPS  # see dist_check: keeps the comparison about the gradients
     scheduler = build_scheduler(acc.optimizer, config.training, total_steps=10)
-    return Run(config, world, tokenizer, SimpleNamespace(tasks=["a", "b", "c"]), None, acc, scheduler, 10, 10, 0,
+    return Run(config, world, tokenizer, SimpleNamespace(tasks=["a", "b", "c"]), None, acc, scheduler, 10, 0,
                checkpoint.Writer(background=False))
 
 

@@ -86,6 +86,8 @@ def test_a_run_that_does_not_resume_sets_the_earlier_checkpoints_aside(tmp_path)
     assert moved == tmp_path / checkpoint.PREVIOUS_RUNS / "20261129T100000Z"
     assert sorted(p.name for p in moved.iterdir()) == ["checkpoint-4", "checkpoint-6", "checkpoint-6-epoch-1"]
     assert checkpoint.complete(tmp_path) == [] and checkpoint.set_aside(tmp_path, "later") is None
+    fake(tmp_path, "checkpoint-2", 1.0)  # a second start within the same second
+    assert checkpoint.set_aside(tmp_path, "20261129T100000Z").name == "20261129T100000Z-1"
 
 
 def test_writer_runs_jobs_in_order_off_the_caller_thread_and_reraises_failures():

@@ -410,7 +410,15 @@ def test_a_resume_with_another_batch_size_finishes(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "per_device_train_batch_size: 2 in the checkpoint, 8 now" in proc.stderr
     summary = events(proc.stdout, "mft.summary")[-1]
-    assert summary["steps"] > 3 and summary["stopped_by"] in ("completed", "max_steps")
+    # The steps left are counted from the data position, in steps of the new size, to the last epoch's end.
+    assert summary["steps"] == summary["total_steps"] > 3
+    assert summary["stopped_by"] == "completed" and summary["epoch"] == 2
+    again = copy.deepcopy(bigger)
+    again["training"]["gradient_accumulation_steps"] = 2  # a finished run, resumed with other steps
+    proc = run_training(write_config(tmp_path / "again.yaml", again), nproc=1, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert step_losses(proc.stdout) == {}
+    assert events(proc.stdout, "mft.summary")[-1]["stopped_by"] == "completed"
 
     # Starting over on the same volume: the earlier run's checkpoints go aside, none is rotated out
     # by this run's, and "latest" is this run's.

@@ -140,6 +140,10 @@ def set_aside(root: Path, label: str) -> Path | None:
     if not found:
         return None
     target = root / PREVIOUS_RUNS / label
+    copies = 0
+    while target.exists():  # two starts within one label (a second) get folders of their own
+        copies += 1
+        target = root / PREVIOUS_RUNS / f"{label}-{copies}"
     target.mkdir(parents=True)
     for path in found:
         os.rename(path, target / path.name)

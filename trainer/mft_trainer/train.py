@@ -1,7 +1,7 @@
 """The training loop of ``mft-train train``: read it top to bottom.
 
 One optimizer step consumes, on every rank, ``gradient_accumulation_steps`` micro-batches of
-``per_device_train_batch_size`` rows. The loss of a step is the ``weighted_loss_mode`` formula applied
+``per_device_train_batch_size`` rows (the last step of an epoch: the rows left). The loss of a step is the ``weighted_loss_mode`` formula applied
 to that whole global batch (see ``loss.py``), so gradient accumulation and world size change nothing
 but speed. Data position, RNG, optimizer, scheduler, best metric and early-stopping state all go
 into every checkpoint, and a resumed run repeats an uninterrupted one step for step.
@@ -73,7 +73,6 @@ class Run:
     sampler: Any
     acc: Accelerated
     scheduler: Any
-    steps_per_epoch: int
     total_steps: int
     num_params: int
     writer: checkpoint.Writer
@@ -90,7 +89,7 @@ def main(config: TrainerConfig) -> int:
     stop = _stopped_early(run)
 
     while stop is None:
-        for micro_batches in epoch_steps(run) if state.step < run.total_steps else ():
+        for micro_batches in epoch_steps(run) if state.step < run.total_steps and state.epoch < t.epochs else ():
             started = time.perf_counter()
             result = train_step(run, micro_batches)
             throughput.add(result.tokens, time.perf_counter() - started)
@@ -188,13 +187,14 @@ def setup(config: TrainerConfig) -> Run:
         saved = checkpoint.load_trainer_state(resume_from.path)
         resume.check(resume_from.path, saved.get("config"), to_dict(config))  # before data and weights load
         log.info("resuming from %s", resume_from.path)
+    state = _restored_state(saved, world) if saved else TrainState()
     tokenizer = load_tokenizer(config)
     datasets = build_datasets(config, tokenizer)  # logs its own report
     sampler = EpochSampler(datasets.train, world.rank, world.size, t.seed,
                            config.data.task_sampling, config.data.sampling_temperature)
-    rows_per_step = t.per_device_train_batch_size * t.gradient_accumulation_steps
-    # Every row of an epoch is trained: its last step takes the rows left, fewer than a whole step.
-    steps_per_epoch = -(-len(sampler) // rows_per_step)
+    total_steps = state.step + _steps_left(state, len(sampler), t)
+    if t.max_steps > 0:
+        total_steps = min(total_steps, t.max_steps)
 
     model = _build(config, tokenizer, resume_from.path if resume_from else None)
     num_params = count_parameters(model)  # before FSDP shards it
@@ -202,28 +202,39 @@ def setup(config: TrainerConfig) -> Run:
     log.info("mode %s, %d parameters", config.mode, num_params)
     acc = accelerate(model, t, world)
 
-    total_steps = steps_per_epoch * t.epochs
-    if t.max_steps > 0:
-        total_steps = min(total_steps, t.max_steps)
     scheduler = build_scheduler(acc.optimizer, t, total_steps)
     _warn_if_no_checkpoint_is_evaluated(config)
     writer = checkpoint.Writer(background=config.checkpoint.async_save and world.is_main)
-    run = Run(config, world, tokenizer, datasets, sampler, acc, scheduler, steps_per_epoch, total_steps, num_params,
-              writer, num_trainable=num_trainable)
+    run = Run(config, world, tokenizer, datasets, sampler, acc, scheduler, total_steps, num_params, writer,
+              state=state, num_trainable=num_trainable)
 
     if resume_from is not None:
-        run.state = TrainState(**saved["state"])
-        if saved["world_size"] != world.size:
-            # Same global data position, rounded down; ranks the checkpoint lacks start new RNG streams.
-            run.state.offset = run.state.offset * saved["world_size"] // world.size
-            fresh = f", new RNG streams for ranks {saved['world_size']} and up" if world.size > saved["world_size"] else ""
-            log.warning("resuming %d-rank state with %d ranks: data position kept%s",
-                        saved["world_size"], world.size, fresh)
         rank_state = checkpoint.load_training_state(resume_from.path, acc, scheduler, world)
         restart_schedule(scheduler, t.learning_rate)  # the configured peak, which may have changed
         if rank_state is not None:
             checkpoint.set_rng_state(rank_state["rng"])  # last: nothing after this may draw random numbers
     return run
+
+
+def _restored_state(saved: dict[str, Any], world: distributed.World) -> TrainState:
+    state = TrainState(**saved["state"])
+    if saved["world_size"] != world.size:
+        # Same global data position, rounded down; ranks the checkpoint lacks start new RNG streams.
+        state.offset = state.offset * saved["world_size"] // world.size
+        fresh = f", new RNG streams for ranks {saved['world_size']} and up" if world.size > saved["world_size"] else ""
+        log.warning("resuming %d-rank state with %d ranks: data position kept%s", saved["world_size"], world.size, fresh)
+    return state
+
+
+def _steps_left(state: TrainState, rows: int, t: Any) -> int:
+    """Steps from the data position to the end of the last epoch. Counted from the position, not
+    from the step: a run resumed with another batch or world size takes steps of another size."""
+    if state.epoch >= t.epochs:
+        return 0
+    rows_per_step = t.per_device_train_batch_size * t.gradient_accumulation_steps
+    # Every row of an epoch is trained: its last step takes the rows left, fewer than a whole step.
+    this_epoch = -(-max(0, rows - state.offset) // rows_per_step)
+    return this_epoch + (t.epochs - state.epoch - 1) * -(-rows // rows_per_step)
 
 
 def _warn_if_no_checkpoint_is_evaluated(config: TrainerConfig) -> None:

@@ -255,13 +255,16 @@ class _WorkerPool:
         """The error for a pool broken by a worker's death, naming the lines that worker held."""
         self._executor.shutdown(wait=True)  # the pool ends the other workers itself: all exit codes are known
         exit_codes = {p.pid: p.exitcode for p in self._processes or ()}
-        for number, lines, _ in pending:
+        for number, lines, future in pending:
+            if future.done() and not future.cancelled() and future.exception() is None:
+                continue  # encoded: a worker that died later still has this chunk's claim
             code = exit_codes.get(self._claims[number % len(self._claims)])
             if code not in (None, 0, -signal.SIGTERM):  # SIGTERM: ended by the pool after the death
                 how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
                 return _worker_died(lines, f"while encoding them ({how})")
-        if pending:  # it died between two chunks, or before its pid was known
-            return _worker_died(pending[0][1], "before they were encoded")
+        unfinished = [lines for _, lines, future in pending if not future.done() or future.exception() is not None]
+        if unfinished:  # it died between two chunks, or before its pid was known
+            return _worker_died(unfinished[0], "before they were encoded")
         return DataError("a tokenizer worker died (out of memory?)")
 
 
