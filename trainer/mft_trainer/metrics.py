@@ -12,7 +12,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -38,13 +38,18 @@ def flops_per_token(num_params: int, num_trainable: int, num_layers: int, hidden
 
 
 class Throughput:
-    """Tokens and step time since the last report; gives tokens/s, MFU and ETA."""
+    """Tokens and step time since the last report; gives tokens/s and MFU from the steps' own time
+    (batching included), and the ETA from the wall time since the last report, so that it counts
+    the evaluations and saves to come as well."""
 
-    def __init__(self, flops_per_token: float | None, peak: float | None, world_size: int):
+    def __init__(self, flops_per_token: float | None, peak: float | None, world_size: int,
+                 clock: Callable[[], float] = time.perf_counter):
         self.flops_per_token, self.peak, self.world_size = flops_per_token, peak, world_size
+        self.clock = clock
         self.tokens = 0.0
         self.seconds = 0.0
         self.steps = 0
+        self.window_started = clock()
         # A report with no step since the previous one (e.g. right after an evaluation) repeats the
         # last rates rather than claiming zero throughput.
         self.last: dict[str, float | None] = {"tokens_per_second": None, "mfu": None, "eta_seconds": None}
@@ -61,8 +66,9 @@ class Throughput:
         mfu = None
         if self.peak and self.flops_per_token:
             mfu = self.flops_per_token * tps / (self.peak * self.world_size)
-        eta = remaining_steps * self.seconds / self.steps if self.steps else None
-        self.tokens, self.seconds, self.steps = 0.0, 0.0, 0
+        now = self.clock()
+        eta = remaining_steps * (now - self.window_started) / self.steps
+        self.tokens, self.seconds, self.steps, self.window_started = 0.0, 0.0, 0, now
         self.last = {"tokens_per_second": tps, "mfu": mfu, "eta_seconds": eta}
         return dict(self.last)
 

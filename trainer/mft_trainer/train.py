@@ -89,8 +89,8 @@ def main(config: TrainerConfig) -> int:
     stop = _stopped_early(run)
 
     while stop is None:
+        started = time.perf_counter()  # a step's time includes batching its rows
         for micro_batches in epoch_steps(run) if state.step < run.total_steps and state.epoch < t.epochs else ():
-            started = time.perf_counter()
             result = train_step(run, micro_batches)
             throughput.add(result.tokens, time.perf_counter() - started)
             state.step += 1
@@ -110,6 +110,7 @@ def main(config: TrainerConfig) -> int:
                 _mark_preempted()  # now: if a peer dies while all save, this pod still exits as preempted
             if stop or state.step >= run.total_steps:
                 break
+            started = time.perf_counter()
         # Also when a preempted run stopped at the last step of an epoch: its resume closes it.
         if stop != "preempted" and _epoch_done(run):
             state.epoch += 1
