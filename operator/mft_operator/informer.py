@@ -249,7 +249,19 @@ def _superseded(pod: dict[str, Any], cached: dict[str, Any] | None, deleted: boo
     removes the replacement, and a modification does only if it is not older."""
     if cached is None or cached["metadata"].get("uid") == pod["metadata"].get("uid"):
         return False
-    return deleted or cached["metadata"].get("creationTimestamp", "") > pod["metadata"].get("creationTimestamp", "")
+    return deleted or _created_before(pod["metadata"], cached["metadata"])
+
+
+def _created_before(older: dict[str, Any], newer: dict[str, Any]) -> bool:
+    """Whether the pod ``older`` came before ``newer`` of the same name. Creation times have whole
+    seconds; within one second, the resourceVersion decides: a pod's name is free only once the
+    pod before it is gone, so every version of that one is older. resourceVersions are opaque in
+    general, so only when both are the integers the API server's etcd storage gives."""
+    older_time, newer_time = older.get("creationTimestamp", ""), newer.get("creationTimestamp", "")
+    if older_time != newer_time:
+        return older_time < newer_time
+    older_version, newer_version = str(older.get("resourceVersion", "")), str(newer.get("resourceVersion", ""))
+    return older_version.isdigit() and newer_version.isdigit() and int(older_version) < int(newer_version)
 
 
 class CachedCluster:

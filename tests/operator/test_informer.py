@@ -172,6 +172,20 @@ def test_a_late_event_of_a_replaced_pod_leaves_its_replacement_alone():
     assert cache.pods("ml", "a") == ()
 
 
+def test_within_one_second_the_resource_version_tells_the_replaced_pod_from_its_replacement():
+    cache = WatchCache(clock=Clock())
+    old, new = _pod("a-master-0"), _pod("a-master-0")
+    old["metadata"].update(uid="m1", creationTimestamp="2026-01-01T00:00:00Z", resourceVersion="1040")
+    new["metadata"].update(uid="m2", creationTimestamp="2026-01-01T00:00:00Z", resourceVersion="1052")
+    cache.remember_pods("ml", "a", [], listed_at=cache.clock())
+    cache.observe_pod(new, deleted=False)
+    cache.observe_pod(old, deleted=False)  # a late modification of the replaced pod, same second
+    assert [p["metadata"]["uid"] for p in cache.pods("ml", "a")] == ["m2"]
+    opaque = {**old, "metadata": {**old["metadata"], "resourceVersion": "a1"}}
+    cache.observe_pod(opaque, deleted=False)  # versions that are not integers decide nothing
+    assert [p["metadata"]["uid"] for p in cache.pods("ml", "a")] == ["m1"]
+
+
 def _child(conditions=()):
     return {"metadata": {"namespace": "ml", "name": "a", "uid": "c1"},
             "status": {"conditions": [{"type": t, "status": "True"} for t in conditions]}}
