@@ -20,7 +20,7 @@ from safetensors.torch import save_file
 from transformers import AutoConfig, PreTrainedModel
 
 from mft_trainer.config import LoraConfig
-from mft_trainer.model import fit_embeddings
+from mft_trainer.model import count_parameters, fit_embeddings
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +38,7 @@ def apply_lora(model: PreTrainedModel, lora: LoraConfig, adapter: str | Path | N
                                      lora_dropout=lora.dropout, target_modules=list(lora.target_modules),
                                      modules_to_save=_grown_embeddings(model))
         peft_model = get_peft_model(model, peft_config)
-    trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in peft_model.parameters())
+    trainable, total = count_parameters(peft_model, trainable_only=True), count_parameters(peft_model)
     log.info("LoRA r=%d alpha=%d on %s: %d of %d parameters trainable", lora.r, lora.alpha,
              ",".join(lora.target_modules), trainable, total)
     return peft_model

@@ -86,5 +86,5 @@ def packed_attention_mask(sample_index: torch.Tensor) -> torch.Tensor:
     return (same & causal)[:, None]
 
 
-def count_parameters(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
+def count_parameters(model: torch.nn.Module, trainable_only: bool = False) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)

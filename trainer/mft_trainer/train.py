@@ -199,7 +199,7 @@ def setup(config: TrainerConfig) -> Run:
 
     model = _build(config, tokenizer, resume_from.path if resume_from else None)
     num_params = count_parameters(model)  # before FSDP shards it
-    num_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    num_trainable = count_parameters(model, trainable_only=True)
     log.info("mode %s, %d parameters", config.mode, num_params)
     acc = accelerate(model, t, world)
 
