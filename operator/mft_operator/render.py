@@ -192,11 +192,25 @@ def launch_layout(ctx: Context) -> Launch:
     ]
     return Launch(
         command=command,
-        env=copy.deepcopy(ctx.spec.get("env", [])),
+        env=_environment(ctx),
         config_path=config_path,
         config=trainer_config(ctx),
         mounts=_mounts(ctx),
     )
+
+
+# A pod that asks for no GPU still sees every GPU of its node when its image sets
+# NVIDIA_VISIBLE_DEVICES=all (as CUDA base images do) and the NVIDIA runtime is the node's default:
+# a CPU job would then train on GPUs the scheduler gave to other pods.
+NO_GPUS = ({"name": "NVIDIA_VISIBLE_DEVICES", "value": "void"}, {"name": "CUDA_VISIBLE_DEVICES", "value": ""})
+
+
+def _environment(ctx: Context) -> list[dict[str, Any]]:
+    env = copy.deepcopy(ctx.spec.get("env", []))
+    if ctx.resources["gpusPerNode"] == 0:
+        names = {var["name"] for var in env}
+        env += [dict(var) for var in NO_GPUS if var["name"] not in names]
+    return env
 
 
 def _mounts(ctx: Context) -> list[Mount]:

@@ -191,7 +191,30 @@ def test_launch_layout_is_reusable_without_kubernetes():
     assert layout.config_path == "/etc/mft/config.yaml"
     assert layout.config["mode"] == "lora" and layout.config["lora"]["r"] == 96
     assert {m.name: m.path for m in layout.mounts} == {"mft-config": "/etc/mft", "mft-checkpoints": "/out"}
-    assert [e["name"] for e in layout.env] == ["OMP_NUM_THREADS", "POD_NAME", "SETTINGS"]
+    assert [e["name"] for e in layout.env] == ["OMP_NUM_THREADS", "POD_NAME", "SETTINGS", "NVIDIA_VISIBLE_DEVICES",
+                                               "CUDA_VISIBLE_DEVICES"]
+
+
+def _env_of(job: dict) -> dict[str, str | None]:
+    return {e["name"]: e.get("value") for e in render.launch_layout(render.context(job, SETTINGS)).env}
+
+
+def test_a_cpu_job_is_kept_off_the_nodes_gpus():
+    # An image that sets NVIDIA_VISIBLE_DEVICES=all would otherwise see GPUs given to other pods.
+    env = _env_of(load(GOLDEN / "inputs" / "sft-1-cpu.yaml"))
+    assert env["NVIDIA_VISIBLE_DEVICES"] == "void" and env["CUDA_VISIBLE_DEVICES"] == ""
+
+
+def test_a_gpu_job_leaves_device_selection_to_the_device_plugin():
+    env = _env_of(load(GOLDEN / "inputs" / "sst-1-gpu.yaml"))
+    assert "NVIDIA_VISIBLE_DEVICES" not in env and "CUDA_VISIBLE_DEVICES" not in env
+
+
+def test_a_cpu_jobs_own_device_variables_win():
+    job = load(GOLDEN / "inputs" / "sft-1-cpu.yaml")
+    job["spec"]["env"] = [{"name": "CUDA_VISIBLE_DEVICES", "value": "0"}]
+    env = _env_of(job)
+    assert env["CUDA_VISIBLE_DEVICES"] == "0" and env["NVIDIA_VISIBLE_DEVICES"] == "void"
 
 
 def test_rendering_does_not_modify_its_input():
