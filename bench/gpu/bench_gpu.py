@@ -1,8 +1,8 @@
-"""GPU benchmark (one H200, < 8 minutes): our ATorch step vs a Hugging Face Trainer, GPT-NeoX ~410M
-and ~1.4B with random weights, bf16, packed rows of 2048 and 4096 tokens. Prints tokens/s/GPU and
-MFU against 989 TFLOP/s (dense bf16). Run through ``bench/gpu/run.sh``. ``--smoke`` runs the same
-code on CPU with the tiny GPT-NeoX, fp32, a few steps (what the test suite does, so the script
-stays runnable between GPU runs).
+"""GPU benchmark (one GPU, about 8 minutes at most): our ATorch step vs a Hugging Face Trainer,
+GPT-NeoX ~410M and ~1.4B with random weights, bf16, packed rows of 2048 and 4096 tokens. Prints
+tokens/s/GPU and MFU against 989 TFLOP/s (H100/H200 dense bf16). Run through ``bench/gpu/run.sh``.
+``--smoke`` runs the same code on CPU with the tiny GPT-NeoX, fp32, a few steps (what the test suite
+does, so the script stays runnable between GPU runs).
 
 Both sides get the same synthetic rows: several documents per row, random token ids. Ours keeps the
 documents apart (block-diagonal mask); the HF Trainer baseline, like any plain Trainer, attends

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# One prepared GPU benchmark run (single H200, under 8 minutes): ours vs the HF Trainer on GPT-NeoX
-# ~410M and ~1.4B, bf16, packed 2048/4096. Run from the repository root where python3 (or $PYTHON)
-# holds a CUDA torch. Packages that machine lacks come from the wheels in .whl/ (or $WHEELS), which
-# bench/gpu/wheels.sh fetches where pip reaches PyPI; without them the trainer stack
-# (images/trainer/requirements.lock) must be installed. Results also land in $OUT (or the current
-# folder). Arguments go to bench_gpu.py (`--smoke`: the same code on CPU with the tiny model;
-# `--budget S`: seconds for all configurations, 420 by default, so a hung one cannot take the
-# whole 8 minutes; the timeout below is only a net).
+# The GPU benchmark on one GPU node (about 8 minutes at most): ours vs the HF Trainer on GPT-NeoX
+# ~410M and ~1.4B, bf16, packed 2048/4096. Run it from a checkout of the repository inside the
+# trainer image (its python3 has the pinned stack, images/trainer/requirements.lock), or where
+# python3 (or $PYTHON) holds a CUDA torch. On an offline node, packages that Python lacks or has in
+# versions the trainer cannot use come from the wheels in .whl/ (or $WHEELS), which
+# bench/gpu/wheels.sh fetches where pip reaches PyPI. Results also land in $OUT/bench-gpu.jsonl
+# ($OUT defaults to the repository root). Arguments go to bench_gpu.py (`--smoke`: the same code on
+# CPU with the tiny model; `--budget S`: seconds for all configurations, 420 by default, so a hung
+# one cannot take the whole run; the timeout below is only a net).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 python="${PYTHON:-python3}"

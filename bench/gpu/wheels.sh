@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# Fetches, on a machine whose pip reaches PyPI, the wheels the GPU machine lacks into .whl/; run.sh
-# installs them there. That machine has Python 3.12 with a CUDA torch but nothing else can be
-# installed from the network: it has no atorch, and transformers 5 where the trainer needs 4. The
-# versions carried are the trainer image's own (images/trainer/requirements.lock).
+# For a GPU node that cannot install from the network and runs a Python 3.12 with a CUDA torch but
+# not the trainer's stack (no atorch; transformers 5 where the trainer needs 4): fetches, on a
+# machine whose pip reaches PyPI, the wheels that node needs into .whl/, which run.sh installs there.
+# The versions carried are the trainer image's own (images/trainer/requirements.lock). Inside the
+# trainer image none of this is needed.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-# atorch and what it needs that the machine lacks or has too new (safetensors 0.8 dropped a private
+# atorch and what it needs that such a node lacks or has too new (safetensors 0.8 dropped a private
 # function atorch imports); the trainer's transformers, tokenizers and hub client (transformers 4
-# rejects the machine's newer ones); peft, built against that transformers.
+# rejects newer ones); peft, built against that transformers.
 packages=(atorch dlrover deprecated safetensors transformers huggingface_hub tokenizers peft)
 lock=images/trainer/requirements.lock
 pins=()

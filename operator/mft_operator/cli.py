@@ -47,11 +47,14 @@ def _parser() -> argparse.ArgumentParser:
     render_cmd.set_defaults(command=cmd_render)
 
     run = commands.add_parser("run", help="run an MFTJob on this machine, without a cluster")
-    run.add_argument("file", type=Path, metavar="FILE")
+    run.add_argument("file", type=Path, metavar="FILE",
+                     help="the MFTJob manifest (one job); the local folders of its volumes come from its "
+                          "local.mft.dev/mounts annotation, relative to the manifest's folder")
     run.add_argument("--local", action="store_true", required=True,
                      help="run here: the rendered launch command and env, volumes mapped to local folders")
     run.add_argument("--mount", action="append", default=[], metavar="MOUNT_PATH=DIR",
-                     help="local folder behind a mount path (repeatable; adds to the local.mft.dev/mounts annotation)")
+                     help="local folder behind a mount path, DIR relative to the current directory (repeatable; "
+                          "adds to the local.mft.dev/mounts annotation and wins over it for the same mount path)")
     run.add_argument("--workdir", type=Path, help="folder for the config and default checkpoints (default runs/NAME)")
     run.add_argument("--nproc", type=int, help="processes per node (default: gpusPerNode when that many GPUs are visible, else 1)")
     _settings_flags(run)
@@ -68,22 +71,41 @@ def _parser() -> argparse.ArgumentParser:
     scope.add_argument("--all-namespaces", "-A", action="store_const", const=(), dest="namespaces",
                        help="watch the whole cluster")
     operator.add_argument("--liveness", metavar="URL", help="liveness endpoint, e.g. http://0.0.0.0:8080/healthz")
-    operator.add_argument("--metrics-port", type=int)
-    operator.add_argument("--progress-interval", type=float, dest="progress_interval_seconds", metavar="SECONDS")
+    operator.add_argument("--metrics-port", type=int, metavar="PORT",
+                          help=_setting_help("port of the Prometheus /metrics endpoint", "metrics_port"))
+    operator.add_argument("--progress-interval", type=float, dest="progress_interval_seconds", metavar="SECONDS",
+                          help=_setting_help("how often trainer progress is written to MFTJob status, at most "
+                                             f"{settings_mod.MAX_PROGRESS_INTERVAL_SECONDS:g}",
+                                             "progress_interval_seconds"))
     operator.add_argument("--max-concurrent-reconciles", type=int, metavar="N",
-                          help="MFTJobs reconciled at once (MFT_MAX_CONCURRENT_RECONCILES, default 16)")
-    operator.add_argument("--log-format", choices=("json", "text"))
+                          help=_setting_help("MFTJobs reconciled at once", "max_concurrent_reconciles"))
+    operator.add_argument("--log-format", choices=("json", "text"), help=_setting_help("log line format", "log_format"))
+    operator.add_argument("--log-level", choices=settings_mod.LOG_LEVELS,
+                          help=_setting_help("least severe level logged", "log_level"))
     _settings_flags(operator)
     operator.set_defaults(command=cmd_operator)
     return parser
 
 
+def _setting_help(text: str, setting: str) -> str:
+    """A settings flag's help: what it sets, then the environment variable it overrides and the default."""
+    default = getattr(settings_mod.Settings(), setting)
+    shown = f"{default:g}" if isinstance(default, float) else default
+    return f"{text} ({settings_mod.ENV[setting]}, default {shown})"
+
+
 def _settings_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--image", dest="trainer_image", help="default trainer image (MFT_TRAINER_IMAGE)")
-    parser.add_argument("--default-gpus-per-node", type=int)
-    parser.add_argument("--default-cpu")
-    parser.add_argument("--default-memory")
-    parser.add_argument("--default-shm-size")
+    """The operator's defaults for what an MFTJob leaves out."""
+    parser.add_argument("--image", dest="trainer_image", metavar="IMAGE",
+                        help=_setting_help("trainer image of MFTJobs without spec.image", "trainer_image"))
+    parser.add_argument("--default-gpus-per-node", type=int, metavar="N",
+                        help=_setting_help("spec.resources.gpusPerNode when unset; 0 trains on CPU", "default_gpus_per_node"))
+    parser.add_argument("--default-cpu", metavar="QUANTITY",
+                        help=_setting_help("spec.resources.cpu when unset", "default_cpu"))
+    parser.add_argument("--default-memory", metavar="QUANTITY",
+                        help=_setting_help("spec.resources.memory when unset", "default_memory"))
+    parser.add_argument("--default-shm-size", metavar="QUANTITY",
+                        help=_setting_help("spec.resources.shmSize, the size of /dev/shm, when unset", "default_shm_size"))
 
 
 def _settings(args: argparse.Namespace) -> settings_mod.Settings:
@@ -94,15 +116,21 @@ def _settings(args: argparse.Namespace) -> settings_mod.Settings:
     return settings_mod.from_env(os.environ, **overrides)
 
 
-def _documents(path: Path) -> list[Any]:
-    """The YAML documents of ``path`` (``-``: standard input)."""
+def _read(path: Path) -> str:
+    """The text of ``path`` (``-``: standard input)."""
     try:
-        text = sys.stdin.read() if path == STDIN else path.read_text(encoding="utf-8")
-        return list(yamlio.load_all(text))
+        return sys.stdin.read() if path == STDIN else path.read_text(encoding="utf-8")
     except OSError as exc:
         raise InputError(f"{_name(path)}: {exc.strerror or exc}") from exc
     except UnicodeDecodeError as exc:
         raise InputError(f"{_name(path)}: not UTF-8 text: {exc.reason} at byte {exc.start}") from exc
+
+
+def _documents(path: Path) -> list[Any]:
+    """The YAML documents of ``path`` (``-``: standard input)."""
+    text = _read(path)
+    try:
+        return list(yamlio.load_all(text))
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
@@ -140,7 +168,9 @@ def _other_kind(doc: Any) -> bool:
 def _label(doc: Any) -> str:
     if not isinstance(doc, dict):
         return "<document>"
-    name = (doc.get("metadata") or {}).get("name") or "<unnamed>"
+    metadata = doc.get("metadata") or {}
+    generated = f"{metadata['generateName']}*" if metadata.get("generateName") else None
+    name = metadata.get("name") or generated or "<unnamed>"
     return f"{doc.get('kind') or '<no kind>'}/{name}"
 
 
@@ -168,6 +198,17 @@ def _report(path: Path, jobs: list[Any], out: TextIO) -> bool:
     return failed
 
 
+def _unnamed(path: Path, jobs: list[dict[str, Any]]) -> bool:
+    """Say so for each valid job with only a generateName; True when there was one. Its objects
+    (and a local run's folder) are named after the job, and only the apiserver picks a generated name."""
+    unnamed = [job for job in jobs if not job["metadata"].get("name")]
+    for job in unnamed:
+        print(f"{_name(path)}: {_label(job)}: metadata.name: Required value: expected a name to name the job's "
+              f"objects after, found only generateName {job['metadata']['generateName']!r} (which the apiserver "
+              "completes at creation); set metadata.name", file=sys.stderr)
+    return bool(unnamed)
+
+
 def cmd_render(args: argparse.Namespace) -> int:
     """Validate first: the operator never sees an object the apiserver would reject."""
     settings = _settings(args)
@@ -175,7 +216,7 @@ def cmd_render(args: argparse.Namespace) -> int:
     if not jobs:
         print(f"{_name(args.file)}: no {KIND} to render", file=sys.stderr)
         return 1
-    if _report(args.file, jobs, sys.stderr):
+    if _report(args.file, jobs, sys.stderr) or _unnamed(args.file, jobs):
         return 1
     objects = []
     for job in jobs:
@@ -194,7 +235,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"{_name(args.file)}: expected exactly one {KIND}, found {len(jobs)}", file=sys.stderr)
         return 1
     (job,) = jobs
-    if _report(args.file, jobs, sys.stderr):
+    if _report(args.file, jobs, sys.stderr) or _unnamed(args.file, jobs):
         return 1
     try:
         plan = local.plan(job, args.file.resolve().parent, _settings(args), workdir=args.workdir,
@@ -213,7 +254,14 @@ def cmd_reference(args: argparse.Namespace) -> int:
     if args.write is None:
         sys.stdout.write(reference.markdown())
         return 0
-    args.write.write_text(reference.embed(args.write.read_text(encoding="utf-8")), encoding="utf-8")
+    try:
+        updated = reference.embed(_read(args.write))
+    except ValueError as exc:  # no reference markers
+        raise InputError(f"{args.write}: {exc}") from exc
+    try:
+        args.write.write_text(updated, encoding="utf-8")
+    except OSError as exc:
+        raise InputError(f"{args.write}: {exc.strerror or exc}") from exc
     return 0
 
 

@@ -135,14 +135,19 @@ class Runtime:
 
     def poll_once(self) -> None:
         """Reconcile the active MFTJobs that are due: a level-based resync that repairs anything a
-        missed watch event left behind, and progress for running ones."""
+        missed watch event left behind, and progress for running ones; and the finished ones whose
+        PyTorchJob is due for deletion."""
         jobs = [job for namespace in (self.settings.namespaces or (None,)) for job in self.cluster.list_jobs(namespace)]
         self.cache.prune_child_warnings()
         self.metrics.count_phases((job.get("status") or {}).get("phase") for job in jobs)
-        now, active = time.monotonic(), []
+        now, wall_clock, active = time.monotonic(), self.clock(), []
         for job in jobs:
             meta, phase = job["metadata"], (job.get("status") or {}).get("phase")
             if phase in status.TERMINAL:
+                # Finished: only the deletion of its child once due (nothing else would trigger it).
+                if (status.child_expiry(job, wall_clock) is not None
+                        and self.cache.knows_pytorchjob(meta["namespace"], meta["name"])):
+                    active.append(job)
                 continue
             if now - self._last_pass.get((meta["namespace"], meta["name"]), float("-inf")) < self._poll_after(phase):
                 self.metrics.skipped.labels(reason="recently-reconciled").inc()

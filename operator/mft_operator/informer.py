@@ -16,9 +16,10 @@ What is remembered is trusted within limits:
   deletion was missed (a relist after the watch expired) is dropped once unconfirmed for
   ``WARNING_MAX_AGE`` seconds, past the API server's default event TTL.
 A missing PyTorchJob is never taken from memory: the API confirms a deletion before anything is
-recreated (which spends restart budget). One deleted after it finished (``ttlSecondsAfterFinished``)
-leaves its last state, until the status write that records the outcome: it may be deleted before
-any pass saw it finish, and taken for lost it would be created, and trained, again.
+recreated (which spends restart budget). One deleted after it finished leaves its last state, until
+the status write that records the outcome: deleted by hand before any pass saw it finish, and taken
+for lost, it would be created, and trained, again. (The operator's own TTL deletion waits for that
+write.)
 """
 
 from __future__ import annotations
@@ -130,7 +131,7 @@ class WatchCache:
                 self._finished.pop(key, None)
                 return
             self._pytorchjobs.pop(key, None)
-            # Not when the outcome is recorded already (the usual TTL deletion): nothing would drop it.
+            # Not when the outcome is recorded already (the operator's TTL deletion): nothing would drop it.
             recorded = ((self._jobs.get(key) or {}).get("status") or {}).get("phase") in TERMINAL
             if child_finished(kept) and not recorded:
                 self._finished[key] = kept
@@ -150,6 +151,19 @@ class WatchCache:
         with self._lock:
             child = self._finished.get((namespace, name))
         return copy.deepcopy(child) if child is not None else None
+
+    def forget_pytorchjob(self, namespace: str, name: str, read_at: float) -> None:
+        """The API said at ``read_at`` that the PyTorchJob does not exist: drop what is remembered of
+        it, unless an event delivered it since (created again)."""
+        with self._lock:
+            seen_at, _ = self._pytorchjobs.get((namespace, name), (float("inf"), None))
+            if seen_at < read_at:
+                del self._pytorchjobs[(namespace, name)]
+
+    def knows_pytorchjob(self, namespace: str, name: str) -> bool:
+        """Whether the PyTorchJob exists as far as the watch knows, however long ago it said so."""
+        with self._lock:
+            return (namespace, name) in self._pytorchjobs
 
     def pytorchjob(self, namespace: str, name: str) -> dict[str, Any] | None:
         """The PyTorchJob, or None when it is not known (or no longer trusted): read it."""
@@ -281,6 +295,8 @@ class CachedCluster:
             child = self.cluster.get(kind, namespace, name)
             if child is not None:
                 self.cache.remember_pytorchjob(child, read_at)
+            else:  # its deletion event was missed (a relist), or a read raced with it
+                self.cache.forget_pytorchjob(namespace, name, read_at)
         return child
 
     def create(self, manifest: dict[str, Any]) -> dict[str, Any]:

@@ -120,6 +120,8 @@ def _env(spec_env: list[dict[str, Any]], master_port: int, procs: int, warnings:
         "MFT_HUMAN_PROGRESS": "off",
     }
     for var in spec_env:
+        if var == render.REQUIRE_CUDA:
+            continue  # locally, the runner chooses GPU or CPU processes itself, and says which
         if "value" in var:
             env[var["name"]] = _substitute(str(var["value"]), env)
         elif var["name"] in os.environ:

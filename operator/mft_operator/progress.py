@@ -135,3 +135,13 @@ def format_duration(seconds: float) -> str:
 
 def rfc3339(unix_seconds: float) -> str:
     return datetime.fromtimestamp(unix_seconds, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def seconds_between(earlier: str, later: str) -> float:
+    """Seconds from one RFC 3339 time to another (``Z`` or an offset, any case, with or without
+    fractions; one without an offset counts as UTC). ValueError if either is not a time."""
+    def parse(text: str) -> datetime:
+        moment = datetime.fromisoformat(text.upper().replace("Z", "+00:00"))
+        return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+    return (parse(later) - parse(earlier)).total_seconds()

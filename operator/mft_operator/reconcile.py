@@ -48,7 +48,7 @@ class Cluster(Protocol):
     def master_log(self, namespace: str, pod_name: str) -> str: ...
     def finished_child(self, namespace: str, name: str) -> dict[str, Any] | None:
         """The last state of the PyTorchJob ``name`` if it was deleted after it finished
-        (ttlSecondsAfterFinished) and its outcome is not recorded yet; None if not known."""
+        (by hand, say) and its outcome is not recorded yet; None if not known."""
     def delete_child(self, obj: dict[str, Any]) -> None:
         """Delete this PyTorchJob (its uid), its pods before it (foreground); gone already is fine."""
     def delete_pod(self, pod: dict[str, Any], grace_seconds: int | None) -> None:
@@ -106,15 +106,17 @@ def outdated_child(existing: dict[str, Any], job: dict[str, Any]) -> bool:
 
 
 def child_patch(job: dict[str, Any], child: dict[str, Any]) -> dict[str, Any] | None:
-    """A merge patch for the child's fields the user may change while the job runs (deadlines,
-    TTL, suspend), or None. Suspend changes only when the user changed theirs since it was last
-    applied, and never for Kueue-queued jobs: Kueue owns their suspension."""
+    """A merge patch for the child's fields the user may change while the job runs (the deadline,
+    suspend), or None. Suspend changes only when the user changed theirs since it was last
+    applied, and never for Kueue-queued jobs: Kueue owns their suspension. A TTL is removed (one
+    rendered by an earlier version): the operator applies it (``status.child_expiry``)."""
     wanted = job["spec"].get("runPolicy", {})
     current = child["spec"].get("runPolicy", {})
     spec_patch: dict[str, Any] = {
-        key: wanted.get(key)
-        for key in ("activeDeadlineSeconds", "ttlSecondsAfterFinished")
-        if current.get(key) != wanted.get(key)
+        key: value
+        for key, value in (("activeDeadlineSeconds", wanted.get("activeDeadlineSeconds")),
+                           ("ttlSecondsAfterFinished", None))
+        if current.get(key) != value
     }
     patch: dict[str, Any] = {}
     requested = str(wanted.get("suspend", False)).lower()
@@ -169,24 +171,35 @@ def reconcile(cluster: Cluster, job: dict[str, Any], settings: Settings, now: st
         cluster.patch_status(job, new_status)
     for event in status.events(previous, new_status):
         cluster.event(job, event)
+    if new_status.get("phase") in status.TERMINAL:
+        _end_expired_child(cluster, {**job, "status": new_status}, seen.child, now)
+        return new_status
     for event in _act_on_pod_restarts(cluster, job, previous, new_status, seen):
         cluster.event(job, event)
     return new_status
 
 
+def _end_expired_child(cluster: Cluster, job: dict[str, Any], child: dict[str, Any] | None, now: str) -> None:
+    """After the status write that recorded the outcome: delete the PyTorchJob (its pods first)
+    once it is due."""
+    why = status.child_expiry(job, now)
+    if why is None:
+        return
+    namespace, name = job["metadata"]["namespace"], job["metadata"]["name"]
+    child = child or cluster.get(PYTORCHJOB, namespace, name)
+    if child is None or child["metadata"].get("deletionTimestamp") or not controlled_by(child, job):
+        return
+    log.info("%s/%s: deleting PyTorchJob %s: %s", namespace, name, child["metadata"]["name"], why)
+    cluster.delete_child(child)
+
+
 def _act_on_pod_restarts(cluster: Cluster, job: dict[str, Any], previous: dict[str, Any], new_status: dict[str, Any],
                          seen: Observation) -> list[Event]:
-    """After the status write that counted them: past backoffLimit, stop the training operator
-    from replacing failed pods; within it, stop the pods a replaced one left behind."""
+    """After the status write that counted them: stop the pods a replaced one left behind."""
     where = f"{job['metadata']['namespace']}/{job['metadata']['name']}"
     if new_status.get("podRestarts", 0) > previous.get("podRestarts", 0):
         log.info("%s: pod restart %d: replica pods %s, were %s", where, new_status["podRestarts"],
                  new_status.get("replicaPods"), previous.get("replicaPods"))
-    if seen.child is not None and status.gave_up_on_pod_restarts(previous, new_status):
-        # Suspended, the training operator deletes the pods and their GPUs are free.
-        cluster.patch(PYTORCHJOB, seen.child["metadata"]["namespace"], seen.child["metadata"]["name"],
-                      {"spec": {"runPolicy": {"suspend": True}}})
-        return []
     found = status.pod_replacements(previous.get("replicaPods", {}), seen)
     if found is None or new_status.get("phase") in status.TERMINAL:
         return []
@@ -257,9 +270,36 @@ def _observe_and_act(cluster: Cluster, job: dict[str, Any], settings: Settings, 
         if patch:
             cluster.patch(PYTORCHJOB, ctx.namespace, ctx.name, patch)
     pods = tuple(cluster.list_pods(ctx.namespace, ctx.name))
+    if not recreated and any(map(_starting, pods)):
+        _restore_config(cluster, job, settings)
     reports = _read_reports(cluster, ctx.namespace, pods) if reads_progress(child) else progress.Reports()
     return Observation(now=now, child=child, pods=pods, reports=reports, recreated=recreated,
                        child_warnings=tuple(cluster.child_warnings(ctx.namespace, ctx.name)))
+
+
+def _starting(pod: dict[str, Any]) -> bool:
+    """Scheduled, its containers not started yet: the kubelet is mounting its volumes."""
+    pod_status = pod.get("status") or {}
+    return pod_status.get("phase") == "Pending" and any(
+        c.get("type") == "PodScheduled" and c.get("status") == "True" for c in pod_status.get("conditions", []))
+
+
+def _restore_config(cluster: Cluster, job: dict[str, Any], settings: Settings) -> None:
+    """Create the trainer's ConfigMap again if it was deleted while the job runs: every pod that
+    starts (a replacement, a resumed job) mounts it and would wait for it in ContainerCreating for
+    good. The spec it comes from is immutable once started; only an operator upgrade in between
+    (other defaults, another config format) makes it differ from the one the job started with.
+    Looked at only while a pod starts: not one more read per pass."""
+    manifest = render.config_map(render.context(job, settings))
+    namespace, name = manifest["metadata"]["namespace"], manifest["metadata"]["name"]
+    if cluster.get("ConfigMap", namespace, name) is not None:
+        return
+    log.warning("%s/%s: ConfigMap %s is gone; creating it again for the pods that start", namespace,
+                job["metadata"]["name"], name)
+    try:
+        cluster.create(manifest)
+    except AlreadyExists:
+        pass  # created in the meantime
 
 
 def _create_children(cluster: Cluster, job: dict[str, Any], settings: Settings,

@@ -205,12 +205,16 @@ def launch_layout(ctx: Context) -> Launch:
 NO_GPUS = ({"name": "NVIDIA_VISIBLE_DEVICES", "value": "void"}, {"name": "CUDA_VISIBLE_DEVICES", "value": ""})
 
 
+# In a GPU job the trainer fails (with the reason) when CUDA cannot be used, instead of training
+# on the CPU while the job holds the node's GPUs.
+REQUIRE_CUDA = {"name": "MFT_REQUIRE_CUDA", "value": "true"}
+
+
 def _environment(ctx: Context) -> list[dict[str, Any]]:
     env = copy.deepcopy(ctx.spec.get("env", []))
-    if ctx.resources["gpusPerNode"] == 0:
-        names = {var["name"] for var in env}
-        env += [dict(var) for var in NO_GPUS if var["name"] not in names]
-    return env
+    device = NO_GPUS if ctx.resources["gpusPerNode"] == 0 else (REQUIRE_CUDA,)
+    names = {var["name"] for var in env}
+    return env + [dict(var) for var in device if var["name"] not in names]
 
 
 def _mounts(ctx: Context) -> list[Mount]:
@@ -381,9 +385,10 @@ def run_policy(ctx: Context, manifest: dict[str, Any]) -> dict[str, Any]:
     policy = manifest["spec"].setdefault("runPolicy", {})
     policy["cleanPodPolicy"] = user["cleanPodPolicy"]
     policy["backoffLimit"] = user["backoffLimit"]
-    for key in ("activeDeadlineSeconds", "ttlSecondsAfterFinished"):
-        if key in user:
-            policy[key] = user[key]
+    # Not ttlSecondsAfterFinished: the operator deletes a finished child itself, once the outcome
+    # is recorded (status.child_expiry); the training operator's TTL could delete it before.
+    if "activeDeadlineSeconds" in user:
+        policy["activeDeadlineSeconds"] = user["activeDeadlineSeconds"]
     # Kueue admits a queued job by unsuspending it; it must be created suspended.
     policy["suspend"] = user["suspend"] or "queueName" in ctx.spec.get("scheduling", {})
     manifest["metadata"].setdefault("annotations", {})[SUSPEND_ANNOTATION] = str(user["suspend"]).lower()

@@ -96,7 +96,9 @@ def apply_defaults(value: Any, schema: Schema) -> Any:
 
     Nulls of non-nullable fields count as absent (the apiserver prunes them). Values of
     ``type: number`` fields become floats: JSON does not keep ``2`` and ``2.0`` apart, and
-    the apiserver's CEL types them as doubles.
+    the apiserver's CEL types them as doubles. Any other integral float (``gpusPerNode: 8.0``,
+    a ``hidden_size: 64.0`` in schemaless ``model.config``) becomes an int, as the apiserver
+    stores it (its JSON encoder writes ``8``), so rendered configs and pods read the same.
     """
     if isinstance(value, dict):
         props = schema.get("properties", {})
@@ -106,7 +108,7 @@ def apply_defaults(value: Any, schema: Schema) -> Any:
             sub = props.get(key) or (extra if isinstance(extra, dict) else None)
             if item is None and not (sub or {}).get("nullable"):
                 continue
-            present[key] = apply_defaults(item, sub) if sub else copy.deepcopy(item)
+            present[key] = apply_defaults(item, sub) if sub else _stored(item)
         for key, sub in props.items():
             if key not in present and "default" in sub:
                 present[key] = apply_defaults(copy.deepcopy(sub["default"]), sub)
@@ -115,9 +117,22 @@ def apply_defaults(value: Any, schema: Schema) -> Any:
         return ordered | {key: item for key, item in present.items() if key not in ordered}
     if isinstance(value, list):
         items = schema.get("items")
-        return [apply_defaults(item, items) if items else copy.deepcopy(item) for item in value]
+        return [apply_defaults(item, items) if items else _stored(item) for item in value]
     if schema.get("type") == "number" and type_name(value) == "integer":
         return float(value)
+    if schema.get("type") in ("integer", None):  # integer, int-or-string (no type) or schemaless
+        return _stored(value)
+    return value  # a float in a string or boolean field stays one: its type error names "number"
+
+
+def _stored(value: Any) -> Any:
+    """A copy of ``value`` with its integral floats written as ints, as the apiserver stores them."""
+    if isinstance(value, dict):
+        return {key: _stored(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_stored(item) for item in value]
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
     return value
 
 

@@ -213,10 +213,31 @@ def _count_pod_restarts(job: dict[str, Any], status: dict[str, Any], seen: Obser
     return replace(seen, problems=(*seen.problems, Problem(BACKOFF_LIMIT_EXCEEDED, message, terminal=True)))
 
 
-def gave_up_on_pod_restarts(before: dict[str, Any], after: dict[str, Any]) -> bool:
-    """The job has just failed for too many pod restarts: its child must stop replacing pods."""
-    return (before.get("phase") not in TERMINAL and after.get("phase") == FAILED
-            and _condition_of(after, FAILED).get("reason") == BACKOFF_LIMIT_EXCEEDED)
+def child_expiry(job: dict[str, Any], now: str) -> str | None:
+    """Why a finished job's PyTorchJob is due for deletion, or None while it is not. The operator,
+    not the training operator, applies ttlSecondsAfterFinished: it counts from the outcome recorded
+    here, so a child is never deleted before this status says how it ended. A job failed for too
+    many pod restarts ends its child at once: the training operator would go on replacing the pods
+    (and Kueue would undo a suspension)."""
+    status = job.get("status") or {}
+    if status.get("phase") not in TERMINAL:
+        return None
+    if _condition_of(status, FAILED).get("reason") == BACKOFF_LIMIT_EXCEEDED:
+        return "the job failed for too many pod restarts"
+    ttl = job["spec"].get("runPolicy", {}).get("ttlSecondsAfterFinished")
+    finished = status.get("completionTime")
+    if ttl is None or finished is None or _seconds_since(finished, now) < ttl:
+        return None
+    return f"the job finished at {finished} and runPolicy.ttlSecondsAfterFinished is {ttl}"
+
+
+def _seconds_since(then: str, now: str) -> float:
+    """0 for a time that cannot be read (a status written by hand): never due, rather than a
+    failure that would stop the poll of every job."""
+    try:
+        return progress_mod.seconds_between(then, now)
+    except (TypeError, ValueError):
+        return 0.0
 
 
 def _child_status(seen: Observation) -> dict[str, Any]:

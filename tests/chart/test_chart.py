@@ -4,6 +4,7 @@ least-privilege RBAC shape, and a values table that documents every value."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -199,3 +200,39 @@ def test_pod_labels_never_replace_the_selector_labels(helm):
     labels = deployment["spec"]["template"]["metadata"]["labels"]
     assert deployment["spec"]["selector"]["matchLabels"].items() <= labels.items()
     assert (labels["team"], labels["app.kubernetes.io/component"]) == ("ml", "c")
+
+
+def umbrella(tmp_path: Path, values: dict) -> Path:
+    """A parent chart with this chart as a dependency (as in an umbrella chart or an Argo CD app of apps)."""
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    parent = tmp_path / "platform"
+    shutil.copytree(CHART, parent / "charts" / chart["name"])
+    dependency = {"name": chart["name"], "version": chart["version"], "condition": f"{chart['name']}.enabled"}
+    (parent / "Chart.yaml").write_text(yaml.safe_dump({"apiVersion": "v2", "name": "platform", "version": "1.0.0",
+                                                       "dependencies": [dependency]}))
+    (parent / "values.yaml").write_text(yaml.safe_dump(values))
+    return parent
+
+
+@pytest.mark.parametrize("values", [{}, {"global": {"imageRegistry": "registry.example.com"},
+                                         "mft-operator": {"enabled": True, "jobDefaults": {"gpusPerNode": 8}}}])
+def test_chart_renders_as_a_dependency_of_a_parent_chart(helm, tmp_path, values):
+    """Helm passes `global` to every subchart, and a condition adds `enabled`: the schema must allow both."""
+    result = subprocess.run([helm, "template", "platform", str(umbrella(tmp_path, values)), "-n", "mft-system"],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    kinds = [doc["kind"] for doc in yaml.safe_load_all(result.stdout) if doc]
+    assert "Deployment" in kinds and "ClusterRole" in kinds
+
+
+def test_a_parent_chart_can_leave_the_operator_out(helm, tmp_path):
+    parent = umbrella(tmp_path, {"mft-operator": {"enabled": False}})
+    result = subprocess.run([helm, "template", "platform", str(parent)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "kind: Deployment" not in result.stdout
+
+
+def test_the_schema_still_checks_values_set_through_a_parent_chart(helm, tmp_path):
+    parent = umbrella(tmp_path, {"mft-operator": {"enabled": "yes", "watchNamespace": "x"}})
+    result = subprocess.run([helm, "template", "platform", str(parent)], capture_output=True, text=True)
+    assert result.returncode != 0 and "values don't meet the specifications of the schema" in result.stderr

@@ -150,10 +150,17 @@ def test_valid_example_renders_least_privilege_pods(path):
     assert_secrets_only_by_reference(job, objects, path.name)
 
 
-def test_the_examples_include_a_secret_reference():
-    """So that the secret checks above check something."""
-    texts = [p.read_text() for p in VALID_EXAMPLES]
-    assert any("secretKeyRef" in t for t in texts)
+def test_a_secret_reaches_the_pods_only_by_reference():
+    """The examples need no secret, so the checks above get one added to an example."""
+    (job,) = [d for d in yamlio.load_all((ROOT / "examples" / "lora.yaml").read_text(encoding="utf-8"))
+              if d.get("kind") == "MFTJob"]
+    job["spec"].setdefault("env", []).append(
+        {"name": "WANDB_API_KEY", "valueFrom": {"secretKeyRef": {"name": "wandb", "key": "api-key"}}})
+    objects = rendered(job)
+    assert_secrets_only_by_reference(job, objects, "lora.yaml with a secret")
+    passed = [env for pod in pod_specs(objects) for c in pod["containers"] for env in c.get("env", [])
+              if env["name"] == "WANDB_API_KEY"]
+    assert passed and all(env["valueFrom"]["secretKeyRef"] == {"name": "wandb", "key": "api-key"} for env in passed)
 
 
 SMUGGLED = {
@@ -169,8 +176,8 @@ def test_opaque_model_config_never_reaches_the_pod_spec():
     """spec.model.config is passed through to the trainer unchanged (x-kubernetes-preserve-unknown-fields):
     pod-spec keys hidden in it end up only in the trainer's ConfigMap, never in the PyTorchJob."""
     base = {"apiVersion": "mft.dev/v1alpha1", "kind": "MFTJob", "metadata": {"name": "smuggle", "namespace": "t"},
-            "spec": {"mode": "sst", "model": {"config": {"hidden_size": 64}}, "data": {"paths": ["/data/a"]},
-                     "resources": {"nodes": 2}}}
+            "spec": {"mode": "sst", "model": {"config": {"hidden_size": 64}, "tokenizerPath": "/data/tok"},
+                     "data": {"paths": ["/data/a"]}, "resources": {"nodes": 2}}}
     poisoned = copy.deepcopy(base)
     poisoned["spec"]["model"]["config"].update(copy.deepcopy(SMUGGLED))
     clean_objects, poisoned_objects = rendered(base), rendered(poisoned)

@@ -105,6 +105,19 @@ def test_preprocess_from_config(tmp_path, config_file, capsys):
     assert manifest["seq_length"] == 20 and manifest["files"][0]["skipped"] == 1
 
 
+def test_preprocess_counts_truncation_without_targets_as_training_does(tmp_path, capsys, tiny_dir, tiny_tokenizer):
+    task = tmp_path / "qa"
+    write_jsonl(task / "a.jsonl", [chat(("human", "q " * 40), ("bot", "a")), chat(("human", "q"), ("bot", "a " * 40))])
+    (folder,) = preprocess(tiny_dir, tmp_path / "bin", "--mode", "sft", "--seq-length", "40", inputs=[task])
+    assert "2 truncated (1 of them without targets, dropped)" in capsys.readouterr().err
+    (counts,) = json.loads((folder / "manifest.json").read_text())["files"]
+    assert (counts["truncated"], counts["truncated_without_targets"]) == (2, 1)
+    # Stored whole: training counts again at its own seq_length, which cuts nothing at 512.
+    (loaded,) = build_datasets(make_config(tiny_dir, [folder], format="bin", seq_length=512),
+                               tiny_tokenizer).report.files
+    assert (loaded.truncated, loaded.truncated_without_targets) == (0, 0)
+
+
 def test_int32_when_the_vocabulary_does_not_fit(tmp_path, monkeypatch, tiny_dir, tiny_tokenizer):
     assert token_dtype(65536) == np.uint16 and token_dtype(65537) == np.int32
     monkeypatch.setattr(binary, "token_dtype", lambda vocab_size: np.dtype(np.int32))

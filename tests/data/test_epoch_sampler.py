@@ -1,4 +1,5 @@
-"""EpochSampler: disjoint deterministic shares, independent of world size, exact resume, task sampling."""
+"""EpochSampler: disjoint deterministic shares, independent of world size, exact resume, task sampling;
+validation_order: every task in any capped evaluation."""
 
 from collections import Counter
 
@@ -6,7 +7,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from mft_trainer.data import EpochSampler, RowDataset
+from mft_trainer.data import EpochSampler, RowDataset, validation_order
 
 
 class Rows:
@@ -122,3 +123,26 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="task_sampling: expected one of"):
         EpochSampler(dataset(3), 0, 1, 0, "random")
     assert list(EpochSampler(dataset(0), 0, 2, 0)) == []
+
+
+@settings(max_examples=200, deadline=None)
+@given(sizes=st.lists(st.integers(0, 40), min_size=1, max_size=5).filter(any), seed=st.integers(0, 3))
+def test_validation_order_puts_every_task_in_each_prefix_at_its_share(sizes, seed):
+    order = validation_order(sizes, seed)
+    assert sorted(order.tolist()) == list(range(sum(sizes)))
+    assert np.array_equal(order, validation_order(sizes, seed))  # the same rows at every evaluation
+    task_of = dataset(*sizes).task_of
+    present = sum(1 for n in sizes if n)
+    for length in range(present, sum(sizes) + 1):
+        seen = Counter(task_of(int(i)) for i in order[:length])
+        assert len(seen) == present  # a cap of as many rows as tasks already sees each task
+        for task, n in enumerate(sizes):  # each task at its share, but for the first rows of the others
+            assert -present <= seen[task] - length * n / sum(sizes) <= 1, (task, length, seen)
+
+
+def test_validation_order_shuffles_each_task_by_seed():
+    first, other = validation_order([50, 50], 1), validation_order([50, 50], 2)
+    assert not np.array_equal(first, other)
+    assert sorted(first[first < 50].tolist()) == list(range(50))  # each task's rows, in a seeded order
+    assert first[first < 50].tolist() != list(range(50))
+

@@ -4,10 +4,11 @@ import json
 import unicodedata
 
 import pytest
-from data_fixtures import EXAMPLES, chat, write_jsonl
+from data_fixtures import EXAMPLES, chat, make_config, write_jsonl
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from mft_trainer.cli import main
+from mft_trainer.data import build_datasets
 
 turn = st.tuples(
     st.sampled_from(["system", "human", "bot"]),
@@ -48,21 +49,20 @@ def test_text_and_sst(capsys, tiny_dir):
     assert all(set(o["loss_mask"]) == {1} for o in outputs)
 
 
-def test_seq_length_truncates_and_counts(capsys, tiny_dir):
+def test_seq_length_truncates_and_counts_as_training_does(capsys, tiny_dir, tiny_tokenizer):
+    exam = EXAMPLES / "code-exam" / "exam.jsonl"
     code, outputs, err = tokenize_command(
-        capsys,
-        "--tokenizer",
-        tiny_dir,
-        "--mode",
-        "sft",
-        "--input",
-        EXAMPLES / "code-exam" / "exam.jsonl",
-        "--seq-length",
-        30,
+        capsys, "--tokenizer", tiny_dir, "--mode", "sft", "--input", exam, "--seq-length", 60
     )
-    assert code == 0 and len(outputs) == 160
-    assert max(len(o["input_ids"]) for o in outputs) == 30
-    assert "exam.jsonl: 160 records, " in err and " truncated" in err
+    # Training's own decisions at this seq_length: truncated documents whose answers all lay beyond
+    # it have no target left, and are neither trained nor printed.
+    (counts,) = build_datasets(make_config(tiny_dir, [exam.parent], seq_length=60), tiny_tokenizer).report.files
+    assert 0 < counts.truncated_without_targets < counts.truncated
+    assert code == 0 and len(outputs) == 160 - counts.truncated_without_targets
+    assert max(len(o["input_ids"]) for o in outputs) == 60
+    assert all(any(o["loss_mask"][1:]) for o in outputs)  # a target after the first token: a label
+    assert (f"exam.jsonl: 160 records, {counts.truncated} truncated, {counts.truncated_without_targets} "
+            "truncated without targets") in err
 
 
 def test_drop_policy_from_config(tmp_path, capsys, tiny_dir):

@@ -1,4 +1,4 @@
-"""Operator chaos on the real control plane (issue 7, item 4).
+"""Operator chaos on the real control plane: no MFTJob may be lost, duplicated or left unconverged.
 
 50 MFTJobs are created at once; while they run the operator is killed with SIGKILL and
 restarted at seeded random moments, kube-apiserver is restarted once, some PyTorchJobs are

@@ -45,8 +45,9 @@ def test_retryable_failures_stop_at_backoff_limit(cluster: Cluster, ns: str):
     failed = condition(job["status"], "Failed")
     assert failed["reason"] == "BackoffLimitExceeded", failed
     assert "more than spec.runPolicy.backoffLimit (1)" in failed["message"], failed
-    # Suspended: the training operator deletes the pods and stops replacing them.
-    assert cluster.pytorchjob(ns, "oom")["spec"]["runPolicy"]["suspend"] is True
+    # The PyTorchJob is deleted with its pods, so nothing replaces them again (a suspension would
+    # be undone by Kueue for a queued job).
+    cluster.wait_gone("PyTorchJob oom", lambda: cluster.pytorchjob(ns, "oom"))
     wait_for("the pods to be deleted", lambda: cluster.pods(ns, "oom") == [], 30)
     time.sleep(5)
     assert cluster.pods(ns, "oom") == [] and cluster.status(ns, "oom")["podRestarts"] == 2
@@ -205,7 +206,7 @@ def test_checkpoint_claim_retained_or_deleted_with_the_job(cluster: Cluster, ns:
 
 
 def test_operator_killed_mid_flight_converges_without_duplicates(cluster: Cluster, operator: Operator, ns: str):
-    cluster.apply(ns, job_manifest("steady", nodes=2, duration="10s"))
+    cluster.apply(ns, job_manifest("steady", nodes=2, duration="10s", runPolicy={"ttlSecondsAfterFinished": 1}))
     cluster.wait_phase(ns, "steady", "Running")
     operator.kill()
     try:
@@ -216,14 +217,20 @@ def test_operator_killed_mid_flight_converges_without_duplicates(cluster: Cluste
                  60)
         assert cluster.status(ns, "steady")["phase"] == "Running"  # nobody updated it
         assert cluster.pytorchjob(ns, "latecomer") is None
+        # Its TTL has passed, but the outcome is not recorded yet: the child stays (deleted now, it
+        # would look lost to the operator when it comes back, and be created again).
+        time.sleep(3)
+        assert cluster.pytorchjob(ns, "steady") is not None
     finally:
         operator.start()
 
     for name in ("steady", "latecomer"):
         job = cluster.wait_phase(ns, name, "Succeeded", timeout=60)
         assert job["status"]["restarts"] == 0 and job["status"]["observedGeneration"] == job["metadata"]["generation"]
+    cluster.wait_gone("PyTorchJob steady (ttlSecondsAfterFinished)", lambda: cluster.pytorchjob(ns, "steady"))
+    assert cluster.status(ns, "steady")["phase"] == "Succeeded"
     children = cluster.pytorchjobs(ns)
-    assert sorted(c["metadata"]["name"] for c in children) == ["latecomer", "steady"]
+    assert sorted(c["metadata"]["name"] for c in children) == ["latecomer"]
     for child in children:
         assert owner_uids(child) == [cluster.job(ns, child["metadata"]["name"])["metadata"]["uid"]]
     config_maps = cluster.core.list_namespaced_config_map(ns, label_selector="app.kubernetes.io/managed-by=mft-operator")

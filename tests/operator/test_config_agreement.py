@@ -186,3 +186,56 @@ def test_mft_train_refuses_a_negative_seed_naming_the_field(tmp_path):
     assert proc.returncode == 1, proc.stderr[-3000:]
     assert proc.stderr.strip().splitlines()[-1] == (
         f"mft-train: {cfg}: training.seed: expected >= 0, found -1")
+
+
+def test_sst_without_model_path_needs_a_tokenizer_path_as_in_the_crd():
+    """The tokenizer is read from model.path unless tokenizer_path is set (crds/mftjob.yaml's rule)."""
+    scratch = {"mode": "sst", "model": {"config": {"hidden_size": 64}}, "data": {"paths": ["/d"]}}
+    with pytest.raises(config.ConfigError, match=r"^model\.tokenizer_path: required for mode sst without model\.path"):
+        config.from_dict(scratch)
+    with_tokenizer = {**scratch, "model": {**scratch["model"], "tokenizer_path": "/tok"}}
+    assert config.from_dict(with_tokenizer).tokenizer_path == "/tok"
+
+
+def test_storage_class_name_may_be_empty_but_not_malformed():
+    create = lambda name: {**JOB, "checkpoint": {"create": {"storage_class_name": name}}}  # noqa: E731
+    assert config.from_dict(create("")).checkpoint.create.storage_class_name == ""
+    with pytest.raises(config.ConfigError, match=r"^checkpoint\.create\.storage_class_name: expected to match"):
+        config.from_dict(create("Fast_SSD"))
+
+
+def _unreadable(tmp_path, kind: str):
+    path = tmp_path / "config.yaml"
+    if kind == "a directory":
+        path.mkdir()
+    elif kind == "not UTF-8":
+        path.write_bytes(b"mode: sft\nmodel: {path: /m\xff}\n")
+    return path
+
+
+@pytest.mark.parametrize(("kind", "reason"), [
+    ("missing", "No such file or directory"),
+    ("a directory", "Is a directory"),
+    ("not UTF-8", "expected UTF-8 text, found byte 0xff at offset 26"),
+])
+def test_a_config_file_that_cannot_be_read_is_a_config_error_naming_it(tmp_path, kind, reason):
+    path = _unreadable(tmp_path, kind)
+    with pytest.raises(config.ConfigError) as raised:
+        config.load_config(path)
+    assert str(raised.value) == f"{path}: {reason}"
+
+
+def test_mft_train_names_a_missing_config_in_one_line(tmp_path):
+    missing = tmp_path / "missing.yaml"
+    proc = subprocess.run([sys.executable, "-m", "mft_trainer", "train", "--config", str(missing)],
+                          capture_output=True, text=True, timeout=300)
+    assert (proc.returncode, proc.stderr.strip()) == (1, f"mft-train: {missing}: No such file or directory")
+
+
+@pytest.mark.parametrize("command", [["tokenize", "--input", "x.jsonl"], ["preprocess", "--output", "out"]])
+def test_data_commands_name_a_missing_config_in_one_line(tmp_path, capsys, command):
+    from mft_trainer.cli import main
+
+    missing = tmp_path / "missing.yaml"
+    assert main([*command, "--config", str(missing)]) == 1
+    assert capsys.readouterr().err == f"mft-train {command[0]}: {missing}: No such file or directory\n"

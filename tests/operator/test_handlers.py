@@ -223,8 +223,8 @@ def test_children_come_from_the_watch_cache_until_it_is_too_old():
 
 
 def test_a_child_deleted_right_after_it_finished_is_not_created_again():
-    """The watch delivers the PyTorchJob's last update (Succeeded) and its TTL deletion before a
-    pass reads it: the pass takes the outcome from the deleted child's last state."""
+    """The watch delivers the PyTorchJob's last update (Succeeded) and its deletion (by hand, say)
+    before a pass reads it: the pass takes the outcome from the deleted child's last state."""
     cluster = _cluster_with_job("a")
     runtime = _runtime(cluster, WatchCache())
     runtime.reconcile("ml", "a", "mftjob")
@@ -267,3 +267,49 @@ def test_poll_resyncs_waiting_jobs_once_a_minute_and_running_ones_every_half_int
     runtime._last_pass[key] = time.monotonic() - interval / 2 - 0.01
     runtime.poll_once()
     assert polled() == 2
+
+
+def test_poll_deletes_a_finished_jobs_child_once_its_ttl_is_due():
+    """Nothing else triggers a pass for a finished job: the poll looks for children due for deletion."""
+    cluster = _cluster_with_job("a")
+    cluster.jobs[("ml", "a")]["spec"]["runPolicy"] = {"ttlSecondsAfterFinished": 60}
+    clock = ["2026-01-01T00:00:00Z"]
+    runtime = handlers.Runtime(Settings(), cluster, Metrics(), clock=lambda: clock[0], cache=WatchCache())
+    runtime.reconcile("ml", "a", "mftjob")
+    child = cluster.objects[("PyTorchJob", "ml", "a")]
+    child["status"] = {"conditions": [{"type": "Succeeded", "status": "True"}], "completionTime": clock[0]}
+    runtime.cache.observe_pytorchjob(copy.deepcopy(child), deleted=False)
+    runtime.reconcile("ml", "a", "pytorchjob")
+    assert cluster.jobs[("ml", "a")]["status"]["phase"] == "Succeeded"
+    clock[0] = "2026-01-01T00:00:59Z"
+    runtime.poll_once()
+    assert cluster.deleted_children == []
+    clock[0] = "2026-01-01T00:01:00Z"
+    runtime.poll_once()
+    assert cluster.deleted_children == ["a"]
+    runtime.cache.observe_pytorchjob(child, deleted=True)
+    passes = _passes(runtime)
+    runtime.poll_once()
+    assert _passes(runtime) == passes  # gone: nothing left to do for it
+
+
+def test_a_missed_deletion_of_a_finished_jobs_child_stops_its_polls_after_one_read():
+    """The watch lost the deletion event (a relist): the first read that finds the child gone makes
+    the cache forget it, and the poll leaves the finished job alone."""
+    clock = [1000.0]
+    cluster = _cluster_with_job("a")
+    cluster.jobs[("ml", "a")]["spec"]["runPolicy"] = {"ttlSecondsAfterFinished": 0}
+    runtime = _runtime(cluster, WatchCache(clock=lambda: clock[0]))
+    runtime.reconcile("ml", "a", "mftjob")
+    child = cluster.objects[("PyTorchJob", "ml", "a")]
+    child["status"] = {"conditions": [{"type": "Succeeded", "status": "True"}], "completionTime": "2026-01-01T00:00:00Z"}
+    runtime.cache.observe_pytorchjob(copy.deepcopy(child), deleted=False)
+    del cluster.objects[("PyTorchJob", "ml", "a")]  # deleted, and no event says so
+    runtime.reconcile("ml", "a", "pytorchjob")
+    assert cluster.jobs[("ml", "a")]["status"]["phase"] == "Succeeded" and runtime.cache.knows_pytorchjob("ml", "a")
+    clock[0] += WatchCache().max_age + 1
+    runtime.poll_once()
+    assert not runtime.cache.knows_pytorchjob("ml", "a")
+    passes = _passes(runtime)
+    runtime.poll_once()
+    assert _passes(runtime) == passes

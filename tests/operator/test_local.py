@@ -13,8 +13,9 @@ from mft_operator.settings import Settings
 from .helpers import ROOT, load
 
 
-def lora_plan(tmp_path: Path, **kwargs) -> local.LocalPlan:
+def lora_plan(tmp_path: Path, *, env: list[dict] | None = None, **kwargs) -> local.LocalPlan:
     job = load(ROOT / "examples" / "lora.yaml")
+    job["spec"].setdefault("env", []).extend(env or [])
     mounts = [f"/models={tmp_path / 'models'}", f"/data={tmp_path / 'data'}"]
     return local.plan(job, ROOT / "examples", Settings(), workdir=tmp_path / "run",
                       mount_flags=kwargs.pop("mount_flags", mounts), master_port=29555, **kwargs)
@@ -59,7 +60,7 @@ def test_plan_falls_back_to_cpu_processes_and_says_so_when_the_gpus_are_missing(
 
 def test_secret_env_is_never_resolved_and_the_user_is_told_how_to_pass_it(tmp_path, monkeypatch):
     monkeypatch.delenv("HF_TOKEN", raising=False)
-    plan = lora_plan(tmp_path)
+    plan = lora_plan(tmp_path, env=[{"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf", "key": "token"}}}])
     assert "HF_TOKEN" not in plan.env
     assert any("export HF_TOKEN" in w for w in plan.warnings)
 
@@ -111,3 +112,10 @@ def test_progress_in_a_log_is_a_plain_line_every_tenth_of_the_run():
     assert "\r" not in out.getvalue() and len(lines) == 11  # the first report, then each tenth
     assert lines[0] == "step 1/100 (1%)  loss 1" and lines[1] == "step 10/100 (10%)  loss 0.1"
     assert lines[-1] == "step 100/100 (100%)  loss 0.01"
+
+
+def test_a_local_gpu_job_may_fall_back_to_the_cpu(tmp_path):
+    """In the cluster a GPU job requires CUDA; locally the runner picks CPU processes and warns."""
+    plan = lora_plan(tmp_path, gpus_visible=0)
+    assert "MFT_REQUIRE_CUDA" not in plan.env
+    assert any("running one CPU process" in w for w in plan.warnings)

@@ -198,8 +198,8 @@ def test_a_vanished_child_is_recreated_within_the_budget_then_the_job_fails():
 
 
 def test_a_child_deleted_as_soon_as_it_finished_gives_the_outcome_not_a_recreation():
-    """ttlSecondsAfterFinished: 0 deletes the PyTorchJob when it finishes, possibly before any pass
-    saw it finish. Taken for lost, it would be created (and trained) again."""
+    """Deleted (by hand, or by an earlier version's training-operator TTL) when it finished, before
+    any pass saw it finish. Taken for lost, it would be created (and trained) again."""
     cluster = cluster_with_claims()
     job = step(cluster, lora_job())
     set_child_conditions(cluster, "Created", "Running")
@@ -231,7 +231,7 @@ def _pod(replica, uid, phase="Running"):
             "status": {"phase": phase}}
 
 
-def test_past_backoff_limit_the_job_fails_and_its_child_is_suspended():
+def test_past_backoff_limit_the_job_fails_and_its_child_is_deleted():
     cluster = cluster_with_claims()
     job = lora_job()
     job["spec"]["runPolicy"]["backoffLimit"] = 0
@@ -244,8 +244,13 @@ def test_past_backoff_limit_the_job_fails_and_its_child_is_suspended():
     job = step(cluster, job)
     assert job["status"]["phase"] == "Failed" and job["status"]["podRestarts"] == 1
     assert cluster.deleted_pods == []  # the job is over: nothing to restart
-    # Suspended, the training operator deletes the pods instead of replacing them again.
-    assert pytorchjob(cluster)["spec"]["runPolicy"]["suspend"] is True
+    # Deleted, with its pods: not suspended, which Kueue would undo for an admitted job (this one
+    # is queued), and the training operator would go on replacing the pods.
+    assert cluster.deleted_children == ["pythia-1b-code-lora"] and pytorchjob(cluster) is None
+    assert not any(p.get("spec", {}).get("runPolicy", {}).get("suspend") for _, p in cluster.patches)
+    creates = cluster.creates
+    job = step(cluster, job)
+    assert job["status"]["phase"] == "Failed" and cluster.creates == creates
 
 
 def admit(cluster):
@@ -357,14 +362,74 @@ def test_kueue_queued_jobs_are_left_to_kueue():
     assert cluster.patches == []
 
 
-def test_deadline_and_ttl_changes_reach_the_child():
+def test_deadline_changes_reach_the_child():
     cluster = cluster_with_claims()
     job = step(cluster, lora_job())
     job["spec"]["runPolicy"]["activeDeadlineSeconds"] = 7200
-    del job["spec"]["runPolicy"]["ttlSecondsAfterFinished"]
     step(cluster, job)
-    assert cluster.patches == [("PyTorchJob", {"spec": {"runPolicy": {"activeDeadlineSeconds": 7200,
-                                                                      "ttlSecondsAfterFinished": None}}})]
+    assert cluster.patches == [("PyTorchJob", {"spec": {"runPolicy": {"activeDeadlineSeconds": 7200}}})]
+
+
+def test_the_training_operator_never_gets_the_ttl():
+    """It would delete a finished child before a pass records the outcome; the operator applies it."""
+    cluster = cluster_with_claims()
+    job = step(cluster, lora_job())
+    assert "ttlSecondsAfterFinished" not in pytorchjob(cluster)["spec"]["runPolicy"]
+    pytorchjob(cluster)["spec"]["runPolicy"]["ttlSecondsAfterFinished"] = 60  # rendered by an earlier version
+    step(cluster, job)
+    assert cluster.patches == [("PyTorchJob", {"spec": {"runPolicy": {"ttlSecondsAfterFinished": None}}})]
+
+
+def at(seconds: int) -> str:
+    return f"2026-01-01T00:{seconds // 60:02d}:{seconds % 60:02d}Z"
+
+
+def test_a_finished_child_is_deleted_ttl_seconds_after_the_recorded_outcome():
+    cluster = cluster_with_claims()
+    job = lora_job()
+    job["spec"]["runPolicy"]["ttlSecondsAfterFinished"] = 600
+    job = step(cluster, job)
+    set_child_conditions(cluster, "Created", "Succeeded")
+    job = {**job, "status": reconcile.reconcile(cluster, job, SETTINGS, at(0))}
+    assert job["status"]["phase"] == "Succeeded" and job["status"]["completionTime"] == at(0)
+    reconcile.reconcile(cluster, job, SETTINGS, at(599))
+    assert pytorchjob(cluster) is not None
+    job["spec"]["runPolicy"]["ttlSecondsAfterFinished"] = 300  # may change after the job finished
+    reconcile.reconcile(cluster, job, SETTINGS, at(300))
+    assert cluster.deleted_children == ["pythia-1b-code-lora"] and pytorchjob(cluster) is None
+    assert reconcile.reconcile(cluster, job, SETTINGS, at(301)) == job["status"]
+
+
+def test_without_a_ttl_a_finished_child_stays():
+    cluster = cluster_with_claims()
+    job = lora_job()
+    del job["spec"]["runPolicy"]["ttlSecondsAfterFinished"]
+    job = step(cluster, job)
+    set_child_conditions(cluster, "Created", "Failed")
+    job = step(cluster, job)
+    reconcile.reconcile(cluster, job, SETTINGS, "2027-01-01T00:00:00Z")
+    assert job["status"]["phase"] == "Failed" and cluster.deleted_children == []
+
+
+def _starting_pod(uid):
+    pod = _pod("master", uid, phase="Pending")
+    pod["status"]["conditions"] = [{"type": "PodScheduled", "status": "True"}]
+    return pod
+
+
+def test_a_deleted_config_map_is_created_again_when_a_pod_starts():
+    cluster = cluster_with_claims()
+    job = step(cluster, lora_job())
+    admit(cluster)
+    set_child_conditions(cluster, "Created", "Running")
+    config_key = ("ConfigMap", "ml", render.config_map_name("pythia-1b-code-lora"))
+    rendered = cluster.objects.pop(config_key)
+    cluster.pods = [_pod("master", "m1"), _pod("worker", "w1")]
+    job = step(cluster, job)
+    assert config_key not in cluster.objects  # running pods have it mounted: not looked at
+    cluster.pods = [_starting_pod("m2"), _pod("worker", "w1")]
+    step(cluster, job)
+    assert cluster.objects[config_key]["data"] == rendered["data"]
 
 
 def test_progress_is_read_from_the_master_log_while_running():
@@ -394,6 +459,10 @@ def test_a_retained_claim_from_an_earlier_job_is_reused():
         cluster.claim("ml", claim)
     job = step(cluster, job)
     assert job["status"]["phase"] == "Created"
+    claim = cluster.objects[("PersistentVolumeClaim", "ml", "pythia-1b-code-sft-checkpoints")]
+    # Still retained, whatever this job's retainOnDelete: owning it would take the right to delete
+    # PersistentVolumeClaims (OwnerReferencesPermissionEnforcement), which the operator does not ask for.
+    assert "ownerReferences" not in claim["metadata"]
 
 
 def test_a_copy_not_read_just_now_never_recreates_a_vanished_child():

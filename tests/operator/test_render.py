@@ -205,9 +205,10 @@ def test_a_cpu_job_is_kept_off_the_nodes_gpus():
     assert env["NVIDIA_VISIBLE_DEVICES"] == "void" and env["CUDA_VISIBLE_DEVICES"] == ""
 
 
-def test_a_gpu_job_leaves_device_selection_to_the_device_plugin():
+def test_a_gpu_job_leaves_device_selection_to_the_device_plugin_and_requires_cuda():
     env = _env_of(load(GOLDEN / "inputs" / "sst-1-gpu.yaml"))
     assert "NVIDIA_VISIBLE_DEVICES" not in env and "CUDA_VISIBLE_DEVICES" not in env
+    assert env["MFT_REQUIRE_CUDA"] == "true"  # the trainer fails rather than train on the CPU
 
 
 def test_a_cpu_jobs_own_device_variables_win():

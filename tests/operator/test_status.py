@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from mft_operator import progress
-from mft_operator.status import Observation, Problem, derive, events, replacements
+from mft_operator.status import Observation, Problem, child_expiry, derive, events, replacements
 
 T0, T1, T2, T3 = "2026-01-01T00:00:00Z", "2026-01-01T00:01:00Z", "2026-01-01T00:02:00Z", "2026-01-01T00:03:00Z"
 
@@ -496,3 +496,12 @@ def test_conditions_stay_within_the_schema_of_metav1_condition():
     assert running["reason"] == "Running"  # a reason that is not CamelCase gives way to the type
     assert len(blocked_now["message"]) == 32768 and blocked_now["message"].endswith("...")
     assert validate(status, mftjob_schema()["properties"]["status"]) == []
+
+
+@pytest.mark.parametrize("completion, due", [
+    ("2026-01-01T00:00:00Z", True), ("2026-01-01t00:00:00z", True), ("2026-01-01T00:00:00", True),
+    ("2026-01-01T01:00:00+01:00", True), ("2026-01-01T00:00:30.5Z", False), ("yesterday", False)])
+def test_a_finished_childs_ttl_counts_from_the_recorded_completion_time(completion, due):
+    finished = {"spec": {"runPolicy": {"ttlSecondsAfterFinished": 30}},
+                "status": {"phase": "Succeeded", "completionTime": completion}}
+    assert (child_expiry(finished, "2026-01-01T00:00:30Z") is not None) is due

@@ -155,3 +155,66 @@ def test_unknown_field_suggests_the_declared_one():
     job["spec"]["training"]["learningrate"] = job["spec"]["training"].pop("learningRate")
     (error,) = validation.validate(job)
     assert str(error) == 'spec.training.learningrate: Unknown field: field not declared in schema (did you mean "learningRate"?)'
+
+
+def _named(metadata):
+    return {**_lora(), "metadata": metadata}
+
+
+def test_generate_name_is_checked_as_the_name_the_apiserver_generates():
+    """The apiserver appends 5 random characters to generateName (cut to 58) and validates that name."""
+    assert validation.validate(_named({"generateName": "nightly-lora-"})) == []
+    assert validation.validate(_named({"generateName": "n" * 45})) == []  # a 50-character name
+    too_long = "metadata.name: Invalid value: must be no more than 50 characters"
+    assert [str(e) for e in validation.validate(_named({"generateName": "n" * 46}))] == [
+        too_long + ", so that pod and service names like <name>-worker-<index> stay within 63"]
+    assert [str(e).split(",")[0] for e in validation.validate(_named({"generateName": "n" * 58 + "_"}))] == [too_long]
+    assert [e.path for e in validation.validate(_named({"generateName": "Nightly-"}))] == ["metadata.name"]
+
+
+def test_name_wins_over_generate_name_which_must_be_a_string():
+    assert validation.validate(_named({"name": "x", "generateName": "n" * 80})) == []
+    assert [str(e) for e in validation.validate(_named({"generateName": 7}))] == [
+        'metadata.generateName: Invalid value: "integer": expected a string']
+
+
+def test_integral_floats_of_integer_fields_are_stored_as_ints():
+    """Like the apiserver, which stores gpusPerNode: 8.0 as 8; number fields stay floats."""
+    job = _lora()
+    job["spec"]["resources"].update(gpusPerNode=8.0, nodes=2.0, cpu=16.0)
+    job["spec"]["training"].update(seqLength=2048.0, learningRate=1)
+    job["spec"]["model"]["config"] = {"hidden_size": 64.0, "layer_norm_eps": 1e-5, "rope": [1.0, 0.5]}
+    assert validation.validate(job) == []
+    spec = validation.with_defaults(job)["spec"]
+    values = [spec["resources"][k] for k in ("gpusPerNode", "nodes", "cpu")] + [spec["training"]["seqLength"]]
+    assert values == [8, 2, 16, 2048] and all(type(v) is int for v in values)
+    assert type(spec["training"]["learningRate"]) is float
+    assert spec["model"]["config"] == {"hidden_size": 64, "layer_norm_eps": 1e-5, "rope": [1, 0.5]}
+    assert type(spec["model"]["config"]["hidden_size"]) is int
+
+
+def test_a_float_in_a_string_field_is_reported_as_a_number():
+    job = _lora()
+    job["spec"]["image"] = 2.0
+    assert [str(e) for e in validation.validate(job)] == [
+        'spec.image: Invalid value: "number": spec.image in body must be of type string: "number"']
+
+
+@pytest.mark.parametrize(("section", "value"), [
+    ("tolerations", [{"operator": "Exists"}, {"key": "", "operator": "Exists"},
+                     {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},
+                     {"key": "pool", "operator": "Equal", "value": "a100"}]),
+    ("env", [{"name": "A", "valueFrom": {"secretKeyRef": {"name": "registry.creds", "key": ".dockerconfigjson"}}},
+             {"name": "B", "valueFrom": {"configMapKeyRef": {"name": "settings", "key": "a..b_C-1"}}},
+             {"name": "C", "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.name"}}}]),
+    ("checkpoint", {"create": {"size": "10Gi", "storageClassName": ""}}),
+    ("checkpoint", {"create": {"size": "10Gi", "storageClassName": "fast-ssd.example.com"}}),
+    ("scheduling", {"schedulerName": "volcano"}),
+])
+def test_values_kubernetes_accepts_in_pods_and_claims_are_accepted(section, value):
+    job = _lora()
+    if section == "tolerations":
+        job["spec"]["resources"]["tolerations"] = value
+    else:
+        job["spec"][section] = value
+    assert [str(e) for e in validation.validate(job)] == []

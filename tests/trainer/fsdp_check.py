@@ -184,6 +184,7 @@ def sharded(config: TrainerConfig, world, tokenizer, reference_weights) -> dict:
             "vs_reference": max_diff(weights, reference_weights),
             "resumed_vs_uninterrupted": max_diff(resumed_weights, weights),
             "files": saved_tensors(saved_path),
+            "snapshot": {name: str(tensor.dtype) for name, tensor in weights.items()},
         }
     return result
 

@@ -1,7 +1,9 @@
 """Checkpoint bookkeeping on plain folders (completeness, stale temp folders, rotation), the
 background writer, and what a written checkpoint says about its weights."""
 
+import errno
 import json
+import os
 import threading
 
 import pytest
@@ -53,6 +55,21 @@ def test_epoch_copy_is_a_complete_checkpoint_under_a_second_name(tmp_path):
     source = fake(tmp_path, "checkpoint-4", 1.0)
     copy = checkpoint.copy(tmp_path, source, "checkpoint-4-epoch-1")
     assert (copy / checkpoint.STATE_FILE).exists() and checkpoint.latest(tmp_path).epoch == 1
+    assert os.path.samefile(copy / "model.safetensors", source / "model.safetensors")  # a hard link: no space
+
+
+def test_epoch_copy_copies_the_files_on_a_volume_without_hard_links(tmp_path, monkeypatch):
+    def refuse(source, target):  # what GCS FUSE or Azure Files over SMB answer
+        raise OSError(errno.EPERM, "Operation not permitted", source)
+
+    source = fake(tmp_path, "checkpoint-4", 1.0)
+    monkeypatch.setattr(checkpoint.os, "link", refuse)
+    copy = checkpoint.copy(tmp_path, source, "checkpoint-4-epoch-1")
+    assert [(c.name, c.valid_loss) for c in checkpoint.complete(tmp_path)] == \
+        [("checkpoint-4", 1.0), ("checkpoint-4-epoch-1", 1.0)]
+    assert not os.path.samefile(copy / "model.safetensors", source / "model.safetensors")
+    assert (copy / "model.safetensors").read_bytes() == b"x"
+    assert not list(tmp_path.glob(".tmp-*"))
 
 
 def test_saving_a_name_again_replaces_it_and_a_crash_in_between_keeps_the_new_copy(tmp_path):
@@ -88,6 +105,15 @@ def test_a_run_that_does_not_resume_sets_the_earlier_checkpoints_aside(tmp_path)
     assert checkpoint.complete(tmp_path) == [] and checkpoint.set_aside(tmp_path, "later") is None
     fake(tmp_path, "checkpoint-2", 1.0)  # a second start within the same second
     assert checkpoint.set_aside(tmp_path, "20261129T100000Z").name == "20261129T100000Z-1"
+
+
+def test_the_earlier_run_s_tensorboard_logs_go_aside_too(tmp_path):
+    # Else TensorBoard draws both runs' curves as one, from step 1 again.
+    (tmp_path / "tensorboard").mkdir()
+    (tmp_path / "tensorboard" / "events.out.tfevents.1").write_bytes(b"x")
+    moved = checkpoint.set_aside(tmp_path, "20261129T100000Z")  # also with no checkpoint to move
+    assert [p.name for p in moved.iterdir()] == ["tensorboard"] and not (tmp_path / "tensorboard").exists()
+    assert (moved / "tensorboard" / "events.out.tfevents.1").exists()
 
 
 def test_writer_runs_jobs_in_order_off_the_caller_thread_and_reraises_failures():
@@ -169,3 +195,40 @@ def test_config_records_the_dtype_of_the_weights_written_not_of_the_live_model(t
     path = checkpoint.persist(tmp_path, "checkpoint-1", snap, model=model, tokenizer=tokenizer, trainer_state={})
     assert {t.dtype for t in load_file(path / "model.safetensors").values()} == {torch.float32}
     assert json.loads((path / "config.json").read_text())["dtype"] == "float32"
+
+
+def test_a_lora_snapshot_copies_the_adapter_only_and_its_checkpoint_loads_back(tmp_path, tokenizer):
+    """The frozen base model stays out of host memory: neither the snapshot nor the writer's staging
+    memory holds any of it, and the adapter written from it is the live model's."""
+    from safetensors.torch import load_file
+
+    from mft_trainer.config import LoraConfig
+    from mft_trainer.lora import WEIGHTS_FILE, apply_lora, peft_name
+
+    from .conftest import tiny_model
+
+    lora = LoraConfig(r=4, alpha=8, dropout=0.0, target_modules=["query_key_value", "dense"])
+    model = apply_lora(tiny_model(len(tokenizer), seed=3), lora)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    model(input_ids=torch.arange(2, 10)[None]).logits.sum().backward()
+    optimizer.step()  # LoRA B starts at zero: after a step the adapter is not the identity
+    acc = Accelerated(model=model, optimizer=optimizer, strategy=["parallel_mode"])
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    world, writer = distributed.World(rank=0, local_rank=0, size=1, device=torch.device("cpu")), \
+        checkpoint.Writer(background=True)
+
+    snap = checkpoint.snapshot(acc, scheduler, {}, world, writer.staging)
+    adapter = {key: value for key, value in model.state_dict().items() if peft_name(key, "default")}
+    assert snap.weights.keys() == adapter.keys() and all(".lora_" in key for key in adapter)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    # The adapter's weights, and per weight Adam's two moments and its step count.
+    assert sum(t.numel() for t in writer.staging.values()) == 3 * trainable + len(adapter)
+    writer.close()
+
+    path = checkpoint.persist(tmp_path, "checkpoint-1", snap, model=model, tokenizer=tokenizer,
+                              trainer_state={})
+    assert {peft_name(key, "default") for key in adapter} == load_file(path / WEIGHTS_FILE).keys()
+    resumed = apply_lora(tiny_model(len(tokenizer), seed=3), lora, adapter=path)  # what a resume loads
+    for key, value in resumed.state_dict().items():
+        torch.testing.assert_close(value, model.state_dict()[key], atol=0, rtol=0)
+

@@ -53,6 +53,14 @@ def test_sharded_checkpoint_holds_the_unwrapped_model(ranks, mode, precision):
 
 
 @pytest.mark.parametrize("precision", PRECISIONS)
+def test_a_sharded_lora_snapshot_gathers_the_adapter_alone_in_full_precision(ranks, precision):
+    # The frozen base model never reaches rank 0's host memory: it is not part of the adapter file.
+    snapshot = ranks[0]["lora"][precision]["snapshot"]
+    assert {name.replace(".default.", "."): dtype for name, dtype in snapshot.items()} == \
+        ranks[0]["lora"]["expected_tensors"]
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
 @pytest.mark.parametrize("mode", MODES)
 def test_resume_of_a_sharded_run_continues_it_exactly(ranks, mode, precision):
     for rank in ranks:

@@ -362,10 +362,12 @@ def test_checkpoints_of_another_run_are_refused_before_anything_loads(lora, tmp_
 
 def test_resuming_under_other_batch_settings_warns_and_goes_on(lora, tmp_path):
     changed, mount = _copy_of_run(lora, tmp_path, dropout=0.1)  # dropout: not part of what the weights are
-    changed["training"]["seed"] = 8
+    changed["training"] |= {"seed": 8, "weight_decay": 0.1}
     proc = run_training(write_config(tmp_path / "changed.yaml", changed), nproc=1)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "written with other data or batch settings (training.seed: 7 in the checkpoint, 8 now)" in proc.stderr
+    # The optimizer state restores the checkpoint's weight decay; like the learning rate, the configured one wins.
+    assert "training.weight_decay: 0.0 in the checkpoint, 0.1 now: the resumed run uses 0.1" in proc.stderr
     assert events(proc.stdout, "mft.summary")[-1]["steps"] == 9  # the finished run, resumed at its end
 
 
@@ -426,12 +428,16 @@ def test_a_resume_with_another_batch_size_finishes(tmp_path):
     fresh["checkpoint"].update(resume="never", steps=1)
     fresh["training"]["max_steps"] = 2
     earlier = sorted(c.name for c in checkpoint.complete(tmp_path / "ckpt"))
+    earlier_logs = sorted(p.name for p in (tmp_path / "ckpt" / "tensorboard").iterdir())
     proc = train(tmp_path, "fresh", fresh, nproc=1)
-    assert "checkpoint.resume is never: moved the checkpoints already in" in proc.stderr
+    assert "checkpoint.resume is never: moved the checkpoints and TensorBoard logs already in" in proc.stderr
     assert [c.name for c in checkpoint.complete(tmp_path / "ckpt")] == ["checkpoint-1", "checkpoint-2"]
     assert events(proc.stdout, "mft.summary")[-1]["latest"] == "checkpoint-2"
     (previous,) = (tmp_path / "ckpt" / checkpoint.PREVIOUS_RUNS).iterdir()
     assert sorted(c.name for c in checkpoint.complete(previous)) == earlier
+    # TensorBoard shows this run's curves alone, the earlier runs' are kept with their checkpoints.
+    assert sorted(p.name for p in (previous / "tensorboard").iterdir()) == earlier_logs
+    assert not set(earlier_logs) & {p.name for p in (tmp_path / "ckpt" / "tensorboard").iterdir()}
 
 
 def test_the_end_of_an_epoch_on_an_evaluated_step_is_evaluated_once(tmp_path):
@@ -441,6 +447,36 @@ def test_the_end_of_an_epoch_on_an_evaluated_step_is_evaluated_once(tmp_path):
     proc = train(tmp_path, "once", raw, nproc=1)
     evaluated = [e["step"] for e in events(proc.stdout, "mft.progress") if e["tokens_per_second"] is None]
     assert evaluated == list(range(1, events(proc.stdout, "mft.summary")[-1]["steps"] + 1))
+
+
+def test_the_last_epoch_checkpoint_carries_the_final_valid_loss_without_epoch_evaluations(tmp_path):
+    """The end of training is evaluated before its epoch-end save (evaluated by steps alone, and not
+    at this step), so the last checkpoint has the final valid loss and can be the best."""
+    raw = config(tmp_path / "ckpt", epochs=1, per_device_train_batch_size=8, gradient_accumulation_steps=1,
+                 evaluation_strategy=["steps"], evaluation_steps=1000, max_valid_batches=1)
+    raw["checkpoint"]["save_strategy"] = "epoch"
+    proc = train(tmp_path, "last", raw, nproc=1)
+    assert "checkpoint.save_strategy is epoch but training.evaluation_strategy (steps) has no epoch" in proc.stderr
+    summary = events(proc.stdout, "mft.summary")[-1]
+    last = summary["steps"]
+    assert [e["step"] for e in events(proc.stdout, "mft.progress") if e["tokens_per_second"] is None] == [last]
+    saved = checkpoint.complete(tmp_path / "ckpt")
+    assert [(c.name, c.valid_loss) for c in saved] == [(f"checkpoint-{last}", summary["final_valid_loss"]),
+                                                       (f"checkpoint-{last}-epoch-1", summary["final_valid_loss"])]
+    assert summary["best"] == f"checkpoint-{last}" and summary["best_valid_loss"] == summary["final_valid_loss"]
+
+
+def test_patience_running_out_at_the_last_evaluation_is_a_completed_run(tmp_path):
+    # Two epochs, evaluated at each end; so small a learning rate changes no weight: the second valid
+    # loss is no better than the first.
+    raw = config(tmp_path / "ckpt", epochs=2, per_device_train_batch_size=8, gradient_accumulation_steps=1,
+                 learning_rate=1e-30, min_lr=0, num_warmup_steps=0, evaluation_strategy=["epoch"],
+                 early_stopping_patience=1, max_valid_batches=1)
+    proc = train(tmp_path, "last", raw, nproc=1)
+    valid = [e["valid_loss"] for e in events(proc.stdout, "mft.progress") if e["tokens_per_second"] is None]
+    assert len(valid) == 2 and valid[1] >= valid[0], valid  # patience ran out at the last evaluation
+    assert "early stopping: no improvement of the valid loss in 1 evaluations" in proc.stderr
+    assert events(proc.stdout, "mft.summary")[-1]["stopped_by"] == "completed"
 
 
 def test_early_stopping_stays_stopped(tmp_path):

@@ -16,8 +16,8 @@ unless asynchronous saving is off. Everything is written into ``.tmp-<name>``, f
 renamed into place; a crash mid-write leaves only a ``.tmp-*`` folder, which the next start removes
 (or, if the crash came while a complete one replaced an older copy of the same name, installs).
 Rotation keeps the best step checkpoint by valid loss and the newest ones; epoch checkpoints are
-never rotated. A run that does not resume first moves the checkpoints it finds to
-``previous-runs/<time>/``.
+never rotated. A run that does not resume first moves the checkpoints it finds, and the TensorBoard
+logs, to ``previous-runs/<time>/``.
 
 Fault-injection tests set ``MFT_TEST_CHECKPOINT_DELAY`` (seconds, unset or 0 by default) to pause
 between the phases of a write and of a deletion, so that a kill can land inside each phase.
@@ -42,6 +42,7 @@ import torch
 
 from mft_trainer import distributed
 from mft_trainer.accelerate import Accelerated, unwrap
+from mft_trainer.metrics import TENSORBOARD_DIR
 
 NAME = re.compile(r"^checkpoint-(\d+)(?:-epoch-(\d+))?$")
 STATE_FILE = "trainer_state.json"
@@ -133,10 +134,12 @@ def clean_unmarked(root: Path) -> list[str]:
 
 
 def set_aside(root: Path, label: str) -> Path | None:
-    """Move every checkpoint folder into ``previous-runs/<label>/`` (rank 0, at the start of a run
-    that does not resume): rotation and "latest" must see this run's checkpoints only, and nothing
-    of the earlier run is deleted. Returns the folder, or None when there was nothing to move."""
+    """Move every checkpoint folder and the TensorBoard logs into ``previous-runs/<label>/`` (rank 0,
+    at the start of a run that does not resume): rotation and "latest" must see this run's
+    checkpoints only, TensorBoard this run's curves only, and nothing of the earlier run is deleted.
+    Returns the folder, or None when there was nothing to move."""
     found = sorted(p for p in root.glob("checkpoint-*") if NAME.match(p.name) and p.is_dir())
+    found += [p for p in (root / TENSORBOARD_DIR,) if p.is_dir()]
     if not found:
         return None
     target = root / PREVIOUS_RUNS / label
@@ -179,7 +182,7 @@ def rotate(root: Path, limit: int) -> list[str]:
 class Snapshot:
     """Everything a checkpoint holds, copied to host memory: training may go on while it is written."""
 
-    weights: dict[str, torch.Tensor]
+    weights: dict[str, torch.Tensor]  # a LoRA model's: its adapter's only
     optimizer: dict[str, Any]
     scheduler: dict[str, Any]
     rank_states: list[dict[str, Any]]  # index = rank: RNG states and data position
@@ -193,14 +196,19 @@ def snapshot(acc: Accelerated, scheduler: Any, rank_state: dict[str, Any],
     parallelism every rank holds the same weights and optimizer state, so only rank 0 copies them,
     into the ``staging`` tensors the previous snapshot left (a ``Writer``'s: allocating and faulting
     in fresh memory is most of a copy's time). The caller makes sure no write still reads them.
+
+    A LoRA model's weights are its adapter's tensors only, all that its checkpoint writes: a copy of
+    the frozen base model would take the base model's size in host memory at every save.
     """
     rank_states = distributed.gather_to_main({**rank_state, "rng": rng_state()})
+    adapter_name = _lora_adapter_name(acc.model)
     if acc.uses_fsdp:
-        weights, optimizer = _full_state_dict(acc), _optimizer_state(acc)
+        weights = _full_state_dict(acc) if adapter_name is None else _gathered_adapter(acc, adapter_name, world)
+        optimizer = _optimizer_state(acc)
     elif world.is_main:
         staging = {} if staging is None else staging
         memo: dict[tuple, torch.Tensor] = {}
-        weights = _host_copy(unwrap(acc.model).state_dict(), memo, staging)
+        weights = _host_copy(_saved_entries(unwrap(acc.model).state_dict(), adapter_name), memo, staging)
         optimizer = _host_copy(acc.optimizer.state_dict(), memo, staging)
         staging.clear()
         staging.update(memo)  # keep what this snapshot used, drop what the state no longer has
@@ -224,10 +232,7 @@ def persist(root: Path, name: str, snap: Snapshot, *, model: torch.nn.Module, to
         torch.save(state, tmp / rank_file(rank))
     _test_pause()
     (tmp / STATE_FILE).write_text(json.dumps(trainer_state, indent=2, sort_keys=True))
-    for path in tmp.rglob("*"):
-        if path.is_file():
-            _fsync(path)
-    _fsync(tmp)
+    _fsync_tree(tmp)
     _test_pause()
     _install(tmp, final)
     return final
@@ -267,13 +272,23 @@ class Writer:
 
 
 def copy(root: Path, source: Path, name: str) -> Path:
-    """A second name for a complete checkpoint (hard links, same atomic rename); rank 0 only."""
+    """A second name for a complete checkpoint (hard links, or copies where the volume has none;
+    same atomic rename); rank 0 only."""
     tmp, final = root / f"{TMP_PREFIX}{name}", root / name
     shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(source, tmp, copy_function=os.link)
-    _fsync(tmp)
+    shutil.copytree(source, tmp, copy_function=_link_or_copy)
+    _fsync_tree(tmp)  # copied files are new data (linked ones were on disk already)
     _install(tmp, final)
     return final
+
+
+def _link_or_copy(source: str, target: str) -> None:
+    """A hard link costs no space or time; some volumes refuse link(2) (GCS FUSE, Azure Files over
+    SMB, object-store FUSE drivers), and there a real copy takes its place."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
 
 
 def _install(tmp: Path, final: Path) -> None:
@@ -362,6 +377,66 @@ def _host_copy(obj: Any, memo: dict[tuple, torch.Tensor], staging: dict[tuple, t
     return obj
 
 
+def _lora_adapter_name(model: torch.nn.Module) -> str | None:
+    """The active adapter of a (wrapped) LoRA model; None for a full model."""
+    from peft import PeftModel
+
+    inner = unwrap(_fsdp_inner(model))
+    return inner.active_adapter if isinstance(inner, PeftModel) else None
+
+
+def _saved_entries(state_dict: dict[str, torch.Tensor], adapter_name: str | None) -> dict[str, torch.Tensor]:
+    """What a checkpoint writes of ``state_dict``: all of it, or a LoRA adapter's entries only."""
+    if adapter_name is None:
+        return state_dict
+    return {key: tensor for key, tensor in state_dict.items() if _in_adapter(key, adapter_name)}
+
+
+def _in_adapter(key: str, adapter_name: str) -> bool:
+    """Whether the state_dict entry ``key`` is one that ``lora.save_adapter`` writes."""
+    from mft_trainer.lora import peft_name
+
+    return peft_name(key, adapter_name) is not None
+
+
+def _gathered_adapter(acc: Accelerated, adapter_name: str, world: distributed.World) -> dict[str, torch.Tensor]:
+    """A LoRA adapter's tensors gathered from the FSDP shards into rank 0's host memory (collective;
+    the other ranks get an empty dict), under their state_dict names.
+
+    An adapter tensor shares its FSDP unit's flat parameter with the unit's frozen base weights, so
+    each unit holding some is gathered whole, on the device and one at a time, as a forward pass
+    does; units without any (the root's embeddings, unless saved with the adapter) are not gathered,
+    and only the adapter's tensors are copied to the host. The parameters summoned are the
+    full-precision ones, also under bf16 mixed precision. A save follows a training step, so FSDP's
+    root has initialized every unit (summoning an inner unit first would make it a root).
+    """
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+    weights: dict[str, torch.Tensor] = {}
+    for unit, params in _adapter_params_by_unit(acc.model, adapter_name).items():
+        with FSDP.summon_full_params(unit, recurse=False, writeback=False, rank0_only=True):
+            if world.is_main:
+                weights.update({name: param.detach().to("cpu", copy=True) for name, param in params.items()})
+    return weights
+
+
+def _adapter_params_by_unit(model: torch.nn.Module, adapter_name: str) -> dict[torch.nn.Module, dict[str, Any]]:
+    """The adapter's parameters, by the FSDP unit that shards them and by state_dict name (the same
+    order on every rank: the model's)."""
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+    from torch.distributed.fsdp._common_utils import clean_tensor_name  # FSDP's own state_dict names
+
+    owner = {}
+    for unit in FSDP.fsdp_modules(model):  # outer units first: an inner one claims its own parameters
+        owner.update({param: unit for param in unit.parameters()})
+    by_unit: dict[torch.nn.Module, dict[str, Any]] = {}
+    for name, param in model.named_parameters():
+        name = clean_tensor_name(name)
+        if _in_adapter(name, adapter_name):
+            by_unit.setdefault(owner[param], {})[name] = param
+    return by_unit
+
+
 def _fsdp_inner(model: torch.nn.Module) -> torch.nn.Module:
     from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 
@@ -419,6 +494,14 @@ def _test_pause() -> None:
     delay = float(os.environ.get(TEST_DELAY_ENV) or 0)
     if delay > 0:
         time.sleep(delay)
+
+
+def _fsync_tree(folder: Path) -> None:
+    """Every file under ``folder``, then the folder itself, on disk."""
+    for path in folder.rglob("*"):
+        if path.is_file():
+            _fsync(path)
+    _fsync(folder)
 
 
 def _fsync(path: Path) -> None:

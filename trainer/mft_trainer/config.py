@@ -21,6 +21,8 @@ import yaml
 
 Mode = Literal["sst", "sft", "lora"]
 DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+# A storage class name: empty asks for no class (a pre-provisioned volume), as in a PersistentVolumeClaim.
+DNS_SUBDOMAIN_OR_EMPTY = f"^({DNS_SUBDOMAIN[1:-1]})?$"
 QUANTITY = r"^\+?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
 
 
@@ -98,7 +100,7 @@ class LoraConfig:
 @dataclass
 class CheckpointVolumeRequest:
     size: str = bounded("100Gi", pattern=QUANTITY)
-    storage_class_name: str | None = bounded(None, maxLength=253)
+    storage_class_name: str | None = bounded(None, maxLength=253, pattern=DNS_SUBDOMAIN_OR_EMPTY)
 
 
 @dataclass
@@ -140,7 +142,7 @@ SECTIONS = ("model", "data", "training", "lora", "checkpoint")
 
 def load_config(path: str | Path) -> TrainerConfig:
     """Read a trainer config YAML file; errors name the file and the field path."""
-    text = Path(path).read_text(encoding="utf-8")
+    text = _read_text(path)
     try:
         raw = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
@@ -149,6 +151,16 @@ def load_config(path: str | Path) -> TrainerConfig:
         return from_dict(raw)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from exc
+
+
+def _read_text(path: str | Path) -> str:
+    """The file's text; a missing, unreadable or non-UTF-8 file is a ConfigError (one line, not a traceback)."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: expected UTF-8 text, found byte {exc.object[exc.start]:#04x} at offset {exc.start}") from exc
 
 
 def from_dict(raw: dict[str, Any]) -> TrainerConfig:
@@ -170,6 +182,8 @@ def _check_rules(c: TrainerConfig) -> None:
     rules = [
         (c.mode in ("sft", "lora") and not c.model.path, "model.path", "required for mode sft and lora"),
         (c.mode == "sst" and not (c.model.path or c.model.config), "model", "sst needs model.path or model.config"),
+        (c.mode == "sst" and not (c.model.path or c.model.tokenizer_path), "model.tokenizer_path",
+         "required for mode sst without model.path (the tokenizer is otherwise read from model.path)"),
         (c.lora is not None and c.mode != "lora", "lora", "only allowed with mode lora"),
         (c.data.padding_mode == "concat" and c.mode != "sst", "data.padding_mode", "concat is only allowed with mode sst"),
         (t.tensor_parallel != 1, "training.tensor_parallel", f"must be 1, found {t.tensor_parallel}"),

@@ -13,6 +13,16 @@ import torch
 import torch.distributed as dist
 
 
+# Set by the operator in pods that requested GPUs: without a usable CUDA device (a driver too old
+# for the image's CUDA, a GPU the device plugin did not expose) training must stop, not go on at
+# CPU speed on nodes whose GPUs it holds.
+REQUIRE_CUDA_ENV = "MFT_REQUIRE_CUDA"
+
+
+class DeviceError(RuntimeError):
+    """The pod asked for GPUs and CUDA cannot be used."""
+
+
 @dataclass(frozen=True)
 class World:
     rank: int
@@ -29,6 +39,8 @@ def init() -> World:
     import atorch
 
     cuda = torch.cuda.is_available()
+    if not cuda and os.environ.get(REQUIRE_CUDA_ENV) == "true":
+        raise DeviceError(cuda_unavailable())
     if not dist.is_initialized():
         ok = atorch.init_distributed("nccl" if cuda else "gloo", set_cuda_device_using_local_rank=cuda)
         if not ok:
@@ -36,6 +48,14 @@ def init() -> World:
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
     return World(rank=dist.get_rank(), local_rank=local_rank, size=dist.get_world_size(), device=device)
+
+
+def cuda_unavailable() -> str:
+    built_for = f"CUDA {torch.version.cuda}" if torch.version.cuda else "no CUDA (a CPU build)"
+    return (f"this pod requested GPUs (resources.gpusPerNode) but CUDA cannot be used: torch {torch.__version__} "
+            f"is built for {built_for}, and torch.cuda.is_available() is False; check the node's NVIDIA driver "
+            f"(new enough for that CUDA version), the device plugin, and CUDA_VISIBLE_DEVICES "
+            f"({os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')})")
 
 
 def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:

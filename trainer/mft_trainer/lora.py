@@ -59,31 +59,36 @@ def _grown_embeddings(model: PreTrainedModel) -> list[str] | None:
 
 def save_adapter(model: PeftModel, state_dict: dict[str, torch.Tensor] | None, folder: Path) -> None:
     """Write the adapter as peft does (adapter_config.json, adapter_model.safetensors): the LoRA
-    tensors and the layers saved in full (``modules_to_save``), under peft's names, which drop the
-    adapter name (``<module>.lora_A.<adapter>.weight`` -> ``<module>.lora_A.weight``,
-    ``<module>.modules_to_save.<adapter>.weight`` -> ``<module>.weight``).
+    tensors and the layers saved in full (``modules_to_save``), under peft's names (``peft_name``).
 
     Not ``PeftModel.save_pretrained``: peft picks the adapter's tensors by module names, and under
     ATorch's activation checkpointing those contain ``_checkpoint_wrapped_module`` while state_dict
-    keys do not, so it writes an empty adapter (peft 0.21). ``state_dict`` is the full model's
-    (gathered under FSDP); None reads the model's own.
+    keys do not, so it writes an empty adapter (peft 0.21). ``state_dict`` is the model's, whole or
+    only the adapter's entries (a checkpoint snapshot's); None reads the model's own.
     """
     adapter_name = model.active_adapter
     state_dict = model.state_dict() if state_dict is None else state_dict
-    marker, saved_in_full = f".{adapter_name}.", f".modules_to_save.{adapter_name}."
     adapter = {}
     for key, tensor in state_dict.items():
-        if saved_in_full in key:
-            name = key.replace(saved_in_full, ".")
-        elif "lora_" in key and marker in key:
-            name = key.replace(marker, ".")
-        else:
-            continue
-        adapter[name] = tensor.detach().cpu().contiguous()
+        name = peft_name(key, adapter_name)
+        if name is not None:
+            adapter[name] = tensor.detach().cpu().contiguous()
     if not any("lora_" in name for name in adapter):
         raise RuntimeError(f"no LoRA tensors for adapter {adapter_name!r} in the model's state_dict")
     model.peft_config[adapter_name].save_pretrained(str(folder))
     save_file(adapter, str(Path(folder) / WEIGHTS_FILE), metadata={"format": "pt"})
+
+
+def peft_name(key: str, adapter_name: str) -> str | None:
+    """The name in adapter_model.safetensors of the state_dict entry ``key`` when it belongs to the
+    adapter, else None: peft's names drop the adapter name (``<module>.lora_A.<adapter>.weight`` ->
+    ``<module>.lora_A.weight``, ``<module>.modules_to_save.<adapter>.weight`` -> ``<module>.weight``)."""
+    saved_in_full, marker = f".modules_to_save.{adapter_name}.", f".{adapter_name}."
+    if saved_in_full in key:
+        return key.replace(saved_in_full, ".")
+    if "lora_" in key and marker in key:
+        return key.replace(marker, ".")
+    return None
 
 
 def is_adapter_dir(path: str | Path) -> bool:

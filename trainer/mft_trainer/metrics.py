@@ -17,6 +17,7 @@ from typing import Any, Callable
 import torch
 
 HUMAN_PROGRESS_ENV = "MFT_HUMAN_PROGRESS"
+TENSORBOARD_DIR = "tensorboard"  # under the output folder
 # Dense bf16 peak per GPU, for MFU. Unknown devices report no MFU rather than a wrong one.
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "H800": 989e12, "A100": 312e12, "A800": 312e12}
 
@@ -85,7 +86,7 @@ class Reporter:
             return
         from torch.utils.tensorboard import SummaryWriter
 
-        self.writer = SummaryWriter(log_dir=str(output_dir / "tensorboard"))
+        self.writer = SummaryWriter(log_dir=str(output_dir / TENSORBOARD_DIR))
         if self.human and sys.stderr.isatty():
             from tqdm import tqdm
 

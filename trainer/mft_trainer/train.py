@@ -178,8 +178,8 @@ def setup(config: TrainerConfig) -> Run:
         if config.checkpoint.resume == "never":
             moved = checkpoint.set_aside(root, time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()))
             if moved:
-                log.warning("checkpoint.resume is never: moved the checkpoints already in %s to %s "
-                            "(delete that folder to free its space)", root, moved)
+                log.warning("checkpoint.resume is never: moved the checkpoints and TensorBoard logs already in %s "
+                            "to %s (delete that folder to free its space)", root, moved)
     distributed.barrier()
 
     resume_from = checkpoint.latest(root) if config.checkpoint.resume == "auto" else None
@@ -210,11 +210,27 @@ def setup(config: TrainerConfig) -> Run:
               state=state, num_trainable=num_trainable)
 
     if resume_from is not None:
+        configured_decays = _weight_decays(acc.optimizer)
         rank_state = checkpoint.load_training_state(resume_from.path, acc, scheduler, world)
         restart_schedule(scheduler, t.learning_rate)  # the configured peak, which may have changed
+        _keep_weight_decays(acc.optimizer, configured_decays)  # like the learning rate
         if rank_state is not None:
             checkpoint.set_rng_state(rank_state["rng"])  # last: nothing after this may draw random numbers
     return run
+
+
+def _weight_decays(optimizer: torch.optim.Optimizer) -> list[float]:
+    return [group["weight_decay"] for group in optimizer.param_groups]
+
+
+def _keep_weight_decays(optimizer: torch.optim.Optimizer, configured: list[float]) -> None:
+    """Put back the configured weight decay of each parameter group, which the optimizer state of
+    the checkpoint replaced: a run resumed with another training.weight_decay uses the new one."""
+    for group, decay in zip(optimizer.param_groups, configured):
+        if group["weight_decay"] != decay:
+            log.info("training.weight_decay: %s in the checkpoint, %s now: the resumed run uses %s",
+                     group["weight_decay"], decay, decay)
+            group["weight_decay"] = decay
 
 
 def _restored_state(saved: dict[str, Any], world: distributed.World) -> TrainState:
@@ -245,6 +261,11 @@ def _warn_if_no_checkpoint_is_evaluated(config: TrainerConfig) -> None:
         log.warning("checkpoint.steps (%d) is not a multiple of training.evaluation_steps (%d): checkpoints saved "
                     "between evaluations carry no valid loss, and the best checkpoint is chosen among the others",
                     ck.steps, t.evaluation_steps)
+    if ck.save_strategy == "epoch" and _evaluates(t) and "epoch" not in t.evaluation_strategy:
+        log.warning("checkpoint.save_strategy is epoch but training.evaluation_strategy (%s) has no epoch: "
+                    "checkpoints saved at the end of an epoch carry no valid loss unless that step is evaluated "
+                    "anyway (the last one is), and the best checkpoint is chosen among the others",
+                    ", ".join(t.evaluation_strategy))
 
 
 def _build(config: TrainerConfig, tokenizer: Any, resume_path: Any) -> torch.nn.Module:
@@ -323,16 +344,18 @@ def train_step(run: Run, micro_batches: list[dict[str, torch.Tensor]]) -> StepRe
 def evaluate(run: Run) -> tuple[float | None, list[float | None]]:
     """Valid loss (the training formula over the whole valid set, as one batch) and per-task losses.
 
-    Rank r takes rows r, r+W, ...; every rank runs the same number of forward passes (FSDP needs
-    that), padding its last batches with label-free copies of a row.
+    Rank r takes positions r, r+W, ... of ``validation_order``, which interleaves the tasks, so that
+    ``max_valid_batches`` keeps a sample of every task, the same at each evaluation. Every rank runs
+    the same number of forward passes (FSDP needs that), padding its last batches with label-free
+    copies of a row.
     """
-    from mft_trainer.data import collate
+    from mft_trainer.data import collate, validation_order
 
     t, valid, world = run.config.training, run.datasets.valid, run.world
     num_tasks, bs = len(run.datasets.tasks), t.per_device_valid_batch_size
     if len(valid) == 0:
         return None, [None] * num_tasks
-    mine = list(range(world.rank, len(valid), world.size))
+    mine = [int(i) for i in validation_order(valid.task_sizes, t.seed)[world.rank::world.size]]
     batches = math.ceil(math.ceil(len(valid) / world.size) / bs)
     if t.max_valid_batches > 0:
         batches = min(batches, t.max_valid_batches)
@@ -378,13 +401,16 @@ def evaluate_and_track(run: Run, reporter: metrics.Reporter) -> str | None:
 
 def end_of_epoch(run: Run, reporter: metrics.Reporter) -> str | None:
     t, ck, state = run.config.training, run.config.checkpoint, run.state
+    # The end of training is evaluated here, not after the loop: before this save, so that the last
+    # checkpoint carries the final valid loss and can be the best.
+    last = state.epoch >= t.epochs or state.step >= run.total_steps
     # Not twice at one step: a repeated result would count as an evaluation without improvement.
-    evaluates = "epoch" in t.evaluation_strategy and state.last_eval_step != state.step
+    evaluates = ("epoch" in t.evaluation_strategy or (last and _evaluates(t))) and state.last_eval_step != state.step
     stop = evaluate_and_track(run, reporter) if evaluates else None
     saved = save(run, reporter) if ck.save_strategy == "epoch" else None
     if ck.extra_save_by_epoch:
         save(run, reporter, epoch=state.epoch, source=saved)
-    return stop
+    return None if last else stop  # training ends here anyway: it completed, it did not stop early
 
 
 def save(run: Run, reporter: metrics.Reporter, epoch: int | None = None, source: Any = None) -> Any:

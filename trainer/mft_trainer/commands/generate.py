@@ -17,11 +17,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--role-start", help="role start marker (default: the one the model was trained with, "
                                              "from its trainer_state.json or mft_prompt.json, else <|role_start|>)")
     parser.add_argument("--role-end", help="role end marker (default: as for --role-start, else <|role_end|>)")
-    parser.add_argument("--max-new-tokens", type=int, default=256)
+    parser.add_argument("--max-new-tokens", type=int, default=256, help="most tokens generated per answer (default 256)")
     parser.add_argument("--do-sample", action="store_true", help="sample instead of greedy/beam decoding")
-    parser.add_argument("--top-p", type=float, default=0.95)
-    parser.add_argument("--temperature", type=float, default=0.1)
-    parser.add_argument("--num-beams", type=int, default=1)
+    parser.add_argument("--top-p", type=float, default=0.95,
+                        help="with --do-sample, sample from the smallest set of tokens this likely (default 0.95)")
+    parser.add_argument("--temperature", type=float, default=0.1,
+                        help="with --do-sample, divide the logits by this; lower is more deterministic (default 0.1)")
+    parser.add_argument("--num-beams", type=int, default=1, help="beam search width; 1 decodes greedily (default 1)")
     parser.add_argument("--device", help="torch device to generate on (default: cuda when available, else cpu)")
 
 

@@ -14,7 +14,7 @@ import numpy as np
 from mft_trainer.config import ConfigError
 from mft_trainer.data.assembly import AssemblyStyle
 from mft_trainer.data.command_line import add_config_arguments, chosen_seq_length, config_from_arguments
-from mft_trainer.data.documents import apply_overlong_policy, count_overlong, tally
+from mft_trainer.data.documents import apply_and_count_overlong_policy, chunk_documents, tally
 from mft_trainer.data.encoding import EncodedChunk, Encoder, default_workers, encode_files
 from mft_trainer.data.errors import DataError
 from mft_trainer.data.report import DataReport, FileCounts, TaskCounts
@@ -47,18 +47,16 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _print_documents(chunk: EncodedChunk, seq_length: int | None, policy: str, counts: FileCounts) -> None:
-    lengths, kept = chunk.lengths, np.ones(len(chunk.lengths), dtype=bool)
+    """The documents training would keep, as it would cut them (with a seq_length)."""
+    documents = chunk_documents(counts.path, chunk, counts)
+    lengths, kept = documents.lengths, np.ones(len(documents), dtype=bool)
     if seq_length:
-        count_overlong([counts], np.array([len(lengths)]), lengths, seq_length, policy)
-        lengths, kept = apply_overlong_policy(lengths, seq_length, policy)
-    start = 0
-    for text, length, stored, keep in zip(chunk.texts or [], lengths, chunk.lengths, kept):
-        if keep:
-            end = start + int(length)
-            record = {
-                "text": text,
-                "input_ids": chunk.tokens[start:end].tolist(),
-                "loss_mask": chunk.loss_mask[start:end].tolist(),
-            }
-            sys.stdout.write(json.dumps(record, ensure_ascii=False) + "\n")
-        start += int(stored)
+        lengths, kept = apply_and_count_overlong_policy(documents, seq_length, policy)
+    for d in np.flatnonzero(kept):
+        start, end = int(documents.offsets[d]), int(documents.offsets[d] + lengths[d])
+        record = {
+            "text": chunk.texts[d],
+            "input_ids": chunk.tokens[start:end].tolist(),
+            "loss_mask": chunk.loss_mask[start:end].tolist(),
+        }
+        sys.stdout.write(json.dumps(record, ensure_ascii=False) + "\n")

@@ -17,11 +17,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from mft_trainer.config import ConfigError, load_config
     from mft_trainer.data import DataError
+    from mft_trainer.distributed import DeviceError
     from mft_trainer.train import main
 
     try:
         return main(load_config(args.config))
-    except (ConfigError, DataError) as exc:
+    except (ConfigError, DataError, DeviceError) as exc:
         # A message for people (file:line or field path, expected vs found), not a traceback.
         print(f"mft-train: {exc}", file=sys.stderr)
         return BAD_INPUT_EXIT_CODE

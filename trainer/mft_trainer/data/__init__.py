@@ -19,7 +19,7 @@ from mft_trainer.data.encoding import encode_prompt
 from mft_trainer.data.errors import DataError
 from mft_trainer.data.report import DataReport
 from mft_trainer.data.rows import IGNORE, Row, RowDataset
-from mft_trainer.data.sampler import EpochSampler
+from mft_trainer.data.sampler import EpochSampler, validation_order
 from mft_trainer.data.tokenizer import TINY_TOKENIZER_DIR, load_tokenizer, tokenizer_fingerprint
 
 __all__ = [
@@ -37,4 +37,5 @@ __all__ = [
     "encode_prompt",
     "load_tokenizer",
     "tokenizer_fingerprint",
+    "validation_order",
 ]

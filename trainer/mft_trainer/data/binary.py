@@ -28,7 +28,13 @@ from transformers import PreTrainedTokenizerFast
 
 from mft_trainer.config import TrainerConfig
 from mft_trainer.data.assembly import AssemblyStyle, data_mode
-from mft_trainer.data.documents import TaskDocuments, count_overlong, file_ends, tally
+from mft_trainer.data.documents import (
+    TaskDocuments,
+    apply_and_count_overlong_policy,
+    chunk_documents,
+    file_ends,
+    tally,
+)
 from mft_trainer.data.encoding import Encoder, default_workers, encode_files
 from mft_trainer.data.errors import DataError
 from mft_trainer.data.report import DataReport, FileCounts, TaskCounts
@@ -123,10 +129,11 @@ class TaskWriter:
                 chunk.tokens.astype(self.dtype).tofile(tokens)
                 chunk.loss_mask.tofile(mask)
                 lengths.append(chunk.lengths)
+                if self.seq_length:  # counts only: documents are stored whole, loading applies the policy
+                    apply_and_count_overlong_policy(chunk_documents(task.name, chunk, files[chunk.file_index]),
+                                                    self.seq_length, self.data.overlong_policy)
         all_lengths = np.concatenate(lengths or [np.empty(0, np.int64)])
         np.concatenate([[0], np.cumsum(all_lengths)]).astype(np.int64).tofile(folder / OFFSETS)
-        if self.seq_length:
-            count_overlong(files, file_ends(files), all_lengths, self.seq_length, self.data.overlong_policy)
         manifest = self.manifest | {
             "task": task.name,
             "documents": len(all_lengths),
@@ -162,7 +169,8 @@ def open_task(
     if offsets[0] != 0 or offsets[-1] != n_tokens or np.any(np.diff(offsets) < 0):
         raise DataError(f"{folder / OFFSETS}: corrupt document index: expected offsets rising from 0 to {n_tokens}")
     # Truncation and drop counts are recomputed for the training seq_length by the loader.
-    files = [dataclasses.replace(FileCounts.from_dict(f), truncated=0, dropped=0) for f in manifest["files"]]
+    files = [dataclasses.replace(FileCounts.from_dict(f), truncated=0, dropped=0, truncated_without_targets=0)
+             for f in manifest["files"]]
     if sum(f.records for f in files) != n_documents:
         raise DataError(
             f"{folder / MANIFEST}: corrupt manifest: file record counts do not add up to {n_documents} documents"

@@ -13,11 +13,8 @@ from mft_trainer.data.assembly import AssemblyStyle, data_mode
 from mft_trainer.data.binary import dataset_settings, open_task
 from mft_trainer.data.documents import (
     TaskDocuments,
-    apply_overlong_policy,
+    apply_and_count_overlong_policy,
     collect_documents,
-    count_overlong,
-    count_per_file,
-    emptied_by_truncation,
     split_documents,
 )
 from mft_trainer.data.encoding import Encoder, default_workers, encode_files
@@ -96,13 +93,7 @@ def _task_rows(documents: TaskDocuments, config: TrainerConfig, counts: TaskCoun
     data, seq_length = config.data, config.training.seq_length
     lengths, kept = documents.lengths, np.ones(len(documents), dtype=bool)
     if data.padding_mode != "concat":  # a concat stream has no over-long documents
-        count_overlong(documents.files, documents.file_ends, lengths, seq_length, data.overlong_policy)
-        lengths, kept = apply_overlong_policy(lengths, seq_length, data.overlong_policy)
-        if data.overlong_policy == "truncate":
-            emptied = emptied_by_truncation(documents, seq_length)
-            kept &= ~emptied
-            for file_counts, n in zip(documents.files, count_per_file(documents.file_ends, emptied)):
-                file_counts.truncated_without_targets += int(n)
+        lengths, kept = apply_and_count_overlong_policy(documents, seq_length, data.overlong_policy)
     # Split before dropping, so that the split does not move when seq_length changes.
     train_ids, valid_ids = split_documents(len(documents), data.valid_split, config.training.seed, documents.name)
     train_ids, valid_ids = train_ids[kept[train_ids]], valid_ids[kept[valid_ids]]

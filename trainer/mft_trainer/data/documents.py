@@ -87,8 +87,31 @@ def collect_documents(name: str, files: list[FileCounts], chunks: Iterable[Encod
     return TaskDocuments(name, _join(tokens, np.int32), _join(masks, np.uint8), offsets, files, file_ends(files))
 
 
+def chunk_documents(name: str, chunk: EncodedChunk, counts: FileCounts) -> TaskDocuments:
+    """The documents of one encoded chunk, all of one file, whose counts are ``counts``."""
+    offsets = np.concatenate([[0], np.cumsum(chunk.lengths)]).astype(np.int64)
+    return TaskDocuments(name, chunk.tokens, chunk.loss_mask, offsets, [counts],
+                         np.array([len(chunk.lengths)], dtype=np.int64))
+
+
 def _join(parts: list[np.ndarray], dtype: type) -> np.ndarray:
     return np.concatenate(parts) if parts else np.empty(0, dtype=dtype)
+
+
+def apply_and_count_overlong_policy(documents: TaskDocuments, seq_length: int,
+                                    policy: str) -> tuple[np.ndarray, np.ndarray]:
+    """The over-long policy as training applies it (one code path for `train`, `tokenize` and the
+    counts of `preprocess`): each document's length after it and whether it is kept, a truncation
+    that leaves no target dropping the document as well. Adds what it truncates, drops, and
+    truncates without targets to the files' counts."""
+    count_overlong(documents.files, documents.file_ends, documents.lengths, seq_length, policy)
+    lengths, kept = apply_overlong_policy(documents.lengths, seq_length, policy)
+    if policy == "truncate":
+        emptied = emptied_by_truncation(documents, seq_length)
+        kept &= ~emptied
+        for counts, n in zip(documents.files, count_per_file(documents.file_ends, emptied)):
+            counts.truncated_without_targets += int(n)
+    return lengths, kept
 
 
 def apply_overlong_policy(lengths: np.ndarray, seq_length: int, policy: str) -> tuple[np.ndarray, np.ndarray]:

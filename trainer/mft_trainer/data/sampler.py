@@ -10,6 +10,7 @@ import numpy as np
 from mft_trainer.data.rows import RowDataset
 
 TASK_SAMPLING = ("proportional", "uniform", "temperature")
+VALIDATION_STREAM = 0x7A11D  # validation_order's random stream, apart from the epochs' [seed, epoch]
 
 
 class EpochSampler:
@@ -115,3 +116,20 @@ class EpochSampler:
         saved_world_size = state.get("world_size", self.world_size)
         self.epoch = int(state["epoch"])
         self.offset = int(state["offset"]) * saved_world_size // self.world_size
+
+
+def validation_order(task_sizes: list[int], seed: int) -> np.ndarray:
+    """A fixed order of the valid rows (tasks back to back, as in a RowDataset) that interleaves the
+    tasks: the first row of every task, then each task at its share of the rows (row k of a task of
+    n rows at k / n), each task's rows shuffled by ``seed``.
+
+    Any prefix of it is then a stratified sample: a capped evaluation (``max_valid_batches``) sees
+    every task once it reads as many rows as there are tasks, each task in its proportion, the same
+    rows at every evaluation, and a nested set on another number of ranks.
+    """
+    rng = np.random.default_rng([seed, VALIDATION_STREAM])
+    sizes = np.asarray(task_sizes, dtype=np.int64)
+    starts = np.cumsum(sizes) - sizes
+    rows = np.concatenate([start + rng.permutation(size) for start, size in zip(starts, sizes)])
+    shares = np.concatenate([np.arange(size) / size for size in sizes])
+    return rows[np.argsort(shares, kind="stable")]  # equal shares: the tasks in their order
