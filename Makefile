@@ -17,15 +17,16 @@ $(STAMP): $(LOCKS) trainer/pyproject.toml operator/pyproject.toml
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e trainer -e operator
 	touch $@
 
-# Unit tests, trainer tests with real torchrun processes, then the end-to-end suite on a real control plane.
-test: venv
+# Unit tests, trainer tests with real torchrun processes, then the end-to-end suite on a real control plane
+# (built first, with its output shown: cold, it takes minutes, which no test's timeout should include).
+test: venv cluster-build
 	$(PY) -m pytest tests
 
 # The operator chaos scenario of `make test` (50 jobs through operator kills, an apiserver restart and
 # hand deletions; about 3 minutes each on a control plane of its own) once per seed:
 #   make test-chaos CHAOS_SEEDS="1 2 3"
 CHAOS_SEEDS ?= 20261128 1 2 3 4 5 6 7 8 9
-test-chaos: venv
+test-chaos: venv cluster-build
 	@for seed in $(CHAOS_SEEDS); do \
 	  echo "== chaos seed $$seed"; \
 	  MFT_CHAOS_SEED=$$seed $(PY) -m pytest tests/e2e/test_chaos.py -q -p no:cacheprovider || exit 1; \
@@ -34,7 +35,7 @@ test-chaos: venv
 test-unit: venv
 	$(PY) -m pytest tests -m "not e2e and not slow"
 
-test-e2e: venv
+test-e2e: venv cluster-build
 	$(PY) -m pytest tests/e2e
 
 demo: venv

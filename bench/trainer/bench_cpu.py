@@ -50,16 +50,24 @@ def ours(padding_mode: str, steps: int) -> dict:
 
 
 def hf(padding_mode: str, steps: int) -> dict:
-    """A plain transformers Trainer fed the same rows through the same collate."""
+    """A plain transformers Trainer fed the same rows, in the same order, through the same collate."""
     import torch
     from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, Trainer, TrainerCallback, TrainingArguments
 
-    from mft_trainer.data import build_datasets, collate, load_tokenizer
+    from mft_trainer.data import EpochSampler, build_datasets, collate, load_tokenizer
+
+    class InOrder(Trainer):
+        """Reads the dataset in its order (ours, below), not shuffled: with padding, which rows
+        share a batch sets its cost."""
+
+        def _get_train_sampler(self, *args, **kwargs):
+            return torch.utils.data.SequentialSampler(self.train_dataset)
 
     with tempfile.TemporaryDirectory() as out:
         config = trainer_config(padding_mode, steps, Path(out))
         tokenizer = load_tokenizer(config)
         rows = build_datasets(config, tokenizer).train
+        order = EpochSampler(rows, rank=0, world_size=1, seed=config.training.seed).rank_indices()
         torch.manual_seed(0)
         model_config = GPTNeoXConfig(**MODEL, vocab_size=len(tokenizer))
         model_config._attn_implementation = "sdpa"
@@ -74,15 +82,16 @@ def hf(padding_mode: str, steps: int) -> dict:
             labels[:, 1:] = torch.where(batch["labels"][:, :-1] != -100, batch["input_ids"][:, 1:], -100)
             return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "labels": labels}
 
-        clock = StepClock(seen)
+        clock = StepClock()
         args = TrainingArguments(output_dir=out, per_device_train_batch_size=BATCH, max_steps=steps + WARMUP,
                                  learning_rate=1e-4, report_to=[], save_strategy="no", logging_strategy="no",
                                  use_cpu=True, dataloader_num_workers=0, disable_tqdm=True, seed=0,
                                  remove_unused_columns=False)
+        # The data loader collates one batch ahead of the step: step k trained on the k-th collated batch.
         callback = type("Clock", (TrainerCallback,), {"on_step_begin": lambda s, *a, **k: clock.begin(),
-                                                     "on_step_end": lambda s, *a, **k: clock.end()})()
-        Trainer(model=model, args=args, train_dataset=ListDataset(rows), data_collator=hf_collate,
-                callbacks=[callback]).train()
+                                                     "on_step_end": lambda s, *a, **k: clock.end(seen[clock.step])})()
+        InOrder(model=model, args=args, train_dataset=ListDataset([rows[int(i)] for i in order]),
+                data_collator=hf_collate, callbacks=[callback]).train()
         return clock.result()
 
 
@@ -100,16 +109,15 @@ class ListDataset:
 class StepClock:
     """Times steps after WARMUP; counts input (non-pad) and target tokens of the batch each step used."""
 
-    def __init__(self, batches):
-        self.batches, self.step, self.seconds, self.tokens, self.targets = batches, 0, 0.0, 0, 0
+    def __init__(self):
+        self.step, self.seconds, self.tokens, self.targets = 0, 0.0, 0, 0
 
     def begin(self):
         self.started = time.perf_counter()
 
-    def end(self):
+    def end(self, batch):
         self.step += 1
         if self.step > WARMUP:
-            batch = self.batches[-1]
             self.seconds += time.perf_counter() - self.started
             self.tokens += int((batch["sample_index"] >= 0).sum())
             self.targets += int((batch["labels"] != -100).sum())
@@ -121,13 +129,12 @@ class StepClock:
 def timed(steps_iter, steps: int) -> dict:
     import torch
 
-    clock = StepClock([])
+    clock = StepClock()
     iterator = steps_iter()
     for _ in range(steps + WARMUP):
         clock.begin()
         batches, _ = next(iterator)
-        clock.batches = [{k: torch.cat([b[k].flatten() for b in batches]) for k in ("sample_index", "labels")}]
-        clock.end()
+        clock.end({k: torch.cat([b[k].flatten() for b in batches]) for k in ("sample_index", "labels")})
     return clock.result()
 
 

@@ -56,7 +56,7 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-def _build(config: pytest.Config) -> None:
+def build(config: pytest.Config) -> None:
     """build.sh, its output shown live (a cold build takes minutes) and kept for the failure message."""
     started = time.monotonic()
     capture = config.pluginmanager.getplugin("capturemanager")
@@ -76,7 +76,7 @@ def _build(config: pytest.Config) -> None:
 
 @pytest.fixture(scope="session")
 def cluster(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    _build(request.config)
+    build(request.config)
 
     state = tmp_path_factory.mktemp("cluster")
     env = {**os.environ, "MFT_CLUSTER_DIR": str(state), "MFT_CLUSTER_NODES": str(NODES), "KUBECTL": KUBECTL,

@@ -7,8 +7,10 @@ from __future__ import annotations
 import time
 
 import pytest
+import yaml
 
-from mft_operator import render
+from mft_operator import kube, render
+from mft_operator.reconcile import KindMissing
 from mft_operator.settings import Settings
 
 from .conftest import PROGRESS_INTERVAL
@@ -260,3 +262,46 @@ def test_a_child_left_from_an_earlier_spec_is_replaced_not_adopted(cluster: Clus
     assert child["spec"]["pytorchReplicaSpecs"]["Worker"]["replicas"] == 1  # 2 nodes: the edited spec
     assert job["status"]["restarts"] == 0
     assert any(e.reason == "ReplacingOutdatedChild" for e in cluster.events(ns, "edited-early"))
+
+
+def test_a_pytorchjob_refused_by_admission_blocks_the_job_with_the_apiservers_message(cluster: Cluster, ns: str):
+    # A ValidatingAdmissionPolicy, as a platform team might pause training in a namespace.
+    name = f"no-pytorchjobs-{ns}"
+    policy = {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicy",
+              "metadata": {"name": name},
+              "spec": {"failurePolicy": "Fail",
+                       "matchConstraints": {"resourceRules": [{"apiGroups": ["kubeflow.org"], "apiVersions": ["v1"],
+                                                               "operations": ["CREATE"], "resources": ["pytorchjobs"]}]},
+                       "validations": [{"expression": "false", "message": "training is paused in this namespace"}]}}
+    binding = {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicyBinding",
+               "metadata": {"name": name},
+               "spec": {"policyName": name, "validationActions": ["Deny"], "matchResources": {
+                   "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}}}}}
+    cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all([policy, binding]))
+    try:
+        probe = yaml.safe_dump({"apiVersion": "kubeflow.org/v1", "kind": "PyTorchJob", "metadata": {"name": "probe"},
+                                "spec": {"pytorchReplicaSpecs": {"Master": {"replicas": 1, "template": {"spec": {
+                                    "containers": [{"name": "pytorch", "image": "busybox"}]}}}}}})
+        wait_for("the policy to be enforced", lambda: "training is paused" in cluster.kubectl(
+            "create", "--dry-run=server", "-n", ns, "-f", "-", input=probe, check=False).stderr, 30)
+        cluster.apply(ns, job_manifest("paused"))
+        blocked = wait_for("Blocked: ChildRejected", lambda: (c := condition(cluster.status(ns, "paused"), "Blocked"))
+                           .get("reason") == "ChildRejected" and c, 30, describe=lambda: cluster.describe(ns))
+        assert "PyTorchJob paused was rejected" in blocked["message"], blocked
+        assert "training is paused in this namespace" in blocked["message"], blocked
+    finally:
+        cluster.kubectl("delete", "validatingadmissionpolicybinding,validatingadmissionpolicy", name)
+    # Without the policy, the next pass creates it.
+    wait_for("the PyTorchJob", lambda: cluster.pytorchjob(ns, "paused"), 90, describe=lambda: cluster.describe(ns))
+
+
+def test_a_missing_api_and_a_missing_object_are_told_apart_on_real_responses(cluster: Cluster, ns: str, monkeypatch):
+    """The operator reports PyTorchJobCRDMissing from a 404 for the resource type; a 404 for one
+    object is an absent child. Both as the real apiserver words them."""
+    monkeypatch.setitem(kube._CUSTOM, "NoSuchJob", ("kubeflow.org", "v1", "nosuchjobs"))
+    api = kube.KubeCluster(cluster.api)
+    with pytest.raises(KindMissing):
+        api.get("NoSuchJob", ns, "anything")
+    with pytest.raises(KindMissing):
+        api.create({"kind": "NoSuchJob", "apiVersion": "kubeflow.org/v1", "metadata": {"name": "x", "namespace": ns}})
+    assert api.get("PyTorchJob", ns, "absent") is None

@@ -17,11 +17,10 @@ pytestmark = pytest.mark.e2e
 WITHIN = 30  # seconds: the operator issue's bound from the trainer's report to the MFTJob status
 
 
-def report(log: Path, record: dict) -> float:
+def report(log: Path, record: dict) -> None:
     with open(log, "a") as handle:
         handle.write(cri_line("plain trainer output that is not a record"))
         handle.write(cri_line("[default0]:" + json.dumps(record)))
-    return time.monotonic()
 
 
 def test_progress_reaches_status_and_printer_columns(cluster: Cluster, ns: str, tmp_path: Path):
@@ -33,24 +32,22 @@ def test_progress_reaches_status_and_printer_columns(cluster: Cluster, ns: str, 
     cluster.wait_phase(ns, "learner", "Running")
 
     now = time.time()
-    reported = report(log, {"kind": "mft.progress", "step": 100, "total_steps": 1000, "epoch": 0.1, "loss": 2.5,
-                            "lr": 0.0002, "tokens_per_second": 51234.5, "eta_seconds": 5400, "time": now})
+    report(log, {"kind": "mft.progress", "step": 100, "total_steps": 1000, "epoch": 0.1, "loss": 2.5,
+                 "lr": 0.0002, "tokens_per_second": 51234.5, "eta_seconds": 5400, "time": now})
     progress = wait_for("step 100 in status.progress",
                         lambda: (p := cluster.status(ns, "learner").get("progress", {})).get("step") == 100 and p,
                         WITHIN, describe=lambda: cluster.describe(ns))
-    first_latency = time.monotonic() - reported
     assert progress["totalSteps"] == 1000 and progress["loss"] == 2.5 and progress["epoch"] == 0.1
     assert progress["tokensPerSecond"] == 51234.5 and progress["eta"] == "1h30m"
     assert progress["summary"] == "100/1000 (10%)" and progress["updatedAt"]
 
-    reported = report(log, {"kind": "mft.progress", "step": 200, "total_steps": 1000, "loss": 1.75,
-                            "valid_loss": 1.9, "time": time.time()})
+    report(log, {"kind": "mft.progress", "step": 200, "total_steps": 1000, "loss": 1.75,
+                 "valid_loss": 1.9, "time": time.time()})
     report(log, {"kind": "mft.checkpoint", "name": "checkpoint-200", "latest": "checkpoint-200",
                  "best": "checkpoint-200", "best_valid_loss": 1.9})
     status = wait_for("step 200 and the checkpoint in status",
                       lambda: (s := cluster.status(ns, "learner")).get("progress", {}).get("step") == 200
                       and s.get("checkpoints") and s, WITHIN)
-    second_latency = time.monotonic() - reported
     assert status["progress"]["loss"] == 1.75 and status["progress"]["validLoss"] == 1.9
     assert status["progress"]["epoch"] == 0.1  # kept from the earlier record
     assert status["checkpoints"] == {"latest": "checkpoint-200", "best": "checkpoint-200", "bestValidLoss": 1.9}
@@ -58,4 +55,3 @@ def test_progress_reaches_status_and_printer_columns(cluster: Cluster, ns: str, 
     table = cluster.kubectl("get", "mftjobs", "-n", ns).stdout.splitlines()
     assert table[0].split() == ["NAME", "MODE", "PHASE", "PROGRESS", "LOSS", "AGE"], table
     assert table[1].split()[:6] == ["learner", "sft", "Running", "200/1000", "(20%)", "1.75"], table
-    assert max(first_latency, second_latency) < WITHIN

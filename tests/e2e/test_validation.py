@@ -99,3 +99,6 @@ def test_immutable_training_field_is_refused_after_start(cluster: Cluster, ns: s
     cluster.kubectl("patch", "mftjob", "fixed", "-n", ns, "--type=merge",
                     "-p", '{"spec":{"runPolicy":{"activeDeadlineSeconds":7200}}}')
     assert cluster.job(ns, "fixed")["spec"]["runPolicy"]["activeDeadlineSeconds"] == 7200
+    wait_for("the deadline on the PyTorchJob",
+             lambda: cluster.pytorchjob(ns, "fixed")["spec"]["runPolicy"].get("activeDeadlineSeconds") == 7200, 30,
+             describe=lambda: cluster.describe(ns))

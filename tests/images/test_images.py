@@ -62,6 +62,7 @@ def test_lock_resolves_for_linux_x86_64_with_every_dependency_pinned(image, tmp_
     assert resolved == pins, f"{lock}: the resolver wants {set(resolved.items()) ^ set(pins.items())}"
 
 
+@pytest.mark.slow
 def test_operator_install_script_builds_a_working_environment(tmp_path):
     env_dir = tmp_path / "venv"
     venv.create(env_dir, with_pip=True)

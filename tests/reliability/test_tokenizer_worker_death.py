@@ -18,6 +18,8 @@ from tests.training_processes import PYTHON, TOKENIZER, child_env
 
 from .support import chat_record, write_jsonl
 
+pytestmark = pytest.mark.slow
+
 RECORDS = 60_000  # about 11 MB: 11 chunks, a few seconds of tokenizing for each of the two workers
 STARTUP_S = 120
 AFTER_KILL_S = 60

@@ -8,7 +8,11 @@ import subprocess
 import uuid
 from pathlib import Path
 
+import pytest
+
 from tests.training_processes import PYTHON, REPO, child_env
+
+pytestmark = pytest.mark.slow
 
 
 def run_script(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess:

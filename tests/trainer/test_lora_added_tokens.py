@@ -22,6 +22,8 @@ from tests.training_processes import PYTHON, REPO, TINY, child_env
 from .conftest import run_training, write_config
 from .test_training import config, step_losses, train
 
+pytestmark = pytest.mark.slow
+
 MARKERS = {"role_start": "<|im_start|>", "role_end": "<|im_sep|>"}
 EMBEDDINGS = ("base_model.model.gpt_neox.embed_in.weight", "base_model.model.embed_out.weight")
 QUESTION = "Write a function that adds two numbers"

@@ -398,6 +398,7 @@ def test_generate_cli_answers_from_a_lora_checkpoint(lora):
                            "What is 2 + 2 in Python?", "--max-new-tokens", "8", "--device", "cpu"],
                           env=child_env(), capture_output=True, text=True, timeout=300, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-4000:]
+    assert proc.stdout.endswith("\n") and "Traceback" not in proc.stderr  # one answer printed for the prompt
 
 
 def test_a_resume_with_another_batch_size_finishes(tmp_path):
