@@ -1,8 +1,10 @@
 """Data pipeline benchmark: three measurements, each side by side in one run.
 
 1. Tokenize + pack throughput (tokens/s) on a generated multi-task JSONL set (>= 100 MB): ours
-   (`build_datasets`: batched fast tokenizer on all cores, vectorised packing) against a naive loop that
-   calls the Hugging Face tokenizer once per turn of each record and packs in Python, as the reference does.
+   (`build_datasets`: batched fast tokenizer on all cores, vectorised packing) against the usual
+   single-process way (the fast tokenizer's batched call, as `datasets.map(batched=True)` makes it)
+   and a naive loop that calls the tokenizer once per turn of each record, as the reference does;
+   both peers pack in Python. Runs interleaved.
 2. Packing efficiency: the fraction of non-pad tokens with `padding` (static to seq_length, as the
    reference pads, and dynamic per batch) against `pack`.
 3. Load time and resident memory of a binary dataset of ~10 MB and ~1 GB, each in a fresh process.
@@ -16,6 +18,7 @@ The JSONL set is built from the Python standard library's sources (real code, va
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -139,6 +142,19 @@ def ours(folders: list[Path], tokenizer) -> int:
 
 def naive(folders: list[Path], tokenizer) -> int:
     """The reference's way: one tokenizer call per turn, Python lists, greedy packing in a Python loop."""
+    encode = lambda texts: [tokenizer.encode(text, add_special_tokens=False) for text in texts]  # noqa: E731
+    return _pack_in_python(folders, tokenizer, encode, records_per_call=1)
+
+
+def batched(folders: list[Path], tokenizer) -> int:
+    """The usual single-process way: the fast tokenizer's batched call over 1,000 records at a time
+    (what ``datasets.map(batched=True)`` does), then the same Python assembly and packing."""
+    encode = lambda texts: tokenizer(texts, add_special_tokens=False)["input_ids"]  # noqa: E731
+    return _pack_in_python(folders, tokenizer, encode, records_per_call=1000)
+
+
+def _pack_in_python(folders: list[Path], tokenizer, encode: Callable[[list[str]], list[list[int]]],
+                    records_per_call: int) -> int:
     markers = {
         r: tokenizer.encode(f"<|role_start|>{r}<|role_end|>", add_special_tokens=False)
         for r in ("system", "human", "bot")
@@ -147,56 +163,52 @@ def naive(folders: list[Path], tokenizer) -> int:
     for task in discover_jsonl_tasks([str(f) for f in folders]):
         for path in task.files:
             with open(path, encoding="utf-8") as lines:
-                for line in lines:
-                    ids, mask = naive_record(json.loads(line), tokenizer, markers)
-                    if len(buffer) + len(ids) > SEQ_LENGTH:
-                        rows.append(buffer)
-                        buffer = []
-                    buffer += ids[:SEQ_LENGTH]
+                for chunk in iter(lambda: list(itertools.islice(lines, records_per_call)), []):
+                    turns = [_turns(json.loads(line)) for line in chunk]
+                    contents = iter(encode([content for record in turns for _, content in record]))
+                    for record in turns:
+                        ids = _assemble(record, contents, markers, tokenizer.eos_token_id)
+                        if len(buffer) + len(ids) > SEQ_LENGTH:
+                            rows.append(buffer)
+                            buffer = []
+                        buffer += ids[:SEQ_LENGTH]
     rows.append(buffer)
     return sum(len(r) for r in rows)
 
 
-def naive_record(record: dict, tokenizer, markers: dict) -> tuple[list[int], list[int]]:
+def _turns(record: dict) -> list[tuple[str, str]]:
     if "text" in record:
-        ids = tokenizer.encode(record["text"], add_special_tokens=False) + [tokenizer.eos_token_id]
-        return ids, [1] * len(ids)
+        return [("text", record["text"])]
     turns = record.get("chat_rounds") or [
         {"role": "human", "content": record["prompt"]},
         {"role": "bot", "content": record["answer"]},
     ]
-    ids, mask = [], []
-    for turn in turns:
-        content = tokenizer.encode(turn["content"], add_special_tokens=False)
-        bot = turn["role"] == "bot"
-        content += [tokenizer.eos_token_id] if bot else []
-        ids += markers[turn["role"]] + content
-        mask += [0] * len(markers[turn["role"]]) + [int(bot)] * len(content)
-    return ids, mask
+    return [(turn["role"], turn["content"]) for turn in turns]
 
 
-def timed(function: Callable[[], int], repeats: int) -> tuple[list[float], int]:
-    seconds, tokens = [], 0
-    for _ in range(repeats):
-        start = time.perf_counter()
-        tokens = function()
-        seconds.append(time.perf_counter() - start)
-    return seconds, tokens
+def _assemble(turns: list[tuple[str, str]], contents: Iterator[list[int]], markers: dict, eos: int) -> list[int]:
+    """A record's ids (its loss mask is built alike and left out: both peers skip it the same way)."""
+    if turns[0][0] == "text":
+        return next(contents) + [eos]
+    ids = []
+    for role, _ in turns:
+        ids += markers[role] + next(contents) + ([eos] if role == "bot" else [])
+    return ids
+
+
+PEERS = {"ours": ours, "batched": batched, "naive": naive}
 
 
 def throughput(folders: list[Path], tokenizer, repeats: int) -> dict:
-    ours_s, ours_tokens = timed(lambda: ours(folders, tokenizer), repeats)
-    naive_s, naive_tokens = timed(lambda: naive(folders, tokenizer), repeats)
-    return {
-        "tokens": ours_tokens,
-        "naive_tokens": naive_tokens,
-        "ours_s": ours_s,
-        "naive_s": naive_s,
-        "ours_tokens_per_s": ours_tokens / statistics.median(ours_s),
-        "naive_tokens_per_s": naive_tokens / statistics.median(naive_s),
-        "ratio_median": statistics.median(naive_s) / statistics.median(ours_s),
-        "ratio_best": min(naive_s) / min(ours_s),
-    }
+    """Every peer once per repeat, interleaved, so that a change of the machine's load hits all alike."""
+    seconds: dict[str, list[float]] = {name: [] for name in PEERS}
+    tokens: dict[str, int] = {}
+    for _ in range(repeats):
+        for name, peer in PEERS.items():
+            start = time.perf_counter()
+            tokens[name] = peer(folders, tokenizer)
+            seconds[name].append(time.perf_counter() - start)
+    return {"tokens": tokens, "seconds": seconds}
 
 
 # ---------------------------------------------------------------- 2. packing efficiency
@@ -342,14 +354,15 @@ def machine() -> str:
 
 def report_throughput(folders: list[Path], tokenizer, repeats: int) -> None:
     speed = throughput(folders, tokenizer, repeats)
-    print(f"\n1. tokenize+pack, {speed['tokens']:,} tokens, {repeats} runs each (seconds: min / median)")
-    print(
-        f"   ours : {min(speed['ours_s']):7.1f} / {statistics.median(speed['ours_s']):7.1f}   {speed['ours_tokens_per_s']:12,.0f} tokens/s"
-    )
-    print(
-        f"   naive: {min(speed['naive_s']):7.1f} / {statistics.median(speed['naive_s']):7.1f}   {speed['naive_tokens_per_s']:12,.0f} tokens/s"
-    )
-    print(f"   ratio ours/naive: {speed['ratio_median']:.2f}x (median), {speed['ratio_best']:.2f}x (best)")
+    print(f"\n1. tokenize+pack, {speed['tokens']['ours']:,} tokens, {repeats} runs each, interleaved "
+          f"(seconds: min / median)")
+    median = {name: statistics.median(s) for name, s in speed["seconds"].items()}
+    for name, seconds in speed["seconds"].items():
+        print(f"   {name:7s}: {min(seconds):7.1f} / {median[name]:7.1f}   "
+              f"{speed['tokens'][name] / median[name]:12,.0f} tokens/s")
+    for peer in ("batched", "naive"):
+        print(f"   ratio ours/{peer}: {median[peer] / median['ours']:.2f}x (median), "
+              f"{min(speed['seconds'][peer]) / min(speed['seconds']['ours']):.2f}x (best)")
 
 
 def report_efficiency(folders: list[Path], tokenizer) -> None:
