@@ -271,7 +271,7 @@ def _observe_and_act(cluster: Cluster, job: dict[str, Any], settings: Settings, 
             cluster.patch(PYTORCHJOB, ctx.namespace, ctx.name, patch)
     pods = tuple(cluster.list_pods(ctx.namespace, ctx.name))
     if not recreated and any(map(_starting, pods)):
-        _restore_config(cluster, job, settings)
+        _restore_config(cluster, ctx)
     reports = _read_reports(cluster, ctx.namespace, pods) if reads_progress(child) else progress.Reports()
     return Observation(now=now, child=child, pods=pods, reports=reports, recreated=recreated,
                        child_warnings=tuple(cluster.child_warnings(ctx.namespace, ctx.name)))
@@ -284,18 +284,18 @@ def _starting(pod: dict[str, Any]) -> bool:
         c.get("type") == "PodScheduled" and c.get("status") == "True" for c in pod_status.get("conditions", []))
 
 
-def _restore_config(cluster: Cluster, job: dict[str, Any], settings: Settings) -> None:
+def _restore_config(cluster: Cluster, ctx: render.Context) -> None:
     """Create the trainer's ConfigMap again if it was deleted while the job runs: every pod that
     starts (a replacement, a resumed job) mounts it and would wait for it in ContainerCreating for
     good. The spec it comes from is immutable once started; only an operator upgrade in between
     (other defaults, another config format) makes it differ from the one the job started with.
     Looked at only while a pod starts: not one more read per pass."""
-    manifest = render.config_map(render.context(job, settings))
-    namespace, name = manifest["metadata"]["namespace"], manifest["metadata"]["name"]
-    if cluster.get("ConfigMap", namespace, name) is not None:
+    manifest = render.config_map(ctx)
+    name = manifest["metadata"]["name"]
+    if cluster.get("ConfigMap", ctx.namespace, name) is not None:
         return
-    log.warning("%s/%s: ConfigMap %s is gone; creating it again for the pods that start", namespace,
-                job["metadata"]["name"], name)
+    log.warning("%s/%s: ConfigMap %s is gone; creating it again for the pods that start", ctx.namespace,
+                ctx.name, name)
     try:
         cluster.create(manifest)
     except AlreadyExists:
