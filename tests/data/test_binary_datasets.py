@@ -105,6 +105,15 @@ def test_preprocess_from_config(tmp_path, config_file, capsys):
     assert manifest["seq_length"] == 20 and manifest["files"][0]["skipped"] == 1
 
 
+def test_preprocess_in_concat_mode_counts_no_overlong_documents(tmp_path, config_file, capsys):
+    text = config_file.read_text().replace("mode: sft", "mode: sst")
+    config_file.write_text(text.replace("on_bad_record: skip", "on_bad_record: skip, padding_mode: concat"))
+    assert main(["preprocess", "--config", str(config_file), "--output", str(tmp_path / "bin")]) == 0
+    assert "2 records, 1 skipped, 0 truncated" in capsys.readouterr().err
+    manifest = json.loads((tmp_path / "bin" / "qa" / "manifest.json").read_text())
+    assert manifest["seq_length"] is None and manifest["files"][0]["truncated"] == 0
+
+
 def test_preprocess_counts_truncation_without_targets_as_training_does(tmp_path, capsys, tiny_dir, tiny_tokenizer):
     task = tmp_path / "qa"
     write_jsonl(task / "a.jsonl", [chat(("human", "q " * 40), ("bot", "a")), chat(("human", "q"), ("bot", "a " * 40))])

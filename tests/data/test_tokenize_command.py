@@ -77,6 +77,20 @@ def test_drop_policy_from_config(tmp_path, capsys, tiny_dir):
     assert "1 dropped" in err
 
 
+def test_concat_mode_keeps_documents_whole(tmp_path, capsys, tiny_dir):
+    # Training cuts a concat stream into windows: no document is over-long, none is cut or dropped.
+    path = write_jsonl(tmp_path / "t" / "a.jsonl", [{"text": "x " * 50}, {"text": "short"}])
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        f"mode: sst\nmodel: {{config: {{hidden_size: 8}}, tokenizer_path: {tiny_dir}}}\n"
+        f"data: {{paths: ['{tmp_path / 't'}'], padding_mode: concat, overlong_policy: drop}}\n"
+        "training: {seq_length: 16}\n"
+    )
+    code, outputs, err = tokenize_command(capsys, "--config", config, "--input", path, "--seq-length", 16)
+    assert code == 0 and [len(o["input_ids"]) > 16 for o in outputs] == [True, False]
+    assert "0 truncated, 0 dropped" in err
+
+
 @pytest.mark.parametrize(
     ("lines", "message"),
     [

@@ -15,7 +15,10 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
         "--tokenizer", help="tokenizer folder (default: model.tokenizer_path or model.path of --config)"
     )
     parser.add_argument("--mode", choices=["sft", "sst"], help="sft: train on bot turns only; sst: on every token")
-    parser.add_argument("--seq-length", type=int, help="apply data.overlong_policy at this length")
+    parser.add_argument(
+        "--seq-length", type=int,
+        help="apply data.overlong_policy at this length (not with data.padding_mode concat, which cuts windows)",
+    )
 
 
 def config_from_arguments(args: argparse.Namespace) -> TrainerConfig:
@@ -34,5 +37,8 @@ def config_from_arguments(args: argparse.Namespace) -> TrainerConfig:
 
 
 def chosen_seq_length(args: argparse.Namespace, config: TrainerConfig) -> int | None:
-    """The length over-long documents are counted against: given, or the config's; none without either."""
+    """The length over-long documents are cut or dropped at, as training does: given, or the config's;
+    none without either, and none in concat mode, whose stream of documents has no over-long one."""
+    if config.data.padding_mode == "concat":
+        return None
     return config.training.seq_length if args.seq_length or args.config else None
