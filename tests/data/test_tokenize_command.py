@@ -65,13 +65,19 @@ def test_seq_length_truncates_and_counts_as_training_does(capsys, tiny_dir, tiny
             "truncated without targets") in err
 
 
-def test_drop_policy_from_config(tmp_path, capsys, tiny_dir):
+def long_and_short_sst_task(tmp_path, tiny_dir, data_settings):
+    """A task of a 50-token and a short record, and an sst config with seq_length 16 reading it."""
     path = write_jsonl(tmp_path / "t" / "a.jsonl", [{"text": "x " * 50}, {"text": "short"}])
     config = tmp_path / "config.yaml"
     config.write_text(
         f"mode: sst\nmodel: {{config: {{hidden_size: 8}}, tokenizer_path: {tiny_dir}}}\n"
-        f"data: {{paths: ['{tmp_path / 't'}'], overlong_policy: drop}}\ntraining: {{seq_length: 16}}\n"
+        f"data: {{paths: ['{tmp_path / 't'}'], {data_settings}}}\ntraining: {{seq_length: 16}}\n"
     )
+    return path, config
+
+
+def test_drop_policy_from_config(tmp_path, capsys, tiny_dir):
+    path, config = long_and_short_sst_task(tmp_path, tiny_dir, "overlong_policy: drop")
     code, outputs, err = tokenize_command(capsys, "--config", config, "--input", path)
     assert code == 0 and [o["text"] for o in outputs] == ["short<|endoftext|>"]
     assert "1 dropped" in err
@@ -79,13 +85,7 @@ def test_drop_policy_from_config(tmp_path, capsys, tiny_dir):
 
 def test_concat_mode_keeps_documents_whole(tmp_path, capsys, tiny_dir):
     # Training cuts a concat stream into windows: no document is over-long, none is cut or dropped.
-    path = write_jsonl(tmp_path / "t" / "a.jsonl", [{"text": "x " * 50}, {"text": "short"}])
-    config = tmp_path / "config.yaml"
-    config.write_text(
-        f"mode: sst\nmodel: {{config: {{hidden_size: 8}}, tokenizer_path: {tiny_dir}}}\n"
-        f"data: {{paths: ['{tmp_path / 't'}'], padding_mode: concat, overlong_policy: drop}}\n"
-        "training: {seq_length: 16}\n"
-    )
+    path, config = long_and_short_sst_task(tmp_path, tiny_dir, "padding_mode: concat, overlong_policy: drop")
     code, outputs, err = tokenize_command(capsys, "--config", config, "--input", path, "--seq-length", 16)
     assert code == 0 and [len(o["input_ids"]) > 16 for o in outputs] == [True, False]
     assert "0 truncated, 0 dropped" in err
