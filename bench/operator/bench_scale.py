@@ -1,9 +1,10 @@
 """Operator scale on a real control plane: N MFTJobs created at once, ours vs the Kubeflow
 training-operator turning the same number of PyTorchJobs into pods, in the same cluster.
 
-    .venv/bin/python bench/operator/bench_scale.py --sizes 50,200,500 [--profile]
+    .venv/bin/python bench/operator/bench_scale.py --sizes 50,200,500 --repeats 3 [--profile]
 
-For each size a fresh cluster (tests/e2e/cluster/up.sh in a temporary state dir, down.sh in a
+Sizes run interleaved (50, 200, 500, 50, 200, 500, ...), and each is reported as min / median / max
+over its repeats. For each size and repeat a fresh cluster (tests/e2e/cluster/up.sh in a temporary state dir, down.sh in a
 finally) with enough fake KWOK nodes, the chart's CRDs through ``helm install`` of
 charts/mft-operator, then:
 
@@ -33,6 +34,7 @@ import os
 import shutil
 import signal
 import ssl
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -222,19 +224,19 @@ def stop(process: subprocess.Popen | None, sig: int, grace: float) -> None:
     except subprocess.TimeoutExpired:
         process.kill()
 
-def run_size(n: int, args: argparse.Namespace, workdir: Path) -> dict:
+def run_size(n: int, repeat: int, args: argparse.Namespace, workdir: Path, profiled: bool) -> dict:
     state = Path(tempfile.mkdtemp(prefix=f"mft-bench-cluster-{n}-"))
     nodes = max(2, math.ceil(n / 100) + 1)
     env = {**os.environ, "MFT_CLUSTER_DIR": str(state), "MFT_CLUSTER_NODES": str(nodes), "KUBECTL": KUBECTL,
            "MFT_CLUSTER_BUILD": "0"}  # built once, in main
-    result: dict = {"n": n, "nodes": nodes}
+    result: dict = {"n": n, "repeat": repeat, "nodes": nodes}
     operator = None
     profiler = None
     ok = False
     try:
         t = time.monotonic()
         subprocess.run(["bash", str(CLUSTER / "up.sh")], env=env, check=True, capture_output=True, timeout=300)
-        log(f"n={n}: cluster up ({time.monotonic() - t:.1f} s, {nodes} fake nodes)")
+        log(f"n={n}, run {repeat}: cluster up ({time.monotonic() - t:.1f} s, {nodes} fake nodes)")
         ports = dict(line.split("=", 1) for line in (state / "ports.env").read_text().split())
         apiserver = Apiserver(state, int(ports["APISERVER_PORT"]))
         kubeconfig = state / "kubeconfig"
@@ -268,17 +270,18 @@ def run_size(n: int, args: argparse.Namespace, workdir: Path) -> dict:
         result["anchor"] = {"create_s": t_created - t0, "all_s": t_all - t0, "p50": pct(lat, 0.5), "p99": pct(lat, 0.99),
                             "requests": sum(diff(apiserver.requests(), before).values())}
         ptj_w.stop(); pod_w.stop()
-        log(f"n={n}: anchor all pods in {t_all - t0:.1f} s, p50 {pct(lat, .5):.2f} p99 {pct(lat, .99):.2f}")
+        log(f"n={n}, run {repeat}: anchor all pods in {t_all - t0:.1f} s, p50 {pct(lat, .5):.2f} p99 {pct(lat, .99):.2f}")
         # Let the anchor's pods finish (2 s) and its jobs settle before the operator starts.
         time.sleep(args.settle)
 
         # ------------------------------------------------ ours: MFTJob -> PyTorchJob, status
-        counts_path = workdir / f"counts-{n}.json"
+        counts_path = workdir / f"counts-{n}-{repeat}.json"
+        counts_path.unlink(missing_ok=True)
         op_env = {k: v for k, v in os.environ.items() if not k.startswith(("KUBERNETES_", "MFT_"))}
         op_env.update({"KUBECONFIG": str(kubeconfig), "PYTHONUNBUFFERED": "1", "MFT_BENCH_COUNTS": str(counts_path),
                        "MFT_LOG_FORMAT": "text", "MFT_TRAINER_IMAGE": "ghcr.io/mft-dev/mft-trainer:0.1.0"})
         health = _free_port()
-        op_log = open(workdir / f"operator-{n}.log", "wb")
+        op_log = open(workdir / f"operator-{n}-{repeat}.log", "wb")
         operator = subprocess.Popen([PY, str(Path(__file__).with_name("run_operator.py")), "operator", "--all-namespaces",
                                      f"--liveness=http://127.0.0.1:{health}/healthz", f"--metrics-port={_free_port()}",
                                      f"--progress-interval={PROGRESS_INTERVAL:g}"],
@@ -290,7 +293,7 @@ def run_size(n: int, args: argparse.Namespace, workdir: Path) -> dict:
         mft_w = Watcher("mftjobs", custom.list_namespaced_custom_object, GROUP, VERSION, "bench", PLURAL, status=True)
         child_w = Watcher("children", custom.list_namespaced_custom_object, "kubeflow.org", "v1", "bench", "pytorchjobs")
         bpod_w = Watcher("bench-pods", core.list_namespaced_pod, "bench", key=lambda o: o["metadata"].get("labels", {}).get(JOB_LABEL))
-        if args.profile and n == max(args.sizes):
+        if profiled:
             profiler = subprocess.Popen(["py-spy" if shutil.which("py-spy") else str(VENV_BIN / "py-spy"), "record",
                                          "-p", str(operator.pid), "-r", "50", "-f", "raw", "-o", str(workdir / f"profile-{n}.txt"),
                                          "--nonblocking"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -343,7 +346,7 @@ def run_size(n: int, args: argparse.Namespace, workdir: Path) -> dict:
         }
         for w in (mft_w, child_w, bpod_w):
             w.stop()
-        log(f"n={n}: ours children {t_children - t0:.1f} s, status {t_status - t0:.1f} s, "
+        log(f"n={n}, run {repeat}: ours children {t_children - t0:.1f} s, status {t_status - t0:.1f} s, "
             f"p99 child {pct(child_lat, .99):.2f} s, status {pct(status_lat, .99):.2f} s, peak RSS {peak / 2**20:.0f} MB")
         ok = True
     finally:
@@ -353,7 +356,7 @@ def run_size(n: int, args: argparse.Namespace, workdir: Path) -> dict:
         if ok:
             shutil.rmtree(state, ignore_errors=True)
         else:
-            log(f"n={n}: failed; cluster logs kept in {state}/logs")
+            log(f"n={n}, run {repeat}: failed; cluster logs kept in {state}/logs")
     return result
 
 
@@ -442,7 +445,8 @@ def main() -> int:
     parser.add_argument("--settle", type=float, default=8, help="seconds between the anchor and our phase")
     parser.add_argument("--steady", type=float, default=2 * PROGRESS_INTERVAL,
                         help="seconds of steady state (N running jobs polled) measured after the burst")
-    parser.add_argument("--profile", action="store_true", help="py-spy the operator during the largest size")
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each size, interleaved (default 3)")
+    parser.add_argument("--profile", action="store_true", help="py-spy the operator during the largest size's last run")
     parser.add_argument("--out", type=Path, default=ROOT / ".bench" / "operator")
     args = parser.parse_args()
     args.sizes = [int(s) for s in args.sizes.split(",")]
@@ -450,66 +454,107 @@ def main() -> int:
     # The control plane and helm, built from Go modules once (minutes when cold, a no-op when cached),
     # with its output shown, before any size's clock starts.
     subprocess.run(["bash", str(CLUSTER / "build.sh")], check=True)
+    commit = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     results = []
-    for n in args.sizes:
-        try:
-            results.append(run_size(n, args, args.out))
-        except Exception as exc:  # report what finished; a later size may still run
-            log(f"n={n}: FAILED: {type(exc).__name__}: {exc}")
-        (args.out / "results.json").write_text(json.dumps(results, indent=2))
-    report(results, args)
+    for repeat in range(1, args.repeats + 1):
+        for n in args.sizes:
+            try:
+                profiled = args.profile and n == max(args.sizes) and repeat == args.repeats
+                results.append(run_size(n, repeat, args, args.out, profiled) | {"commit": commit})
+            except Exception as exc:  # report what finished; a later size may still run
+                log(f"n={n}, run {repeat}: FAILED: {type(exc).__name__}: {exc}")
+            (args.out / "results.json").write_text(json.dumps(results, indent=2))
+    report(results, commit)
     if args.profile and results:
         print()
         print(summarize_profile(args.out / f"profile-{max(args.sizes)}.txt"))
-    return 0 if len(results) == len(args.sizes) else 1
+    return 0 if len(results) == len(args.sizes) * args.repeats else 1
 
 
-def report(results: list[dict], args: argparse.Namespace) -> None:
-    print(f"\n{'N':>4} | {'all PTJ s':>9} {'status s':>8} {'pods s':>7} {'Running s':>9} | {'child p50/p99 s':>15} "
+def report(results: list[dict], commit: str) -> None:
+    print(f"\ncommit {commit}, one row per run")
+    print(f"{'N':>4} {'run':>3} | {'all PTJ s':>9} {'status s':>8} {'pods s':>7} {'Running s':>9} | {'child p50/p99 s':>15} "
           f"{'status p50/p99 s':>16} | {'anchor all s':>12} {'anchor p50/p99':>14} | {'CPU s':>6} {'CPU/job ms':>10} "
           f"{'RSS idle/peak MB':>16} | {'API/job':>7} {'op req/job':>10} {'poll req/job':>12}")
-    for r in results:
+    for r in sorted(results, key=lambda r: (r["n"], r["repeat"])):
         o, a, n = r["ours"], r["anchor"], r["n"]
         polls = o["steady_window_s"] / PROGRESS_INTERVAL
-        print(f"{n:>4} | {o['children_s']:9.1f} {o['status_s']:8.1f} {o['pods_s']:7.1f} {o['running_s']:9.1f} | "
+        print(f"{n:>4} {r['repeat']:>3} | {o['children_s']:9.1f} {o['status_s']:8.1f} {o['pods_s']:7.1f} {o['running_s']:9.1f} | "
               f"{o['child_p50']:6.2f}/{o['child_p99']:<8.2f} {o['status_p50']:6.2f}/{o['status_p99']:<9.2f} | "
               f"{a['all_s']:12.1f} {a['p50']:6.2f}/{a['p99']:<7.2f} | {o['cpu_burst_s']:6.1f} {1000 * o['cpu_burst_s'] / n:10.1f} "
               f"{o['rss_idle_mb']:7.0f}/{o['rss_peak_mb']:<8.0f} | {o['api_burst'] / n:7.1f} {o['op_burst'] / n:10.1f} "
               f"{o['op_steady'] / n / polls:12.1f}")
-    print("\nratios (ours / training-operator anchor, same cluster, same N):")
-    for r in results:
-        o, a = r["ours"], r["anchor"]
-        print(f"  N={r['n']}: time to all children {o['children_s'] / a['all_s']:.2f}x, "
-              f"p50 {o['child_p50'] / a['p50']:.2f}x, p99 {o['child_p99'] / a['p99']:.2f}x; "
-              f"apiserver requests per job {o['api_burst'] / max(a['requests'], 1):.2f}x "
-              f"({o['api_burst'] / r['n']:.1f} vs {a['requests'] / r['n']:.1f})")
-    if len(results) > 1:
-        base = results[0]
-        print(f"\ngrowth vs N={base['n']} (linear = the N ratio):")
-        for r in results[1:]:
-            k = r["n"] / base["n"]
-            o, b = r["ours"], base["ours"]
-            print(f"  N x{k:.1f}: time to all children x{o['children_s'] / b['children_s']:.2f}, operator CPU "
-                  f"x{o['cpu_burst_s'] / b['cpu_burst_s']:.2f}, steady CPU x{o['cpu_steady_s'] / max(b['cpu_steady_s'], 1e-9):.2f}, "
-                  f"API requests x{o['api_burst'] / b['api_burst']:.2f}, peak RSS x{o['rss_peak_mb'] / b['rss_peak_mb']:.2f}")
-    print("\ntargets: 500 jobs < 60 s, p99 < 2 s, RSS < 250 MB, linear growth")
-    for r in results:
-        o = r["ours"]
-        print(f"  N={r['n']}: all PyTorchJobs {o['children_s']:.1f} s ({'ok' if r['n'] < 500 or o['children_s'] < 60 else 'MISSED'}), "
-              f"all statuses {o['status_s']:.1f} s; p99 child {o['child_p99']:.2f} s / status {o['status_p99']:.2f} s "
-              f"({'ok' if max(o['child_p99'], o['status_p99']) < 2 else 'MISSED'}); peak RSS {o['rss_peak_mb']:.0f} MB "
-              f"({'ok' if o['rss_peak_mb'] < 250 else 'MISSED'})")
-    for r in results:
-        print(f"\nN={r['n']} apiserver requests in the burst (top): {json.dumps(r['ours']['api_burst_by'])}")
-        if "op_children_by" in r["ours"]:
-            o = r["ours"]
-            print(f"N={r['n']} until every PyTorchJob exists: apiserver {o['api_children'] / r['n']:.1f} requests/job, "
-                  f"operator {o['op_children'] / r['n']:.1f} requests/job, operator CPU {o['cpu_children_s']:.1f} s "
-                  f"({1000 * o['cpu_children_s'] / r['n']:.0f} ms/job): {json.dumps(o['op_children_by'])}")
-            print(f"N={r['n']} until every PyTorchJob exists: the machine's cores {o['machine_children_busy']:.0%} busy; "
-                  f"CPU s by process: {json.dumps(o['machine_children'])}")
-        print(f"N={r['n']} operator's own requests, burst: {json.dumps(r['ours']['op_burst_by'])}")
-        print(f"N={r['n']} operator's own requests, {r['ours']['steady_window_s']:g} s steady: {json.dumps(r['ours']['op_steady_by'])}")
+    runs = {n: [r for r in results if r["n"] == n] for n in sorted({r["n"] for r in results})}
+    print("\nmin / median / max over the runs of each size; ratios are ours / the training-operator anchor, same run:")
+    for n, rs in runs.items():
+        print(f"  N={n} ({len(rs)} runs): every PyTorchJob {spread(rs, ours('children_s'))} s, "
+              f"child p99 {spread(rs, ours('child_p99'), '.2f')} s, "
+              f"status p99 {spread(rs, ours('status_p99'), '.2f')} s, "
+              f"peak RSS {spread(rs, ours('rss_peak_mb'), '.0f')} MB, "
+              f"CPU/job {spread(rs, lambda r: 1000 * r['ours']['cpu_burst_s'] / n, '.0f')} ms, "
+              f"apiserver requests/job {spread(rs, lambda r: r['ours']['api_burst'] / n)}")
+        print(f"  N={n} ratios: time to all children {spread(rs, versus_anchor('children_s', 'all_s'), '.2f')}x, "
+              f"p50 {spread(rs, versus_anchor('child_p50', 'p50'), '.2f')}x, "
+              f"p99 {spread(rs, versus_anchor('child_p99', 'p99'), '.2f')}x, "
+              f"apiserver requests per job {spread(rs, versus_anchor('api_burst', 'requests'), '.2f')}x")
+    if len(runs) > 1:
+        base_n = min(runs)
+        print(f"\ngrowth vs N={base_n}, medians (linear = the N ratio):")
+        for n, rs in runs.items():
+            if n != base_n:
+                growth = {key: median(rs, ours(key)) / max(median(runs[base_n], ours(key)), 1e-9)
+                          for key in ("children_s", "cpu_burst_s", "cpu_steady_s", "api_burst", "rss_peak_mb")}
+                print(f"  N x{n / base_n:.1f}: time to all children x{growth['children_s']:.2f}, operator CPU "
+                      f"x{growth['cpu_burst_s']:.2f}, steady CPU x{growth['cpu_steady_s']:.2f}, "
+                      f"API requests x{growth['api_burst']:.2f}, peak RSS x{growth['rss_peak_mb']:.2f}")
+    print("\ntargets: 500 jobs < 60 s, p99 < 2 s, RSS < 250 MB, linear growth (medians; the worst run in brackets)")
+    for n, rs in runs.items():
+        children, rss, p99 = ours("children_s"), ours("rss_peak_mb"), slower_p99
+        print(f"  N={n}: all PyTorchJobs {median(rs, children):.1f} s [{worst(rs, children):.1f}] "
+              f"({'ok' if n < 500 or median(rs, children) < 60 else 'MISSED'}); "
+              f"p99 child/status {median(rs, p99):.2f} s [{worst(rs, p99):.2f}] ({'ok' if median(rs, p99) < 2 else 'MISSED'}); "
+              f"peak RSS {median(rs, rss):.0f} MB [{worst(rs, rss):.0f}] ({'ok' if median(rs, rss) < 250 else 'MISSED'})")
+    for n, rs in runs.items():
+        o = rs[-1]["ours"]
+        print(f"\nN={n}, run {rs[-1]['repeat']}: apiserver requests in the burst (top): {json.dumps(o['api_burst_by'])}")
+        print(f"N={n} until every PyTorchJob exists: apiserver {o['api_children'] / n:.1f} requests/job, "
+              f"operator {o['op_children'] / n:.1f} requests/job, operator CPU {o['cpu_children_s']:.1f} s "
+              f"({1000 * o['cpu_children_s'] / n:.0f} ms/job): {json.dumps(o['op_children_by'])}")
+        print(f"N={n} until every PyTorchJob exists: the machine's cores {o['machine_children_busy']:.0%} busy; "
+              f"CPU s by process: {json.dumps(o['machine_children'])}")
+        print(f"N={n} operator's own requests, burst: {json.dumps(o['op_burst_by'])}")
+        print(f"N={n} operator's own requests, {o['steady_window_s']:g} s steady: {json.dumps(o['op_steady_by'])}")
+
+
+def slower_p99(run: dict) -> float:
+    """The larger of a run's p99 latencies, to its child and to its first status."""
+    return max(run["ours"]["child_p99"], run["ours"]["status_p99"])
+
+
+def ours(key: str):
+    """The metric ``key`` of our phase of a run."""
+    return lambda run: run["ours"][key]
+
+
+def versus_anchor(ours_key: str, anchor_key: str):
+    """Ours / the anchor's of a run, for one metric."""
+    return lambda run: run["ours"][ours_key] / max(run["anchor"][anchor_key], 1e-9)
+
+
+def median(runs: list[dict], value) -> float:
+    return statistics.median(value(r) for r in runs)
+
+
+def worst(runs: list[dict], value) -> float:
+    return max(value(r) for r in runs)
+
+
+def spread(runs: list[dict], value, fmt: str = ".1f") -> str:
+    """min / median / max of ``value`` over ``runs``, or the one value of a single run."""
+    values = [value(r) for r in runs]
+    if len(values) == 1:
+        return format(values[0], fmt)
+    return " / ".join(format(v, fmt) for v in (min(values), statistics.median(values), max(values)))
 
 
 if __name__ == "__main__":
