@@ -65,6 +65,12 @@ def test_text_record():
         (b"[" * 100_000 + b"]" * 100_000, "invalid JSON", "found JSON that cannot be read (maximum recursion depth"),
         (b'{"text": ' + b"1" * 5000 + b"}", "invalid JSON", "found JSON that cannot be read (Exceeds the limit"),
         (b'{"text": "' + b"x" * (4 << 20) + b'"}', "record too large", "expected a record of at most 4194304 bytes"),
+        (b'{"text": "a", "text": "b"}', "duplicate field", "expected each field of an object once, found 'text' twice"),
+        (
+            b'{"chat_rounds": [{"role": "bot", "content": "a", "content": ""}]}',
+            "duplicate field",
+            "found 'content' twice",
+        ),
     ],
 )
 def test_bad_records(line, reason, message):
@@ -183,7 +189,19 @@ def test_a_huge_line_is_read_only_up_to_the_limit(tmp_path):
     path = tmp_path / "t.jsonl"
     path.write_bytes(b'{"text": "' + b"x" * (9 << 20) + b'"}\n{"text": "b"}\n')
     lines = [line for chunk in read_line_chunks(path, 0) for line in chunk.lines]
-    assert [len(line) for line in lines] == [(4 << 20) + 1, len(b'{"text": "b"}\n')]
+    assert [len(line) for line in lines] == [(4 << 20) + 2, len(b'{"text": "b"}\n')]
+
+
+@pytest.mark.parametrize("line_end", [b"\n", b"\r\n", b""])
+def test_a_record_of_exactly_the_limit_is_read(tmp_path, line_end):
+    record = b'{"text": "' + b"x" * ((4 << 20) - 12) + b'"}'
+    assert len(record) == 4 << 20
+    path = tmp_path / "t.jsonl"
+    path.write_bytes(record + line_end)
+    (line,) = [line for chunk in read_line_chunks(path, 0) for line in chunk.lines]
+    assert parse_record(line) == [Turn("text", "x" * ((4 << 20) - 12))]
+    with pytest.raises(RecordError, match="at most 4194304 bytes"):
+        parse_record(b" " + line)
 
 
 def test_a_task_left_without_documents_is_an_error(tmp_path, tiny_dir, tiny_tokenizer):

@@ -83,9 +83,10 @@ def read_line_chunks(path: Path, file_index: int, chunk_bytes: int = 1 << 20) ->
 
 
 def _bounded_lines(stream: BinaryIO) -> Iterator[bytes]:
-    """The stream's lines, each cut after MAX_RECORD_BYTES + 1 bytes (the rest of a longer line is
-    read and dropped), so that one huge line never sits in memory whole."""
-    while line := stream.readline(MAX_RECORD_BYTES + 1):
+    """The stream's lines, each cut after MAX_RECORD_BYTES + 2 bytes (a record of the limit and its
+    \r\n; the rest of a longer line is read and dropped), so that one huge line never sits in
+    memory whole."""
+    while line := stream.readline(MAX_RECORD_BYTES + 2):
         if len(line) > MAX_RECORD_BYTES and not line.endswith(b"\n"):
             while (rest := stream.readline(1 << 20)) and not rest.endswith(b"\n"):
                 pass
@@ -93,7 +94,7 @@ def _bounded_lines(stream: BinaryIO) -> Iterator[bytes]:
 
 
 def parse_record(line: bytes) -> list[Turn]:
-    if len(line) > MAX_RECORD_BYTES:
+    if len(line) > MAX_RECORD_BYTES and len(line.rstrip(b"\r\n")) > MAX_RECORD_BYTES:
         raise RecordError(
             "record too large",
             f"expected a record of at most {MAX_RECORD_BYTES} bytes, found a longer one; "
@@ -106,7 +107,9 @@ def parse_record(line: bytes) -> list[Turn]:
             "not UTF-8", f"expected UTF-8 text, found byte 0x{line[exc.start]:02x} at column {exc.start + 1}"
         ) from None
     try:
-        record = json.loads(text)
+        record = json.loads(text, object_pairs_hook=_object_with_unique_keys)
+    except RecordError:
+        raise
     except json.JSONDecodeError as exc:
         raise RecordError(
             "invalid JSON", f"expected a JSON object, found invalid JSON ({exc.msg} at column {exc.colno})"
@@ -125,6 +128,17 @@ def parse_record(line: bytes) -> list[Turn]:
         "missing field",
         f"expected a record with 'chat_rounds', 'prompt' and 'answer', or 'text', found fields {sorted(record)}",
     )
+
+
+def _object_with_unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object as a dict, refusing a key given twice: json keeps the last value, so
+    {"answer": "s[::-1]", "answer": ""} would train on an empty answer without a word."""
+    record = dict(pairs)
+    if len(record) != len(pairs):
+        seen: set[str] = set()
+        twice = next(key for key, _ in pairs if key in seen or seen.add(key))
+        raise RecordError("duplicate field", f"expected each field of an object once, found {twice!r} twice")
+    return record
 
 
 def chat_turns(rounds: Any) -> list[Turn]:
