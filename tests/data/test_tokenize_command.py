@@ -60,6 +60,12 @@ def test_seq_length_truncates_and_counts_as_training_does(capsys, tiny_dir, tiny
     assert 0 < counts.truncated_without_targets < counts.truncated
     assert code == 0 and len(outputs) == 160 - counts.truncated_without_targets
     assert max(len(o["input_ids"]) for o in outputs) == 60
+    # A truncated record's text is that of the tokens kept: a proper prefix of the whole record's.
+    _, whole, _ = tokenize_command(capsys, "--tokenizer", tiny_dir, "--mode", "sft", "--input", exam)
+    longer = {tuple(o["input_ids"][:60]): o["text"] for o in whole if len(o["input_ids"]) > 60}
+    cuts = [(o["text"], longer[tuple(o["input_ids"])]) for o in outputs if tuple(o["input_ids"]) in longer]
+    assert len(cuts) == counts.truncated - counts.truncated_without_targets
+    assert all(text.startswith(cut) and text != cut for cut, text in cuts)
     assert all(any(o["loss_mask"][1:]) for o in outputs)  # a target after the first token: a label
     assert (f"exam.jsonl: 160 records, {counts.truncated} truncated, {counts.truncated_without_targets} "
             "truncated without targets") in err

@@ -19,6 +19,7 @@ from mft_trainer.data.encoding import EncodedChunk, Encoder, default_workers, en
 from mft_trainer.data.errors import DataError
 from mft_trainer.data.report import DataReport, FileCounts, TaskCounts
 from mft_trainer.data.tokenizer import load_tokenizer
+from transformers import PreTrainedTokenizerFast
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
         counts = FileCounts(str(path))
         chunks = encode_files([path], encoder, config.data.on_bad_record, default_workers([path]), keep_text=True)
         for chunk in tally(chunks, [counts]):
-            _print_documents(chunk, seq_length, config.data.overlong_policy, counts)
+            _print_documents(chunk, seq_length, config.data.overlong_policy, counts, tokenizer)
     except (DataError, ConfigError) as exc:
         print(f"mft-train tokenize: {exc}", file=sys.stderr)
         return 1
@@ -46,17 +47,21 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_documents(chunk: EncodedChunk, seq_length: int | None, policy: str, counts: FileCounts) -> None:
-    """The documents training would keep, as it would cut them (with a seq_length)."""
+def _print_documents(chunk: EncodedChunk, seq_length: int | None, policy: str, counts: FileCounts,
+                     tokenizer: PreTrainedTokenizerFast) -> None:
+    """The documents training would keep, as it would cut them (with a seq_length): the text of a
+    truncated one is that of its kept tokens, so that it shows what training sees."""
     documents = chunk_documents(counts.path, chunk, counts)
     lengths, kept = documents.lengths, np.ones(len(documents), dtype=bool)
     if seq_length:
         lengths, kept = apply_and_count_overlong_policy(documents, seq_length, policy)
     for d in np.flatnonzero(kept):
         start, end = int(documents.offsets[d]), int(documents.offsets[d] + lengths[d])
+        input_ids = chunk.tokens[start:end].tolist()
+        truncated = lengths[d] < documents.lengths[d]
         record = {
-            "text": chunk.texts[d],
-            "input_ids": chunk.tokens[start:end].tolist(),
+            "text": tokenizer.decode(input_ids, clean_up_tokenization_spaces=False) if truncated else chunk.texts[d],
+            "input_ids": input_ids,
             "loss_mask": chunk.loss_mask[start:end].tolist(),
         }
         sys.stdout.write(json.dumps(record, ensure_ascii=False) + "\n")
