@@ -227,6 +227,18 @@ def test_existing_output_and_failures_leave_no_folder(tmp_path, tiny_dir, capsys
     assert sorted(p.name for p in (tmp_path / "bin").iterdir()) == ["code-exam"]
 
 
+def test_an_output_that_cannot_be_a_folder_is_a_one_line_error(tmp_path, tiny_dir, capsys):
+    (tmp_path / "file").write_text("")
+    argv = ["preprocess", "--tokenizer", str(tiny_dir), "--mode", "sft", "--input", str(TASKS[1])]
+    assert main([*argv, "--output", str(tmp_path / "file")]) == 1
+    assert f"{tmp_path / 'file'}: expected a folder (or nothing) for --output, found a file" in capsys.readouterr().err
+    # Below a file: the write itself fails (as on a full disk or a read-only volume).
+    assert main([*argv, "--output", str(tmp_path / "file" / "bin")]) == 1
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'file' / 'bin'}/.code-exam.partial: cannot write the dataset: Not a directory" in err
+    assert "Traceback" not in err
+
+
 def test_a_failing_task_leaves_none_of_the_tasks_before_it(tmp_path, tiny_dir, capsys):
     """All or nothing: after fixing the bad task, the same command runs again without an
     "already exists" for the tasks that had succeeded."""

@@ -79,6 +79,8 @@ def preprocess(
     so the same command can simply be run again.
     """
     tasks = discover_jsonl_tasks(inputs)
+    if output.exists() and not output.is_dir():
+        raise DataError(f"{output}: expected a folder (or nothing) for --output, found a file")
     for task in tasks:
         if (output / task.name).exists():
             raise DataError(f"{output / task.name}: already exists; remove it or choose another --output")
@@ -87,9 +89,11 @@ def preprocess(
     try:
         report = DataReport([TaskCounts(task.name, writer.write(task, partial))
                              for task, partial in zip(tasks, partials)])
-    except BaseException:
+    except BaseException as exc:
         for partial in partials:
             shutil.rmtree(partial, ignore_errors=True)
+        if isinstance(exc, OSError):  # a full disk, a read-only volume: a message, not a traceback
+            raise DataError(f"{exc.filename or output}: cannot write the dataset: {exc.strerror or exc}") from exc
         raise
     for task, partial in zip(tasks, partials):
         os.rename(partial, output / task.name)
