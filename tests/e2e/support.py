@@ -228,9 +228,12 @@ class Cluster:
 
 
 def job_manifest(name: str, *, nodes: int = 1, gpus: int = 1, duration: str | None = None, fail: bool = False,
-                 exit_code: int | None = None, **spec: Any) -> dict[str, Any]:
-    """A small valid MFTJob; the pod annotations drive the KWOK stages (tests/e2e/cluster/stages)."""
+                 exit_code: int | None = None, hold_pending: bool = False, **spec: Any) -> dict[str, Any]:
+    """A small valid MFTJob; the pod annotations drive the KWOK stages (tests/e2e/cluster/stages, and
+    up.sh for ``hold_pending``: pods stay Pending once scheduled)."""
     annotations = {}
+    if hold_pending:
+        annotations["mft.dev/test-hold-pending"] = "true"
     if duration:
         annotations["mft.dev/test-duration"] = duration
     if fail:

@@ -1,6 +1,6 @@
 """Lifecycle against the real controllers: failure reasons, the backoff limit of retried pods,
 pods refused by a quota, suspend and resume, garbage collection, no recreation of a finished job's child, recreation of a running job's child,
-checkpoint claim retention, an operator killed mid-flight, and a child left from an earlier spec."""
+a deleted trainer ConfigMap created again for a replacement pod, checkpoint claim retention, an operator killed mid-flight, and a child left from an earlier spec."""
 
 from __future__ import annotations
 
@@ -168,6 +168,24 @@ def test_running_job_recreates_its_deleted_child_within_budget(cluster: Cluster,
     assert condition(job["status"], "Failed")["reason"] == "RestartBudgetExhausted"
     time.sleep(2 * PROGRESS_INTERVAL)
     assert cluster.pytorchjob(ns, "phoenix") is None
+
+
+def test_a_deleted_trainer_config_is_created_again_for_a_replacement_pod(cluster: Cluster, ns: str):
+    # Pods stay Pending once scheduled, as while a kubelet waits for the volumes they mount.
+    cluster.apply(ns, job_manifest("remount", hold_pending=True))
+    first_pod = wait_for("a scheduled pod", lambda: next((p for p in cluster.pods(ns, "remount") if p.spec.node_name),
+                                                         None), 30, describe=lambda: cluster.describe(ns))
+    name = render.config_map_name("remount")
+    first = cluster.config_map(ns, name)
+    cluster.kubectl("delete", "configmap", name, "-n", ns, "--timeout=60s")
+    # A replacement pod (here: the training-operator's, for a deleted one) needs the ConfigMap again.
+    cluster.kubectl("delete", "pod", first_pod.metadata.name, "-n", ns, "--timeout=60s")
+    wait_for("a replacement pod", lambda: any(p.metadata.uid != first_pod.metadata.uid and p.spec.node_name
+                                              for p in cluster.pods(ns, "remount")), 30)
+    again = wait_for("the ConfigMap created again", lambda: cluster.config_map(ns, name), 3 * PROGRESS_INTERVAL,
+                     describe=lambda: cluster.describe(ns))
+    assert again.metadata.uid != first.metadata.uid and again.data == first.data
+    assert owner_uids(again) == [cluster.job(ns, "remount")["metadata"]["uid"]]
 
 
 def test_a_spec_edited_after_a_refused_start_reaches_the_trainer_config(cluster: Cluster, ns: str):

@@ -223,12 +223,19 @@ start_component "$DIR" kube-scheduler "$K8S_DIR/bin/kube-scheduler" \
 
 # ---------------------------------------------------------------- KWOK
 # One config file: KWOK's "fast" stages (v0.8 has no built-in ones) plus ours.
+# Its pod-ready stage leaves pods annotated mft.dev/test-hold-pending alone: they stay Pending once
+# scheduled, as while a kubelet mounts their volumes.
+hold_pending="    - key: '.metadata.annotations[\"mft.dev/test-hold-pending\"]'\n      operator: 'DoesNotExist'"
 {
   first=1
   for f in "$KWOK_DIR"/stages/fast/*.yaml "$HERE"/stages/*.yaml; do
     [[ $first == 1 ]] || echo "---"
     first=0
-    cat "$f"
+    if [[ $f == */fast/pod-ready.yaml ]]; then
+      sed "s|^    matchExpressions:\$|&\n$hold_pending|" "$f"
+    else
+      cat "$f"
+    fi
   done
 } > "$DIR/kwok/kwok.yaml"
 # --node-ip/--node-port end up in each node's InternalIP and kubelet endpoint
