@@ -27,9 +27,50 @@ _REASON_KIND = {
 _ENV = celpy.Environment()
 
 
+# Kubernetes' CEL has cel-go's strings extension, cel-python 0.5 does not: the functions the CRD
+# uses, with cel-go's semantics (indexes count code points; errors where cel-go gives them).
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, (bool, celtypes.BoolType))
+
+
+def _last_index_of(text: Any, sub: Any, offset: Any = None) -> Any:
+    if not (isinstance(text, str) and isinstance(sub, str) and (offset is None or _is_int(offset))):
+        raise TypeError("lastIndexOf(string, string[, int])")
+    if offset is None:
+        if sub == "":
+            return celtypes.IntType(len(text))
+        if len(text.encode()) < len(sub.encode()):  # cel-go compares byte lengths here
+            return celtypes.IntType(-1)
+        offset = len(text) - 1
+    if sub == "":
+        return celtypes.IntType(offset)
+    if offset < 0:
+        return celpy.CELEvalError(f"index out of range: {offset}")
+    if offset >= len(text):
+        return celtypes.IntType(-1)
+    return celtypes.IntType(text.rfind(sub, 0, min(offset, len(text) - len(sub)) + len(sub)))
+
+
+def _substring(text: Any, start: Any, end: Any = None) -> Any:
+    if not (isinstance(text, str) and _is_int(start) and (end is None or _is_int(end))):
+        raise TypeError("substring(string, int[, int])")
+    stop = len(text) if end is None else end
+    if start > stop and end is not None:
+        return celpy.CELEvalError(f"invalid substring range. start: {start}, end: {end}")
+    for index in (start, stop):
+        if not 0 <= index <= len(text):
+            return celpy.CELEvalError(f"index out of range: {index}")
+    return celtypes.StringType(text[start:stop])
+
+
+_FUNCTIONS = {"lastIndexOf": _last_index_of, "substring": _substring}
+
+
 @lru_cache(maxsize=None)
 def _program(expression: str) -> celpy.Runner:
-    return _ENV.program(_ENV.compile(expression))
+    return _ENV.program(_ENV.compile(expression), functions=_FUNCTIONS)
 
 
 def check(value: Any, schema: Schema, old: Any = None, path: str = "") -> list[FieldError]:

@@ -212,7 +212,9 @@ def _regex(pattern: str) -> re.Pattern[str]:
 
 def _check_array(value: list, schema: Schema, path: str, errors: list[FieldError]) -> None:
     if "maxItems" in schema and len(value) > schema["maxItems"]:
-        errors.append(FieldError(path, "Too many", f"must have at most {schema['maxItems']} items", len(value), shape=True))
+        limit = schema["maxItems"]
+        errors.append(FieldError(path, "Too many", f"must have at most {limit} item{'' if limit == 1 else 's'}",
+                                 len(value), shape=True))
     if "minItems" in schema and len(value) < schema["minItems"]:
         errors.append(FieldError(path, "Invalid value", f"{path} in body should have at least {schema['minItems']} items", len(value)))
     items = schema.get("items")

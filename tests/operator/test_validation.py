@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import copy
 
+import celpy
 import pytest
 
-from mft_operator import schema, validation, yamlio
+from mft_operator import cel, schema, validation, yamlio
 
 from .helpers import EXAMPLES, INVALID, load
 
@@ -210,11 +211,46 @@ def test_a_float_in_a_string_field_is_reported_as_a_number():
     ("checkpoint", {"create": {"size": "10Gi", "storageClassName": ""}}),
     ("checkpoint", {"create": {"size": "10Gi", "storageClassName": "fast-ssd.example.com"}}),
     ("scheduling", {"schedulerName": "volcano"}),
+    ("affinity", {
+        "nodeAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+                {"matchExpressions": [{"key": "nvidia.com/gpu.product", "operator": "In", "values": ["NVIDIA-H100-80GB-HBM3"]},
+                                      {"key": "nvidia.com/gpu.memory", "operator": "Gt", "values": ["40000"]},
+                                      {"key": "spot", "operator": "DoesNotExist"}]},
+                {"matchFields": [{"key": "metadata.name", "operator": "NotIn", "values": ["gpu-node-7.example"]}]},
+                {}]},
+            "preferredDuringSchedulingIgnoredDuringExecution": [
+                {"weight": 100, "preference": {"matchExpressions": [{"key": "pool", "operator": "Exists"}]}}]},
+        "podAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [{"weight": 1, "podAffinityTerm": {
+            "topologyKey": "topology.kubernetes.io/zone", "labelSelector": {"matchLabels": {"app.kubernetes.io/name": "cache"}},
+            "namespaces": ["data"], "namespaceSelector": {}}}]},
+        "podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [{
+            "topologyKey": "kubernetes.io/hostname", "matchLabelKeys": ["mft.dev/job"],
+            "labelSelector": {"matchExpressions": [{"key": "app", "operator": "NotIn", "values": ["a", "b"]}]}}]}}),
+    ("data", {"paths": ["/data/chat", "/data/x/code", "/data/y/code-review", "/data/ünï/cödé", "/cöde"]}),
 ])
 def test_values_kubernetes_accepts_in_pods_and_claims_are_accepted(section, value):
     job = _lora()
-    if section == "tolerations":
-        job["spec"]["resources"]["tolerations"] = value
+    if section in ("tolerations", "affinity"):
+        job["spec"]["resources"][section] = value
     else:
         job["spec"][section] = value
     assert [str(e) for e in validation.validate(job)] == []
+
+
+def test_the_strings_extension_works_as_in_kubernetes():
+    """cel-python lacks the strings extension the apiserver's CEL has: the functions the CRD uses,
+    registered in cel.py, count code points and fail where cel-go fails."""
+    def run(expression):
+        return cel._program(expression).evaluate({})
+    assert run("'/data/ünï/cödé'.lastIndexOf('/')") == 9
+    assert run("'/data/ünï/cödé'.substring(10)") == "cödé"
+    assert run("'héllo'.substring(1, 3)") == "él"
+    assert [run(e) for e in ("'abc'.lastIndexOf('/')", "'abc'.lastIndexOf('')", "'hello'.lastIndexOf('l', 2)",
+                             "'hello'.lastIndexOf('l', 1)", "'a'.lastIndexOf('abc')")] == [-1, 3, 2, -1, -1]
+    for expression, message in (("'abc'.substring(4)", "index out of range: 4"),
+                                ("'abc'.substring(2, 1)", "invalid substring range. start: 2, end: 1"),
+                                ("'abc'.lastIndexOf('a', -1)", "index out of range: -1")):
+        with pytest.raises(celpy.CELEvalError) as error:
+            run(expression)
+        assert error.value.args[0] == message

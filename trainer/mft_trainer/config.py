@@ -47,7 +47,7 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    paths: list[str] = bounded(factory=list, minItems=1, maxItems=64, items={"minLength": 1, "maxLength": 1024})
+    paths: list[str] = bounded(factory=list, minItems=1, maxItems=64, items={"minLength": 1, "maxLength": 1024, "pattern": "^/"})
     format: Literal["jsonl", "bin"] = "jsonl"
     valid_split: float = bounded(0.05, minimum=0, maximum=1, exclusiveMinimum=True, exclusiveMaximum=True)
     padding_mode: Literal["pack", "padding", "concat"] = "pack"
