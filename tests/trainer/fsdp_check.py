@@ -39,6 +39,7 @@ from dist_check import EPS, fixed_rows, take  # noqa: E402
 from tests.training_processes import TINY, TOKENIZER  # noqa: E402
 
 STEPS, SAVE_AT = 3, 2
+WEIGHT_FILES = ("model.safetensors", "adapter_model.safetensors")
 PRECISIONS = ("fp32", "bf16")  # bf16: ATorch's amp_native, FSDP mixed precision
 
 
@@ -136,8 +137,22 @@ def saved_tensors(folder: Path) -> dict[str, dict[str, str]]:
     """The weight files of a checkpoint: each tensor's name and dtype."""
     from safetensors.torch import load_file
 
-    names = {"model.safetensors", "adapter_model.safetensors"}
-    return {p.name: {k: str(v.dtype) for k, v in load_file(p).items()} for p in folder.iterdir() if p.name in names}
+    return {p.name: {k: str(v.dtype) for k, v in load_file(p).items()} for p in folder.iterdir()
+            if p.name in WEIGHT_FILES}
+
+
+def saved_weights(folder: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    (file,) = [p for p in folder.iterdir() if p.name in WEIGHT_FILES]
+    return load_file(file)
+
+
+def in_file_names(config: TrainerConfig, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A snapshot's weights under the names its checkpoint file gives them."""
+    from mft_trainer.lora import peft_name
+
+    return {peft_name(k, "default"): v for k, v in weights.items()} if config.mode == "lora" else weights
 
 
 def check(mode: str, world, tokenizer, out: Path) -> dict:
@@ -170,6 +185,10 @@ def sharded(config: TrainerConfig, world, tokenizer, reference_weights) -> dict:
 
     distributed.barrier()  # the checkpoint is on disk before any rank reads it
     resumed = make_run(config, world, tokenizer, atorch_gpu_strategy, weights=saved_path)
+    # A save before anything ran on the wrapped model, not even the optimizer state's load, which
+    # initializes FSDP's root as a forward pass does: the steps after it must still follow the
+    # uninterrupted run (a resumed run closing a finished epoch saves before its first step).
+    first_snapshot = full_weights(resumed)
     checkpoint.load_training_state(saved_path, resumed.acc, resumed.scheduler, world)
     resumed_steps = steps(resumed, SAVE_AT + 1, STEPS)
     resumed_weights = full_weights(resumed)
@@ -183,6 +202,7 @@ def sharded(config: TrainerConfig, world, tokenizer, reference_weights) -> dict:
         result |= {
             "vs_reference": max_diff(weights, reference_weights),
             "resumed_vs_uninterrupted": max_diff(resumed_weights, weights),
+            "first_snapshot_vs_saved": max_diff(in_file_names(config, first_snapshot), saved_weights(saved_path)),
             "files": saved_tensors(saved_path),
             "snapshot": {name: str(tensor.dtype) for name, tensor in weights.items()},
         }

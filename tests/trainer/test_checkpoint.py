@@ -1,10 +1,12 @@
 """Checkpoint bookkeeping on plain folders (completeness, stale temp folders, rotation), the
 background writer, and what a written checkpoint says about its weights."""
 
+import dataclasses
 import errno
 import json
 import os
 import threading
+import time
 
 import pytest
 import torch
@@ -44,6 +46,17 @@ def test_rotation_keeps_best_and_latest_and_never_epoch_checkpoints(tmp_path):
     assert not list(tmp_path.glob(".tmp-*"))
 
 
+def test_a_non_finite_valid_loss_is_no_score(tmp_path):
+    # A diverged evaluation: as the smallest loss it would be the best, and rotation would delete the real best.
+    fake(tmp_path, "checkpoint-2", float("nan"))  # json writes NaN, and reads it back
+    fake(tmp_path, "checkpoint-4", 1.0)
+    fake(tmp_path, "checkpoint-6", float("inf"))
+    fake(tmp_path, "checkpoint-8", 2.5)
+    assert [c.valid_loss for c in checkpoint.complete(tmp_path)] == [None, 1.0, None, 2.5]
+    assert checkpoint.best(tmp_path).name == "checkpoint-4"
+    assert checkpoint.rotate(tmp_path, 2) == ["checkpoint-2", "checkpoint-6"]
+
+
 def test_rotation_limit_one_keeps_the_latest_and_zero_keeps_all(tmp_path):
     fake(tmp_path, "checkpoint-2", 1.0)
     fake(tmp_path, "checkpoint-4", 2.0)
@@ -51,11 +64,13 @@ def test_rotation_limit_one_keeps_the_latest_and_zero_keeps_all(tmp_path):
     assert checkpoint.rotate(tmp_path, 1) == ["checkpoint-2"]
 
 
-def test_epoch_copy_is_a_complete_checkpoint_under_a_second_name(tmp_path):
+def test_epoch_copy_links_every_file_but_its_own_trainer_state(tmp_path):
     source = fake(tmp_path, "checkpoint-4", 1.0)
-    copy = checkpoint.copy(tmp_path, source, "checkpoint-4-epoch-1")
-    assert (copy / checkpoint.STATE_FILE).exists() and checkpoint.latest(tmp_path).epoch == 1
+    copy = checkpoint.copy(tmp_path, source, "checkpoint-4-epoch-1", {"valid_loss": 1.0, "state": {"epoch": 1}})
+    assert checkpoint.latest(tmp_path).epoch == 1
     assert os.path.samefile(copy / "model.safetensors", source / "model.safetensors")  # a hard link: no space
+    assert checkpoint.load_trainer_state(copy)["state"] == {"epoch": 1}  # the closed epoch: a file of its own
+    assert checkpoint.load_trainer_state(source) == {"valid_loss": 1.0}
 
 
 def test_epoch_copy_copies_the_files_on_a_volume_without_hard_links(tmp_path, monkeypatch):
@@ -64,7 +79,7 @@ def test_epoch_copy_copies_the_files_on_a_volume_without_hard_links(tmp_path, mo
 
     source = fake(tmp_path, "checkpoint-4", 1.0)
     monkeypatch.setattr(checkpoint.os, "link", refuse)
-    copy = checkpoint.copy(tmp_path, source, "checkpoint-4-epoch-1")
+    copy = checkpoint.copy(tmp_path, source, "checkpoint-4-epoch-1", {"valid_loss": 1.0})
     assert [(c.name, c.valid_loss) for c in checkpoint.complete(tmp_path)] == \
         [("checkpoint-4", 1.0), ("checkpoint-4-epoch-1", 1.0)]
     assert not os.path.samefile(copy / "model.safetensors", source / "model.safetensors")
@@ -72,10 +87,23 @@ def test_epoch_copy_copies_the_files_on_a_volume_without_hard_links(tmp_path, mo
     assert not list(tmp_path.glob(".tmp-*"))
 
 
+def test_a_write_that_fails_on_the_volume_is_removed_and_names_the_checkpoint(tmp_path, monkeypatch):
+    def full(folder, trainer_state):
+        raise OSError(errno.ENOSPC, "No space left on device", str(folder / checkpoint.STATE_FILE))
+
+    source = fake(tmp_path, "checkpoint-4", 1.0)
+    monkeypatch.setattr(checkpoint, "_write_state", full)
+    with pytest.raises(checkpoint.WriteError) as failed:
+        checkpoint.copy(tmp_path, source, "checkpoint-4-epoch-1", {"valid_loss": 1.0})
+    target = tmp_path / "checkpoint-4-epoch-1"
+    assert str(failed.value) == f"checkpoint write to {target} failed: No space left on device"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-4"]  # its half-written .tmp- folder is gone
+
+
 def test_saving_a_name_again_replaces_it_and_a_crash_in_between_keeps_the_new_copy(tmp_path):
     fake(tmp_path, "checkpoint-4", 2.0)
     source = fake(tmp_path, "checkpoint-2", 1.0)
-    checkpoint.copy(tmp_path, source, "checkpoint-4")
+    checkpoint.copy(tmp_path, source, "checkpoint-4", {"valid_loss": 1.0})
     assert checkpoint.best(tmp_path).name == "checkpoint-2"
     assert json.loads((tmp_path / "checkpoint-4" / checkpoint.STATE_FILE).read_text())["valid_loss"] == 1.0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-2", "checkpoint-4"]
@@ -132,6 +160,32 @@ def test_writer_runs_jobs_in_order_off_the_caller_thread_and_reraises_failures()
     with pytest.raises(ZeroDivisionError):
         writer.wait()
     writer.close()
+
+
+def test_writer_reports_a_failed_write_without_waiting_for_the_one_in_flight():
+    gate = threading.Event()
+    writer = checkpoint.Writer(background=True)
+    writer.submit(lambda: None)
+    writer.submit(lambda: 1 / 0)
+    writer.submit(lambda: gate.wait(5))
+    for _ in range(500):  # what the loop asks after every step
+        if writer.failure() is not None:
+            break
+        time.sleep(0.01)
+    assert isinstance(writer.failure(), ZeroDivisionError) and not gate.is_set()  # the third is still in flight
+    gate.set()
+    with pytest.raises(ZeroDivisionError):
+        writer.close()
+
+
+def test_a_write_failing_in_the_foreground_is_held_like_one_in_the_background():
+    writer = checkpoint.Writer(background=False)
+    writer.submit(lambda: None)
+    assert writer.failure() is None
+    writer.submit(lambda: 1 / 0)  # not raised here: every rank learns of it at the same step
+    assert isinstance(writer.failure(wait=True), ZeroDivisionError)
+    with pytest.raises(ZeroDivisionError):
+        writer.close()
 
 
 def test_writer_in_the_foreground_runs_each_job_at_once():
@@ -232,3 +286,28 @@ def test_a_lora_snapshot_copies_the_adapter_only_and_its_checkpoint_loads_back(t
     for key, value in resumed.state_dict().items():
         torch.testing.assert_close(value, model.state_dict()[key], atol=0, rtol=0)
 
+
+
+@pytest.mark.parametrize("dropout", [0.3, 0.0])
+def test_a_resumed_adapter_takes_the_configured_dropout_and_records_it(tmp_path, tokenizer, caplog, dropout):
+    """The adapter's own adapter_config.json has the dropout it was trained with; like the learning
+    rate, a resumed run uses the configured one (peft makes a dropout of 0 an identity)."""
+    from mft_trainer.config import LoraConfig
+    from mft_trainer.lora import apply_lora, save_adapter
+
+    from .conftest import tiny_model
+
+    lora = LoraConfig(r=4, alpha=8, dropout=0.05, target_modules=["query_key_value", "dense"])
+    save_adapter(apply_lora(tiny_model(len(tokenizer), seed=3), lora), None, tmp_path)
+    with caplog.at_level("INFO", logger="mft_trainer"):
+        resumed = apply_lora(tiny_model(len(tokenizer), seed=3), dataclasses.replace(lora, dropout=dropout),
+                             adapter=tmp_path)
+    assert f"lora.dropout: 0.05 in the checkpoint, {dropout} now: the resumed run uses {dropout}" in caplog.text
+    layers = [m.lora_dropout["default"] for m in resumed.modules() if hasattr(m, "lora_dropout")]
+    assert len(layers) == 2 * len(resumed.base_model.model.gpt_neox.layers)
+    if dropout:
+        assert all(isinstance(layer, torch.nn.Dropout) and layer.p == dropout for layer in layers)
+    else:
+        assert all(isinstance(layer, torch.nn.Identity) for layer in layers)
+    save_adapter(resumed, None, tmp_path / "again")  # what its checkpoints record
+    assert json.loads((tmp_path / "again" / "adapter_config.json").read_text())["lora_dropout"] == dropout

@@ -1,15 +1,17 @@
-"""evaluate: a capped evaluation (``max_valid_batches``) samples every task, the same rows each time."""
+"""evaluate: a capped evaluation (``max_valid_batches``) samples every task, the same rows each time;
+evaluate_and_track: what a valid loss counts for."""
 
+import math
 from types import SimpleNamespace
 
 import pytest
 import torch
 
-from mft_trainer import distributed
+from mft_trainer import distributed, train
 from mft_trainer.accelerate import Accelerated
 from mft_trainer.config import DataConfig, ModelConfig, TrainerConfig, TrainingConfig
 from mft_trainer.data import build_datasets
-from mft_trainer.train import evaluate
+from mft_trainer.train import TrainState, evaluate, evaluate_and_track
 
 from tests.training_processes import REPO, TOKENIZER
 
@@ -42,3 +44,21 @@ def test_a_capped_evaluation_covers_every_task_with_the_same_rows_each_time(vali
     assert loss is not None and all(value is not None for value in task_loss), task_loss
     assert evaluate(capped(valid_run, batches=2, batch_size=2)) == (loss, task_loss)
 
+
+
+def test_a_non_finite_valid_loss_is_no_score_for_best_or_early_stopping(monkeypatch):
+    # NaN compares false: as the first score it would stay the best, and patience would run out behind it.
+    training = TrainingConfig(early_stopping_patience=1)
+    run = SimpleNamespace(state=TrainState(), config=SimpleNamespace(training=training),
+                          datasets=SimpleNamespace(tasks=["a", "b", "c"]), sampler=range(8),
+                          acc=SimpleNamespace(optimizer=SimpleNamespace(param_groups=[{"lr": 0.1}])))
+    reporter = SimpleNamespace(progress=lambda **kwargs: None, scalars=lambda step, values: None)
+    stops = []
+    for step, valid_loss in ((1, math.nan), (2, 2.0), (3, math.inf), (4, 1.5)):
+        monkeypatch.setattr(train, "evaluate", lambda run, loss=valid_loss: (loss, [loss] * 3))
+        run.state.step = step
+        stops.append(evaluate_and_track(run, reporter))
+        if not math.isfinite(valid_loss):
+            assert run.state.last_valid_loss is None  # what a checkpoint of this step records
+    assert stops == [None] * 4
+    assert (run.state.best_valid_loss, run.state.evals_without_improvement) == (1.5, 0)

@@ -71,6 +71,15 @@ def test_resume_of_a_sharded_run_continues_it_exactly(ranks, mode, precision):
     assert ranks[0][mode][precision]["resumed_vs_uninterrupted"] < 1e-6
 
 
+@pytest.mark.parametrize("precision", PRECISIONS)
+@pytest.mark.parametrize("mode", MODES)
+def test_a_save_before_the_first_forward_pass_gathers_the_saved_weights(ranks, mode, precision):
+    # A resumed run closing a finished epoch saves before any step. Gathering a LoRA adapter unit by
+    # unit there once made an inner FSDP unit a root, and the next forward pass failed; the resumed
+    # steps after this snapshot follow the uninterrupted run (the test above).
+    assert ranks[0][mode][precision]["first_snapshot_vs_saved"] == 0
+
+
 @pytest.mark.parametrize("mode", MODES)
 def test_bf16_training_keeps_the_rotary_frequencies_in_fp32(ranks, mode):
     # FSDP's bf16 mixed precision would round inv_freq, shifting rotary angles in training only.

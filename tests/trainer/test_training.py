@@ -368,6 +368,7 @@ def test_resuming_under_other_batch_settings_warns_and_goes_on(lora, tmp_path):
     assert "written with other data or batch settings (training.seed: 7 in the checkpoint, 8 now)" in proc.stderr
     # The optimizer state restores the checkpoint's weight decay; like the learning rate, the configured one wins.
     assert "training.weight_decay: 0.0 in the checkpoint, 0.1 now: the resumed run uses 0.1" in proc.stderr
+    assert "lora.dropout: 0.05 in the checkpoint, 0.1 now: the resumed run uses 0.1" in proc.stderr  # likewise
     assert events(proc.stdout, "mft.summary")[-1]["steps"] == 9  # the finished run, resumed at its end
 
 
@@ -465,6 +466,50 @@ def test_the_last_epoch_checkpoint_carries_the_final_valid_loss_without_epoch_ev
     assert [(c.name, c.valid_loss) for c in saved] == [(f"checkpoint-{last}", summary["final_valid_loss"]),
                                                        (f"checkpoint-{last}-epoch-1", summary["final_valid_loss"])]
     assert summary["best"] == f"checkpoint-{last}" and summary["best_valid_loss"] == summary["final_valid_loss"]
+
+
+def evaluated_steps(stdout: str) -> list[int]:
+    """Steps whose evaluation printed a progress line (one without throughput)."""
+    return [e["step"] for e in events(stdout, "mft.progress") if e["tokens_per_second"] is None]
+
+
+def test_the_last_step_checkpoint_carries_the_final_valid_loss(tmp_path):
+    """The last step (max_steps) is a checkpoint step and evaluated only as the end of training: it is
+    evaluated before that save, so the checkpoint has the final valid loss and is the best; a pod
+    restarted after completion finds it evaluated."""
+    raw = config(tmp_path / "ckpt", max_steps=4, evaluation_strategy=["epoch"], max_valid_batches=1)
+    raw["checkpoint"]["steps"] = 2
+    proc = train(tmp_path, "last", raw, nproc=1)
+    summary = events(proc.stdout, "mft.summary")[-1]
+    assert evaluated_steps(proc.stdout) == [4]
+    assert [(c.name, c.valid_loss) for c in checkpoint.complete(tmp_path / "ckpt")] == \
+        [("checkpoint-2", None), ("checkpoint-4", summary["final_valid_loss"])]
+    assert summary["best"] == "checkpoint-4" and summary["best_valid_loss"] == summary["final_valid_loss"]
+
+    again = train(tmp_path, "again", raw, nproc=1)
+    assert evaluated_steps(again.stdout) == [] and step_losses(again.stdout) == {}
+
+
+def test_an_epoch_checkpoint_at_a_step_checkpoint_links_its_files(tmp_path):
+    """The epoch's last step is a step checkpoint's (21 steps, one every 7), and evaluated before it
+    (the end of training); the epoch checkpoint of that step shares every file of it but
+    trainer_state.json, its own, which records the closed epoch."""
+    raw = config(tmp_path / "ckpt", epochs=1, per_device_train_batch_size=8, gradient_accumulation_steps=1,
+                 evaluation_strategy=["epoch"], max_valid_batches=1)
+    raw["checkpoint"] |= {"steps": 7, "save_total_limit": 10}
+    proc = train(tmp_path, "linked", raw, nproc=1)
+    summary = events(proc.stdout, "mft.summary")[-1]
+    last = summary["steps"]
+    assert last % 7 == 0 and evaluated_steps(proc.stdout) == [last]
+    step, epoch = (checkpoint.latest(tmp_path / "ckpt").path.with_name(name)
+                   for name in (f"checkpoint-{last}", f"checkpoint-{last}-epoch-1"))
+    assert sorted(p.name for p in epoch.iterdir()) == sorted(p.name for p in step.iterdir())
+    for file in step.iterdir():
+        assert os.path.samefile(file, epoch / file.name) == (file.name != checkpoint.STATE_FILE), file.name
+    states = [checkpoint.load_trainer_state(path) for path in (step, epoch)]
+    assert [s["valid_loss"] for s in states] == [summary["final_valid_loss"]] * 2
+    assert [(s["state"]["epoch"], s["state"]["offset"] > 0) for s in states] == [(0, True), (1, False)]
+    assert summary["best"] == f"checkpoint-{last}"
 
 
 def test_patience_running_out_at_the_last_evaluation_is_a_completed_run(tmp_path):

@@ -15,6 +15,8 @@ the training loop waits for), then rank 0 ``persist``s it, on the ``Writer``'s b
 unless asynchronous saving is off. Everything is written into ``.tmp-<name>``, fsynced, and
 renamed into place; a crash mid-write leaves only a ``.tmp-*`` folder, which the next start removes
 (or, if the crash came while a complete one replaced an older copy of the same name, installs).
+A write that fails (a full, read-only or broken volume) removes its ``.tmp-<name>`` at once and
+raises ``WriteError``, which the training loop checks for after every step.
 Rotation keeps the best step checkpoint by valid loss and the newest ones; epoch checkpoints are
 never rotated. A run that does not resume first moves the checkpoints it finds, and the TensorBoard
 logs, to ``previous-runs/<time>/``.
@@ -25,17 +27,20 @@ between the phases of a write and of a deletion, so that a kill can land inside 
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import os
 import random
 import re
 import shutil
 import time
+from concurrent import futures
 from concurrent.futures import Future, ThreadPoolExecutor
 from copy import deepcopy
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -51,6 +56,11 @@ OPTIMIZER_FILE = "optimizer.pt"
 TMP_PREFIX = ".tmp-"
 REPLACED_PREFIX = f"{TMP_PREFIX}replaced-"  # an older copy of a name saved again, until the new one is in place
 PREVIOUS_RUNS = "previous-runs"
+
+
+class WriteError(RuntimeError):
+    """A checkpoint could not be written: the volume is full, read-only or broken. Permanent: a
+    restarted pod would meet the same volume."""
 
 
 @dataclass(frozen=True)
@@ -82,8 +92,14 @@ def complete(root: Path) -> list[Saved]:
             continue
         state = json.loads((path / STATE_FILE).read_text())
         epoch = int(match.group(2)) if match.group(2) else None
-        found.append(Saved(path, int(match.group(1)), epoch, state.get("valid_loss")))
+        found.append(Saved(path, int(match.group(1)), epoch, _score(state.get("valid_loss"))))
     return sorted(found, key=lambda c: (c.step, c.epoch is not None, c.epoch or 0))
+
+
+def _score(valid_loss: float | None) -> float | None:
+    """A valid loss that can rank checkpoints, or None: a non-finite one (a diverged evaluation) is
+    no score, else it would be the minimum (NaN compares false) or the worst possible best."""
+    return valid_loss if valid_loss is not None and math.isfinite(valid_loss) else None
 
 
 def latest(root: Path) -> Saved | None:
@@ -221,27 +237,26 @@ def persist(root: Path, name: str, snap: Snapshot, *, model: torch.nn.Module, to
             trainer_state: dict[str, Any]) -> Path:
     """Write ``snap`` as checkpoint ``name`` (rank 0 only, safe off the training thread) and return its
     final path: files into ``.tmp-<name>``, fsync, trainer_state.json last, then one rename."""
-    tmp, final = root / f"{TMP_PREFIX}{name}", root / name
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    with _staged(root, name) as tmp:
+        tmp.mkdir(parents=True)
+        _test_pause()
+        _save_weights(unwrap(_fsdp_inner(model)), snap.weights, tmp)
+        tokenizer.save_pretrained(tmp)
+        torch.save({"optimizer": snap.optimizer, "scheduler": snap.scheduler}, tmp / OPTIMIZER_FILE)
+        for rank, state in enumerate(snap.rank_states):
+            torch.save(state, tmp / rank_file(rank))
+        _test_pause()
+        _write_state(tmp, trainer_state)
+        _fsync_tree(tmp)
     _test_pause()
-    _save_weights(unwrap(_fsdp_inner(model)), snap.weights, tmp)
-    tokenizer.save_pretrained(tmp)
-    torch.save({"optimizer": snap.optimizer, "scheduler": snap.scheduler}, tmp / OPTIMIZER_FILE)
-    for rank, state in enumerate(snap.rank_states):
-        torch.save(state, tmp / rank_file(rank))
-    _test_pause()
-    (tmp / STATE_FILE).write_text(json.dumps(trainer_state, indent=2, sort_keys=True))
-    _fsync_tree(tmp)
-    _test_pause()
-    _install(tmp, final)
-    return final
+    return _install(tmp, root / name)
 
 
 class Writer:
     """Runs checkpoint writes after the training loop has moved on: one at a time, in submission
-    order, on one background thread; a failed write is raised by the next ``wait``. With
-    ``background=False`` each job runs at once on the caller's thread."""
+    order, on one background thread; a failed write is raised by the next ``wait`` and reported by
+    ``failure`` as soon as it failed. With ``background=False`` each job runs at once on the
+    caller's thread, and a failure is held all the same."""
 
     def __init__(self, background: bool):
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="checkpoint-writer") if background else None
@@ -252,10 +267,23 @@ class Writer:
         self.staging: dict[tuple, torch.Tensor] | None = {} if background else None
 
     def submit(self, job: Callable[[], Any]) -> None:
-        if self._pool is None:
-            job()
-        else:
+        if self._pool is not None:
             self._pending.append(self._pool.submit(job))
+            return
+        done: Future = Future()
+        try:
+            done.set_result(job())
+        except Exception as exc:  # held, as a background job's, for every rank to learn of at once
+            done.set_exception(exc)
+        self._pending.append(done)
+
+    def failure(self, wait: bool = False) -> BaseException | None:
+        """The exception of a write that failed, if any: among the writes done, or with ``wait``
+        among all, once done. Writes that succeeded are forgotten."""
+        if wait:
+            futures.wait(self._pending)
+        self._pending = [f for f in self._pending if not f.done() or f.exception()]
+        return next((f.exception() for f in self._pending if f.done()), None)
 
     def wait(self) -> None:
         """Block until every submitted write is on disk; re-raise the first failure."""
@@ -271,15 +299,33 @@ class Writer:
                 self._pool.shutdown(wait=True)
 
 
-def copy(root: Path, source: Path, name: str) -> Path:
-    """A second name for a complete checkpoint (hard links, or copies where the volume has none;
-    same atomic rename); rank 0 only."""
-    tmp, final = root / f"{TMP_PREFIX}{name}", root / name
+def copy(root: Path, source: Path, name: str, trainer_state: dict[str, Any]) -> Path:
+    """The files of a complete checkpoint under a second name (hard links, or copies where the
+    volume has none; same atomic rename), with ``trainer_state`` as its own trainer_state.json
+    (an epoch checkpoint at the step of a step checkpoint records the closed epoch); rank 0 only."""
+    with _staged(root, name) as tmp:
+        shutil.copytree(source, tmp, copy_function=_link_or_copy, ignore=shutil.ignore_patterns(STATE_FILE))
+        _write_state(tmp, trainer_state)
+        _fsync_tree(tmp)  # copied files are new data (linked ones were on disk already)
+    return _install(tmp, root / name)
+
+
+@contextlib.contextmanager
+def _staged(root: Path, name: str) -> Iterator[Path]:
+    """The ``.tmp-<name>`` a checkpoint is written into, not yet there. A write failing on the
+    volume is removed at once (on a full volume it would hold its space until the next start) and
+    raised as a ``WriteError``; not so in ``_install``, where the folder may be the only complete copy."""
+    tmp = root / f"{TMP_PREFIX}{name}"
     shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(source, tmp, copy_function=_link_or_copy)
-    _fsync_tree(tmp)  # copied files are new data (linked ones were on disk already)
-    _install(tmp, final)
-    return final
+    try:
+        yield tmp
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise WriteError(f"checkpoint write to {root / name} failed: {exc.strerror or exc}") from exc
+
+
+def _write_state(folder: Path, trainer_state: dict[str, Any]) -> None:
+    (folder / STATE_FILE).write_text(json.dumps(trainer_state, indent=2, sort_keys=True))
 
 
 def _link_or_copy(source: str, target: str) -> None:
@@ -291,10 +337,10 @@ def _link_or_copy(source: str, target: str) -> None:
         shutil.copy2(source, target)
 
 
-def _install(tmp: Path, final: Path) -> None:
-    """Rename the complete ``tmp`` into place. When the name exists (a resumed run saving its own
-    step again) the older copy moves aside first and goes after, so a crash at any moment leaves
-    one complete copy that the next start keeps (``finish_replacements``)."""
+def _install(tmp: Path, final: Path) -> Path:
+    """Rename the complete ``tmp`` into place and return ``final``. When the name exists (a resumed
+    run saving its own step again) the older copy moves aside first and goes after, so a crash at
+    any moment leaves one complete copy that the next start keeps (``finish_replacements``)."""
     replaced = final.with_name(f"{REPLACED_PREFIX}{final.name}")
     if final.exists():
         shutil.rmtree(replaced, ignore_errors=True)
@@ -303,6 +349,7 @@ def _install(tmp: Path, final: Path) -> None:
     os.rename(tmp, final)
     _fsync(final.parent)
     shutil.rmtree(replaced, ignore_errors=True)
+    return final
 
 
 def load_trainer_state(path: Path) -> dict[str, Any]:
@@ -407,11 +454,15 @@ def _gathered_adapter(acc: Accelerated, adapter_name: str, world: distributed.Wo
     each unit holding some is gathered whole, on the device and one at a time, as a forward pass
     does; units without any (the root's embeddings, unless saved with the adapter) are not gathered,
     and only the adapter's tensors are copied to the host. The parameters summoned are the
-    full-precision ones, also under bf16 mixed precision. A save follows a training step, so FSDP's
-    root has initialized every unit (summoning an inner unit first would make it a root).
+    full-precision ones, also under bf16 mixed precision. The root is initialized first, as a
+    forward pass does: a save may come before any (a resumed run closing a finished epoch), and
+    summoning an inner unit of an uninitialized root makes that unit a root, which breaks the next
+    forward pass.
     """
     from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+    from torch.distributed.fsdp._runtime_utils import _lazy_init
 
+    _lazy_init(acc.model, acc.model)  # what the first forward pass does; a no-op after it
     weights: dict[str, torch.Tensor] = {}
     for unit, params in _adapter_params_by_unit(acc.model, adapter_name).items():
         with FSDP.summon_full_params(unit, recurse=False, writeback=False, rank0_only=True):

@@ -91,6 +91,15 @@ def gather_to_main(obj: object) -> list[object] | None:
     return gathered
 
 
+def broadcast_from_main(obj: object) -> object:
+    """Rank 0's ``obj`` on every rank."""
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def barrier() -> None:
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.barrier()

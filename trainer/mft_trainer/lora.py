@@ -30,9 +30,10 @@ PEFT_PREFIX = "base_model.model."  # of every key in a peft file: the base model
 
 def apply_lora(model: PreTrainedModel, lora: LoraConfig, adapter: str | Path | None = None) -> PeftModel:
     """Wrap ``model`` with fresh LoRA layers, or with the trainable ``adapter`` saved in a checkpoint
-    (its adapter_config.json names the layers saved in full, if any)."""
+    (its adapter_config.json names the layers saved in full, if any) and the configured dropout."""
     if adapter is not None:
         peft_model = PeftModel.from_pretrained(model, str(adapter), is_trainable=True)
+        _keep_dropout(peft_model, lora.dropout)
     else:
         peft_config = PeftLoraConfig(task_type="CAUSAL_LM", r=lora.r, lora_alpha=lora.alpha,
                                      lora_dropout=lora.dropout, target_modules=list(lora.target_modules),
@@ -42,6 +43,23 @@ def apply_lora(model: PreTrainedModel, lora: LoraConfig, adapter: str | Path | N
     log.info("LoRA r=%d alpha=%d on %s: %d of %d parameters trainable", lora.r, lora.alpha,
              ",".join(lora.target_modules), trainable, total)
     return peft_model
+
+
+def _keep_dropout(model: PeftModel, configured: float) -> None:
+    """Put the configured lora.dropout on a loaded adapter, which comes with the dropout it was saved
+    with: like the learning rate, a resumed run uses the new value, and its checkpoints record it.
+    peft makes a dropout of 0 an ``nn.Identity``, so the modules are replaced, not given another p."""
+    adapter_name = model.active_adapter
+    config = model.peft_config[adapter_name]
+    if config.lora_dropout == configured:
+        return
+    log.info("lora.dropout: %s in the checkpoint, %s now: the resumed run uses %s",
+             config.lora_dropout, configured, configured)
+    config.lora_dropout = configured
+    for module in model.modules():
+        dropouts = getattr(module, "lora_dropout", None)
+        if isinstance(dropouts, torch.nn.ModuleDict) and adapter_name in dropouts:
+            dropouts[adapter_name] = torch.nn.Dropout(configured) if configured > 0 else torch.nn.Identity()
 
 
 def _grown_embeddings(model: PreTrainedModel) -> list[str] | None:

@@ -83,7 +83,7 @@ class Run:
 def main(config: TrainerConfig) -> int:
     run = setup(config)
     reporter = metrics.Reporter(config.output_dir, run.world.is_main, run.total_steps)
-    preemption = Preemption(config.checkpoint.preemption_grace_seconds, run.world.device)
+    preemption = Preemption(config.checkpoint.preemption_grace_seconds)
     throughput = metrics.Throughput(_flops_per_token(run), metrics.peak_flops(config.training.bf16), run.world.size)
     t, state = config.training, run.state
     stop = _stopped_early(run)
@@ -101,11 +101,12 @@ def main(config: TrainerConfig) -> int:
 
             if state.step % t.log_interval == 0 or state.step == run.total_steps:
                 log_step(run, reporter, result, throughput.report(run.total_steps - state.step))
-            if "steps" in t.evaluation_strategy and state.step % t.evaluation_steps == 0:
+            if _evaluation_due(run):
                 stop = evaluate_and_track(run, reporter)
             if config.checkpoint.save_strategy == "steps" and state.step % config.checkpoint.steps == 0:
                 save(run, reporter)
-            stop = stop or preemption.check()
+            agreed = _agreed_stop(run, preemption)  # on every step: a collective all ranks take part in
+            stop = stop or agreed
             if stop == "preempted":
                 _mark_preempted()  # now: if a peer dies while all save, this pod still exits as preempted
             if stop or state.step >= run.total_steps:
@@ -123,7 +124,8 @@ def main(config: TrainerConfig) -> int:
         evaluate_and_track(run, reporter)
     if state.last_save_step != state.step:
         save(run, reporter)
-    run.writer.close()  # every checkpoint on disk before the summary lists them and the process exits
+    _stop_if_a_write_failed(run, wait=True)  # every checkpoint on disk before the summary lists them
+    run.writer.close()
     summarize(run, reporter, stop or ("completed" if state.epoch >= t.epochs else "max_steps"))
     reporter.close()
     distributed.barrier()
@@ -143,6 +145,43 @@ def _stopped_early(run: Run) -> str | None:
                  state.last_eval_step, state.evals_without_improvement)
         return "early_stop"
     return None
+
+
+def _evaluation_due(run: Run) -> bool:
+    """Whether this step is evaluated in the loop: every evaluation_steps, and the last step, before
+    its save, so that the last checkpoint carries the final valid loss (also when it is a step or
+    the last epoch's checkpoint)."""
+    t, step = run.config.training, run.state.step
+    return ("steps" in t.evaluation_strategy and step % t.evaluation_steps == 0) or \
+        (step >= run.total_steps and _evaluates(t))
+
+
+def _agreed_stop(run: Run, preemption: Preemption) -> str | None:
+    """What makes every rank stop after this step, agreed on in one all-reduce (on a GPU, one host
+    sync per step): a checkpoint write that failed on rank 0 (raised), or a SIGTERM that reached any
+    rank ("preempted"; the signal may reach the ranks at different times)."""
+    failure = run.writer.failure() if run.world.is_main else None
+    flags = torch.tensor([float(preemption.requested), float(failure is not None)], device=run.world.device)
+    preempted, failed = distributed.all_reduce_max(flags).tolist()
+    if failed:
+        _raise_write_failure(failure)
+    return "preempted" if preempted else None
+
+
+def _stop_if_a_write_failed(run: Run, wait: bool = False) -> None:
+    """Raise, on every rank at once, a checkpoint write that failed on rank 0 (with ``wait``: once
+    every write is done): training on would only add work that no checkpoint keeps, and ranks that
+    went on would wait for the stopped one in the next collective."""
+    failure = run.writer.failure(wait) if run.world.is_main else None
+    failed = distributed.all_reduce_max(torch.tensor([float(failure is not None)], device=run.world.device))
+    if failed.item() > 0:
+        _raise_write_failure(failure)
+
+
+def _raise_write_failure(failure: BaseException | None) -> None:
+    """Raise rank 0's write failure, with its message, on every rank."""
+    message = distributed.broadcast_from_main(str(failure) if failure else None)
+    raise checkpoint.WriteError(message) from failure
 
 
 def _epoch_done(run: Run) -> bool:
@@ -379,9 +418,15 @@ def evaluate(run: Run) -> tuple[float | None, list[float | None]]:
 
 
 def evaluate_and_track(run: Run, reporter: metrics.Reporter) -> str | None:
-    """Evaluate, update best metric and patience; return "early_stop" when patience runs out."""
+    """Evaluate, update best metric and patience; return "early_stop" when patience runs out before the
+    last step."""
     state, patience = run.state, run.config.training.early_stopping_patience
     valid_loss, task_loss = evaluate(run)
+    if valid_loss is not None and not math.isfinite(valid_loss):
+        # NaN would become the best (it compares false) and stop every later loss from improving on it.
+        log.warning("step %d: non-finite valid loss (%s): no score, neither a best checkpoint nor an evaluation "
+                    "without improvement", state.step, valid_loss)
+        valid_loss = None
     state.last_eval_step, state.last_valid_loss = state.step, valid_loss
     if valid_loss is None:
         return None
@@ -395,39 +440,41 @@ def evaluate_and_track(run: Run, reporter: metrics.Reporter) -> str | None:
                                   **_per_task("valid/loss", run.datasets.tasks, task_loss)})
     if patience > 0 and state.evals_without_improvement >= patience:
         log.info("early stopping: no improvement of the valid loss in %d evaluations", patience)
-        return "early_stop"
+        # At the last step training ends anyway: it completed, it did not stop early.
+        return "early_stop" if state.step < run.total_steps else None
     return None
 
 
 def end_of_epoch(run: Run, reporter: metrics.Reporter) -> str | None:
     t, ck, state = run.config.training, run.config.checkpoint, run.state
-    # The end of training is evaluated here, not after the loop: before this save, so that the last
-    # checkpoint carries the final valid loss and can be the best.
+    # The end of training is evaluated before this save, so that the last checkpoint carries the
+    # final valid loss and can be the best: here when no step ran first (a resumed run closing a
+    # finished epoch), else the loop evaluated the last step.
     last = state.epoch >= t.epochs or state.step >= run.total_steps
     # Not twice at one step: a repeated result would count as an evaluation without improvement.
     evaluates = ("epoch" in t.evaluation_strategy or (last and _evaluates(t))) and state.last_eval_step != state.step
     stop = evaluate_and_track(run, reporter) if evaluates else None
-    saved = save(run, reporter) if ck.save_strategy == "epoch" else None
+    if ck.save_strategy == "epoch":
+        save(run, reporter)
     if ck.extra_save_by_epoch:
-        save(run, reporter, epoch=state.epoch, source=saved)
-    return None if last else stop  # training ends here anyway: it completed, it did not stop early
+        save(run, reporter, epoch=state.epoch)
+    return stop
 
 
-def save(run: Run, reporter: metrics.Reporter, epoch: int | None = None, source: Any = None) -> Any:
-    """Checkpoint the current step (or, for an epoch copy of one just saved, hard-link it), then rotate.
+def save(run: Run, reporter: metrics.Reporter, epoch: int | None = None) -> Path:
+    """Checkpoint the current step, then rotate. An epoch checkpoint at the step of one just saved
+    hard-links that one's files instead (all but trainer_state.json: its own records the closed epoch).
 
     The loop waits for the in-memory snapshot only; the writer puts it on disk in the background.
     A new snapshot first waits for the previous write, so at most one copy is held at a time.
     """
     state, world = run.state, run.world
     root, name = run.config.output_dir, checkpoint.name_for(state.step, epoch)
-    if source is not None:
-        write = partial(checkpoint.copy, root, source, name)
+    trainer_state = _trainer_state(run)
+    if epoch is not None and state.last_save_step == state.step:
+        write = partial(checkpoint.copy, root, root / checkpoint.name_for(state.step), name, trainer_state)
     else:
-        run.writer.wait()
-        valid_loss = state.last_valid_loss if state.last_eval_step == state.step else None
-        trainer_state = {"state": asdict(state) | {"last_save_step": state.step}, "valid_loss": valid_loss,
-                         "world_size": world.size, "mode": run.config.mode, "config": to_dict(run.config)}
+        _stop_if_a_write_failed(run, wait=True)  # and the staging memory is free for this snapshot
         rank_state = {"sampler": {"epoch": state.epoch, "offset": state.offset}}
         snap = checkpoint.snapshot(run.acc, run.scheduler, rank_state, world, run.writer.staging)
         write = partial(checkpoint.persist, root, name, snap, model=run.acc.model, tokenizer=run.tokenizer,
@@ -436,6 +483,14 @@ def save(run: Run, reporter: metrics.Reporter, epoch: int | None = None, source:
     if world.is_main:
         run.writer.submit(partial(_write_and_rotate, write, run, reporter, name))
     return root / name
+
+
+def _trainer_state(run: Run) -> dict[str, Any]:
+    """The trainer_state.json of a checkpoint of the current step."""
+    state = run.state
+    valid_loss = state.last_valid_loss if state.last_eval_step == state.step else None
+    return {"state": asdict(state) | {"last_save_step": state.step}, "valid_loss": valid_loss,
+            "world_size": run.world.size, "mode": run.config.mode, "config": to_dict(run.config)}
 
 
 def _write_and_rotate(write: Any, run: Run, reporter: metrics.Reporter, name: str) -> None:
@@ -482,8 +537,8 @@ class Preemption:
     has not finished within the grace period, a watchdog exits anyway with the retryable code.
     """
 
-    def __init__(self, grace_seconds: int, device: torch.device):
-        self.grace_seconds, self.device = grace_seconds, device
+    def __init__(self, grace_seconds: int):
+        self.grace_seconds = grace_seconds
         self.requested = False
         signal.signal(signal.SIGTERM, self._handle)
 
@@ -495,10 +550,6 @@ class Preemption:
         watchdog = threading.Timer(self.grace_seconds, os._exit, args=(PREEMPTED_EXIT_CODE,))
         watchdog.daemon = True
         watchdog.start()
-
-    def check(self) -> str | None:
-        flag = distributed.all_reduce_max(torch.tensor([float(self.requested)], device=self.device))
-        return "preempted" if flag.item() > 0 else None
 
 
 def _without_targets(row: dict[str, Any]) -> dict[str, Any]:
