@@ -369,7 +369,27 @@ def test_resuming_under_other_batch_settings_warns_and_goes_on(lora, tmp_path):
     # The optimizer state restores the checkpoint's weight decay; like the learning rate, the configured one wins.
     assert "training.weight_decay: 0.0 in the checkpoint, 0.1 now: the resumed run uses 0.1" in proc.stderr
     assert "lora.dropout: 0.05 in the checkpoint, 0.1 now: the resumed run uses 0.1" in proc.stderr  # likewise
+    assert "had other document or row counts" not in proc.stderr  # the seed moved the split: named already
     assert events(proc.stdout, "mft.summary")[-1]["steps"] == 9  # the finished run, resumed at its end
+
+
+def test_resuming_onto_data_edited_since_warns_and_goes_on(lora, tmp_path):
+    changed, mount = _copy_of_run(lora, tmp_path)
+    # Mounted at the same path, code-exam has one record more: its split and order moved.
+    exam = Path(changed["data"]["paths"][0])
+    data = tmp_path / "mnt" / "examples" / "data"
+    shutil.copytree(exam.parent, data)
+    with open(data / exam.name / "exam.jsonl", "a") as more:
+        more.write('{"prompt": "What is 1 + 1 in Python?", "answer": "2"}\n')
+    changed["data"]["paths"] = [str(data / Path(p).name) for p in changed["data"]["paths"]]
+    saved = checkpoint.latest(mount).path
+    state = json.loads((saved / checkpoint.STATE_FILE).read_text())
+    state["config"]["data"]["paths"] = changed["data"]["paths"]  # as if the checkpoint had been written there
+    (saved / checkpoint.STATE_FILE).write_text(json.dumps(state))
+    proc = run_training(write_config(tmp_path / "changed.yaml", changed), nproc=1)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "written with other data or batch settings" not in proc.stderr
+    assert f"resuming from {saved}, written when tasks code-exam had other document or row counts" in proc.stderr
 
 
 def test_merge_lora_gives_the_logits_of_base_plus_adapter(lora, base_model, tmp_path):

@@ -91,6 +91,15 @@ def gather_to_main(obj: object) -> list[object] | None:
     return gathered
 
 
+def all_gather(obj: object) -> list[object]:
+    """Every rank's ``obj``, in rank order, on every rank."""
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return [obj]
+    gathered: list[object] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, obj)
+    return gathered
+
+
 def broadcast_from_main(obj: object) -> object:
     """Rank 0's ``obj`` on every rank."""
     if not (dist.is_initialized() and dist.get_world_size() > 1):

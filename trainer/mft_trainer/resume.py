@@ -79,3 +79,21 @@ def _lookup(config: dict[str, Any], path: str) -> Any:
             return _ABSENT
         value = value[name]
     return value
+
+
+def warn_if_data_changed(checkpoint: Path, saved: dict[str, Any], config: dict[str, Any],
+                         shape: dict[str, list[int]]) -> None:
+    """Warn when the data has other counts than when ``checkpoint`` (its trainer state ``saved``) was
+    written although the settings that shape it did not change: records were added, removed or
+    fixed since. The validation split and the epoch order are drawn over the documents' positions,
+    so both moved, and valid losses before and after compare different sets."""
+    saved_shape = saved.get("data_shape")
+    if saved_shape is None or saved_shape == shape:  # a checkpoint from before shapes were saved: unknown
+        return
+    if differences(saved.get("config") or {}, config, SAME_DATA_ORDER):
+        return  # other data settings explain other rows, and ``check`` named them
+    changed = sorted(name for name in saved_shape.keys() | shape.keys() if saved_shape.get(name) != shape.get(name))
+    log.warning("resuming from %s, written when tasks %s had other document or row counts: their data changed "
+                "since, so the validation split and the data order differ from the interrupted run's, and valid "
+                "losses from before (best checkpoint, early stopping) were measured on another validation set",
+                checkpoint, ", ".join(changed))

@@ -230,6 +230,9 @@ def setup(config: TrainerConfig) -> Run:
     state = _restored_state(saved, world) if saved else TrainState()
     tokenizer = load_tokenizer(config)
     datasets = build_datasets(config, tokenizer)  # logs its own report
+    _same_data_on_every_rank(datasets)
+    if saved:
+        resume.warn_if_data_changed(resume_from.path, saved, to_dict(config), datasets.report.shape())
     sampler = EpochSampler(datasets.train, world.rank, world.size, t.seed,
                            config.data.task_sampling, config.data.sampling_temperature)
     total_steps = state.step + _steps_left(state, len(sampler), t)
@@ -490,7 +493,21 @@ def _trainer_state(run: Run) -> dict[str, Any]:
     state = run.state
     valid_loss = state.last_valid_loss if state.last_eval_step == state.step else None
     return {"state": asdict(state) | {"last_save_step": state.step}, "valid_loss": valid_loss,
-            "world_size": run.world.size, "mode": run.config.mode, "config": to_dict(run.config)}
+            "world_size": run.world.size, "mode": run.config.mode, "config": to_dict(run.config),
+            "data_shape": run.datasets.report.shape()}
+
+
+def _same_data_on_every_rank(datasets: Any) -> None:
+    """Every rank reads the data on its own. Files changing while the job starts (still being copied,
+    appended to) would give ranks other rows, and the rank that runs out first would leave the others
+    waiting in a collective until its timeout, without a word about the data."""
+    from mft_trainer.data import DataError
+    from mft_trainer.data.report import first_rank_with_other_data
+
+    other = first_rank_with_other_data(distributed.all_gather(datasets.report.shape()))
+    if other:
+        raise DataError(f"data.paths: the ranks read different data ({other}): were files changing while the job "
+                        f"started? Start it again once they are complete")
 
 
 def _write_and_rotate(write: Any, run: Run, reporter: metrics.Reporter, name: str) -> None:

@@ -54,6 +54,12 @@ class DataReport:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def shape(self) -> dict[str, list[int]]:
+        """What the rows of each task depend on, compactly: documents and rows, train then valid,
+        and train tokens. Equal shapes mean the same rows (the data is read the same way)."""
+        return {task.name: [task.train_documents, task.valid_documents, task.train_rows, task.valid_rows,
+                            task.train_tokens] for task in self.tasks}
+
     def summary(self) -> str:
         emptied = self.total("truncated_without_targets")
         lines = [
@@ -88,3 +94,21 @@ def _file_line(counts: FileCounts) -> str:
         )
         line += f" ({reasons})"
     return line
+
+
+def first_rank_with_other_data(shapes: list[dict[str, list[int]]]) -> str | None:
+    """Which rank read other rows than rank 0, and how (``DataReport.shape`` of each rank, in rank
+    order), or None when every rank read the same."""
+    for rank, shape in enumerate(shapes):
+        if shape != shapes[0]:
+            task = min(name for name in shape.keys() | shapes[0].keys() if shape.get(name) != shapes[0].get(name))
+            return f"task {task}: rank 0 read {_counts(shapes[0].get(task))}, rank {rank} {_counts(shape.get(task))}"
+    return None
+
+
+def _counts(shape: list[int] | None) -> str:
+    if shape is None:
+        return "no such task"
+    train_documents, valid_documents, train_rows, valid_rows, train_tokens = shape
+    return (f"{train_documents} + {valid_documents} documents, {train_rows} + {valid_rows} rows, "
+            f"{train_tokens} train tokens")
