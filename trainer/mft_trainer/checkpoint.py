@@ -47,6 +47,7 @@ import torch
 
 from mft_trainer import distributed
 from mft_trainer.accelerate import Accelerated, unwrap
+from mft_trainer.durable import fsync, fsync_tree
 from mft_trainer.metrics import TENSORBOARD_DIR
 
 NAME = re.compile(r"^checkpoint-(\d+)(?:-epoch-(\d+))?$")
@@ -124,7 +125,7 @@ def finish_replacements(root: Path) -> list[str]:
             os.rename(new, final)
             installed.append(name)
     if installed:
-        _fsync(root)
+        fsync(root)
     return sorted(installed)
 
 
@@ -166,8 +167,8 @@ def set_aside(root: Path, label: str) -> Path | None:
     target.mkdir(parents=True)
     for path in found:
         os.rename(path, target / path.name)
-    _fsync(target)
-    _fsync(root)
+    fsync(target)
+    fsync(root)
     return target
 
 
@@ -247,7 +248,7 @@ def persist(root: Path, name: str, snap: Snapshot, *, model: torch.nn.Module, to
             torch.save(state, tmp / rank_file(rank))
         _test_pause()
         _write_state(tmp, trainer_state)
-        _fsync_tree(tmp)
+        fsync_tree(tmp)
     _test_pause()
     return _install(tmp, root / name)
 
@@ -306,7 +307,7 @@ def copy(root: Path, source: Path, name: str, trainer_state: dict[str, Any]) -> 
     with _staged(root, name) as tmp:
         shutil.copytree(source, tmp, copy_function=_link_or_copy, ignore=shutil.ignore_patterns(STATE_FILE))
         _write_state(tmp, trainer_state)
-        _fsync_tree(tmp)  # copied files are new data (linked ones were on disk already)
+        fsync_tree(tmp)  # copied files are new data (linked ones were on disk already)
     return _install(tmp, root / name)
 
 
@@ -347,7 +348,7 @@ def _install(tmp: Path, final: Path) -> Path:
         os.rename(final, replaced)
         _test_pause()
     os.rename(tmp, final)
-    _fsync(final.parent)
+    fsync(final.parent)
     shutil.rmtree(replaced, ignore_errors=True)
     return final
 
@@ -545,19 +546,3 @@ def _test_pause() -> None:
     delay = float(os.environ.get(TEST_DELAY_ENV) or 0)
     if delay > 0:
         time.sleep(delay)
-
-
-def _fsync_tree(folder: Path) -> None:
-    """Every file under ``folder``, then the folder itself, on disk."""
-    for path in folder.rglob("*"):
-        if path.is_file():
-            _fsync(path)
-    _fsync(folder)
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

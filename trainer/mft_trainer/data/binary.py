@@ -40,6 +40,7 @@ from mft_trainer.data.errors import DataError
 from mft_trainer.data.report import DataReport, FileCounts, TaskCounts
 from mft_trainer.data.tasks import MANIFEST, TaskSource, discover_jsonl_tasks
 from mft_trainer.data.tokenizer import tokenizer_fingerprint
+from mft_trainer.durable import fsync, fsync_tree
 
 FORMAT, VERSION = "mft-bin", 1
 TOKENS, LOSS_MASK, OFFSETS = "tokens.bin", "loss_mask.bin", "offsets.bin"
@@ -89,6 +90,8 @@ def preprocess(
     try:
         report = DataReport([TaskCounts(task.name, writer.write(task, partial))
                              for task, partial in zip(tasks, partials)])
+        for partial in partials:  # on disk before a rename publishes them
+            fsync_tree(partial)
     except BaseException as exc:
         for partial in partials:
             shutil.rmtree(partial, ignore_errors=True)
@@ -97,6 +100,7 @@ def preprocess(
         raise
     for task, partial in zip(tasks, partials):
         os.rename(partial, output / task.name)
+    fsync(output)
     return report
 
 
