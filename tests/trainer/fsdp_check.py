@@ -29,7 +29,7 @@ import torch
 from mft_trainer import checkpoint, distributed, metrics
 from mft_trainer.accelerate import Accelerated, accelerate
 from mft_trainer.config import CheckpointConfig, LoraConfig, ModelConfig, TrainerConfig, TrainingConfig
-from mft_trainer.data import load_tokenizer
+from mft_trainer.data import DataReport, load_tokenizer
 from mft_trainer.schedule import build_scheduler
 from mft_trainer.train import Run, _build, save, train_step
 
@@ -104,8 +104,8 @@ def make_run(config: TrainerConfig, world, tokenizer, wrap, weights: Path | None
     for group in acc.optimizer.param_groups:
         group["eps"] = EPS  # see dist_check: keeps the comparison about the gradients
     scheduler = build_scheduler(acc.optimizer, config.training, total_steps=10)
-    return Run(config, world, tokenizer, SimpleNamespace(tasks=["a", "b", "c"]), None, acc, scheduler, 10, 0,
-               checkpoint.Writer(background=False))
+    return Run(config, world, tokenizer, SimpleNamespace(tasks=["a", "b", "c"], report=DataReport()), None, acc,
+               scheduler, 10, 0, checkpoint.Writer(background=False))
 
 
 def micro_batches(world) -> list[dict[str, torch.Tensor]]:
