@@ -33,6 +33,9 @@ MANAGED = {"app.kubernetes.io/managed-by": "mft-operator"}
 MANAGED_SELECTOR = ",".join(f"{key}={value}" for key, value in MANAGED.items())
 RESYNC_SECONDS = 60.0  # the poll's resync of jobs whose children have not started
 EVENT_FLUSH_SECONDS = 5.0  # on stop, for the events still queued (well inside a pod's grace period)
+# Liveness fails once the poll has not completed for this long: with a deadline on every request
+# a poll ends within minutes even in a burst, so a longer one is stuck, and a restart recovers.
+POLL_STALL_SECONDS = 600.0
 
 
 def now_rfc3339() -> str:
@@ -69,6 +72,7 @@ class Runtime:
         self._passes: dict[tuple[str, str], str] = {}
         self._passes_guard = threading.Lock()
         self._last_pass: dict[tuple[str, str], float] = {}  # monotonic end of the last complete pass
+        self._last_poll = time.monotonic()  # when the last poll ended (or the operator started)
 
     def reconcile(self, namespace: str, name: str, trigger: str, body: dict[str, Any] | None = None) -> None:
         """Reconcile the MFTJob now, or have the reconcile already running pass once more.
@@ -112,6 +116,9 @@ class Runtime:
                     self.metrics.skipped.labels(reason="stale-copy").inc()
                     job = None
             log.info("%s/%s kept changing during %d passes; the next trigger retries", namespace, name, self._READS)
+        except reconcile.Gone:
+            log.info("%s/%s is deleted; forgetting it", namespace, name)
+            self.forget(namespace, name)
         except Exception as exc:  # one job's failure must not stop the others; the next poll retries
             self.metrics.errors.labels(error=type(exc).__name__).inc()
             log.exception("reconciling %s/%s (%s) failed", namespace, name, trigger)
@@ -137,7 +144,13 @@ class Runtime:
         """Reconcile the active MFTJobs that are due: a level-based resync that repairs anything a
         missed watch event left behind, and progress for running ones; and the finished ones whose
         PyTorchJob is due for deletion."""
-        jobs = [job for namespace in (self.settings.namespaces or (None,)) for job in self.cluster.list_jobs(namespace)]
+        try:
+            self._poll_due()
+        finally:
+            self._last_poll = time.monotonic()
+
+    def _poll_due(self) -> None:
+        jobs = [job for namespace in (self.settings.namespaces or (None,)) for job in self._list_jobs(namespace)]
         self.cache.prune_child_warnings()
         self.metrics.count_phases((job.get("status") or {}).get("phase") for job in jobs)
         now, wall_clock, active = time.monotonic(), self.clock(), []
@@ -155,6 +168,29 @@ class Runtime:
             active.append(job)
         with ThreadPoolExecutor(self.settings.max_concurrent_reconciles, thread_name_prefix="poll") as pool:
             list(pool.map(self._poll_job, active))
+
+    def _list_jobs(self, namespace: str | None) -> list[dict[str, Any]]:
+        """The MFTJobs of ``namespace`` (None: all), forgetting the remembered ones it no longer
+        has; none when they cannot be listed: one namespace's failure (its Role deleted, say) must
+        not stop the poll of the others."""
+        listed_at = self.cache.clock()
+        try:
+            jobs = self.cluster.list_jobs(namespace)
+        except Exception as exc:
+            self.metrics.errors.labels(error="poll-list").inc()
+            log.warning("cannot poll the MFTJobs of %s: %s", f"namespace {namespace}" if namespace else "the cluster", exc)
+            return []
+        for gone in self.cache.jobs_missing_from(jobs, namespace, listed_at):
+            log.info("%s/%s is deleted (its deletion event was missed); forgetting it", *gone)
+            self.forget(*gone)
+        return jobs
+
+    def seconds_since_poll(self) -> float:
+        """For the liveness probe: seconds since the last poll ended; raises once it is stuck."""
+        waited = time.monotonic() - self._last_poll
+        if waited > max(POLL_STALL_SECONDS, 10 * self.settings.progress_interval_seconds):
+            raise kopf.PermanentError(f"the poll has not completed for {waited:.0f} s")
+        return round(waited, 1)
 
     def _poll_job(self, listed: dict[str, Any]) -> None:
         namespace, name = listed["metadata"]["namespace"], listed["metadata"]["name"]
@@ -200,6 +236,10 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
         configure(settings, runtime.settings)
         runtime.metrics.serve(runtime.settings.metrics_port)
         memo["poller"] = asyncio.create_task(_poll_forever(runtime))
+
+    @kopf.on.probe(id="secondsSincePoll", registry=registry)
+    def poll_alive(**_: Any) -> float:
+        return runtime.seconds_since_poll()
 
     @kopf.on.cleanup(id="stop", registry=registry)
     async def stop(memo: kopf.Memo, **_: Any) -> None:
@@ -273,6 +313,7 @@ def run(settings: Settings, liveness: str | None) -> None:
     api = client.Configuration.get_default_copy()
     # A connection for every reconcile and poll thread: one beyond the pool is a new TLS handshake.
     api.connection_pool_maxsize = 2 * settings.max_concurrent_reconciles + 2
+    api.keep_alive = True  # TCP keepalive: a connection to a vanished apiserver fails instead of waiting
     cluster = KubeCluster(client.ApiClient(api))
     runtime = Runtime(settings, cluster, Metrics())
     kopf.run(

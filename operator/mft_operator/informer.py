@@ -65,6 +65,7 @@ class WatchCache:
         self.clock = clock
         self._lock = threading.Lock()
         self._jobs: dict[Key, dict[str, Any]] = {}
+        self._job_seen: dict[Key, float] = {}  # when an event, a read or our write last delivered it
         self._written: dict[Key, str] = {}  # resourceVersion our last status write produced
         self._pytorchjobs: dict[Key, tuple[float, dict[str, Any]]] = {}
         self._finished: dict[Key, dict[str, Any]] = {}  # last state of a PyTorchJob deleted once finished
@@ -79,12 +80,14 @@ class WatchCache:
         kept = _kept(job)
         with self._lock:
             self._jobs[_key(job)] = kept
+            self._job_seen[_key(job)] = self.clock()
 
     def wrote_status(self, patched: dict[str, Any]) -> None:
         """The MFTJob as our status write left it."""
         kept = _kept(patched)
         with self._lock:
             self._jobs[_key(patched)] = kept
+            self._job_seen[_key(patched)] = self.clock()
             self._written[_key(patched)] = patched["metadata"]["resourceVersion"]
             if (patched.get("status") or {}).get("phase") in TERMINAL:
                 self._finished.pop(_key(patched), None)  # the outcome is recorded
@@ -115,11 +118,22 @@ class WatchCache:
         """Drop what is remembered for a deleted MFTJob (its children go with it)."""
         with self._lock:
             self._jobs.pop((namespace, name), None)
+            self._job_seen.pop((namespace, name), None)
             self._written.pop((namespace, name), None)
             self._pytorchjobs.pop((namespace, name), None)  # named after its MFTJob
             self._finished.pop((namespace, name), None)
             self._pod_sets.pop((namespace, name), None)
             self._child_warnings.pop((namespace, name), None)
+
+    def jobs_missing_from(self, listed: list[dict[str, Any]], namespace: str | None, listed_at: float) -> list[Key]:
+        """The MFTJobs remembered in ``namespace`` (None: all) that a LIST started at ``listed_at``
+        did not return, and nothing has delivered since it started: deleted while a watch was
+        down. A watch that expires relists without reporting deletions, so only a LIST shows them
+        (client-go's informers replace their store from it the same way)."""
+        present = {_key(job) for job in listed}
+        with self._lock:
+            return [key for key, seen_at in self._job_seen.items()
+                    if namespace in (None, key[0]) and key not in present and seen_at < listed_at]
 
     # ------------------------------------------------------------ PyTorchJobs
 

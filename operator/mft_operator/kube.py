@@ -9,12 +9,13 @@ import threading
 import time
 from typing import Any, Callable
 
+import urllib3
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from . import API_GROUP, API_VERSION, PLURAL
 from .progress import rfc3339
-from .reconcile import AlreadyExists, KindMissing, Rejected, Stale
+from .reconcile import AlreadyExists, Gone, KindMissing, Rejected, RequestFailed, Stale
 from .render import CONTAINER, JOB_NAME_LABEL
 from .status import FAILED_CREATE_POD, Event
 
@@ -24,6 +25,10 @@ log = logging.getLogger(__name__)
 # cap bounds what a chatty trainer costs the operator.
 LOG_TAIL_LINES = 500
 LOG_LIMIT_BYTES = 1 << 20
+# Every request has a deadline: an apiserver that stopped answering without closing the connection
+# (its node lost, a load balancer failing over) would otherwise hold a reconcile thread for good,
+# and with it every later pass of that job and the poll that waits for its passes.
+REQUEST_TIMEOUT = (5.0, 30.0)  # seconds to connect, seconds to wait for each read of the answer
 
 _CUSTOM = {"PyTorchJob": ("kubeflow.org", "v1", "pytorchjobs")}
 # The training operator's reports of pods the API server refused (a field selector on core/v1 Events).
@@ -32,7 +37,11 @@ REFUSED_POD_EVENTS = f"involvedObject.kind=PyTorchJob,type=Warning,reason={FAILE
 
 class KubeCluster:
     """Core objects come back as the API server's own JSON (``_preload_content=False``), the form
-    watch events deliver, without a round trip through the client's typed models."""
+    watch events deliver, without a round trip through the client's typed models.
+
+    Every request has a deadline (``REQUEST_TIMEOUT``). A failure the reconcile can act on has its
+    own exception (AlreadyExists, KindMissing, Rejected, Stale, Gone); any other failed request is
+    RequestFailed, naming the request and the apiserver's answer."""
 
     def __init__(self, api: client.ApiClient | None = None):
         api = api or client.ApiClient()
@@ -41,29 +50,32 @@ class KubeCluster:
         self._events = EventRecorder(self._post_event)
 
     def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        what = f"get {kind} {namespace}/{name}"
         try:
             if kind in _CUSTOM:
                 group, version, plural = _CUSTOM[kind]
-                return self.custom.get_namespaced_custom_object(group, version, namespace, plural, name)
+                return _request(what, self.custom.get_namespaced_custom_object, group, version, namespace, plural, name)
             reader = {"ConfigMap": self.core.read_namespaced_config_map,
                       "PersistentVolumeClaim": self.core.read_namespaced_persistent_volume_claim}[kind]
-            return _json(reader(name, namespace, _preload_content=False))
+            return _json(_request(what, reader, name, namespace, _preload_content=False))
         except ApiException as exc:
             if exc.status == 404 and kind in _CUSTOM and _is_missing_kind(exc):
                 raise KindMissing(kind) from exc
             if exc.status == 404:
                 return None
-            raise
+            raise _failed(what, exc) from exc
 
     def create(self, manifest: dict[str, Any]) -> dict[str, Any]:
         kind, namespace = manifest["kind"], manifest["metadata"]["namespace"]
+        what = f"create {kind} {namespace}/{manifest['metadata']['name']}"
         try:
             if kind in _CUSTOM:
                 group, version, plural = _CUSTOM[kind]
-                return self.custom.create_namespaced_custom_object(group, version, namespace, plural, manifest)
+                return _request(what, self.custom.create_namespaced_custom_object, group, version, namespace, plural,
+                                manifest)
             creator = {"ConfigMap": self.core.create_namespaced_config_map,
                        "PersistentVolumeClaim": self.core.create_namespaced_persistent_volume_claim}[kind]
-            return _json(creator(namespace, manifest, _preload_content=False))
+            return _json(_request(what, creator, namespace, manifest, _preload_content=False))
         except ApiException as exc:
             if exc.status == 409:
                 raise AlreadyExists(manifest["metadata"]["name"]) from exc
@@ -71,25 +83,37 @@ class KubeCluster:
                 raise KindMissing(kind) from exc
             if exc.status in (400, 403, 422):
                 raise Rejected(_message(exc)) from exc
-            raise
+            raise _failed(what, exc) from exc
 
     def patch(self, kind: str, namespace: str, name: str, patch: dict[str, Any]) -> None:
-        if kind == "ConfigMap":
-            self.core.patch_namespaced_config_map(name, namespace, patch)
-            return
-        group, version, plural = _CUSTOM[kind]
-        self.custom.patch_namespaced_custom_object(group, version, namespace, plural, name, patch)
+        what = f"patch {kind} {namespace}/{name}"
+        try:
+            if kind == "ConfigMap":
+                _request(what, self.core.patch_namespaced_config_map, name, namespace, patch, _preload_content=False).data
+                return
+            group, version, plural = _CUSTOM[kind]
+            _request(what, self.custom.patch_namespaced_custom_object, group, version, namespace, plural, name, patch)
+        except ApiException as exc:
+            raise _failed(what, exc) from exc
 
     def list_pods(self, namespace: str, job_name: str) -> list[dict[str, Any]]:
-        pods = self.core.list_namespaced_pod(
-            namespace, label_selector=f"{JOB_NAME_LABEL}={job_name}", _preload_content=False)
-        return _json(pods)["items"]
+        what = f"list the pods of {namespace}/{job_name}"
+        try:
+            return _json(_request(what, self.core.list_namespaced_pod, namespace,
+                                  label_selector=f"{JOB_NAME_LABEL}={job_name}", _preload_content=False))["items"]
+        except ApiException as exc:
+            raise _failed(what, exc) from exc
 
     def child_warnings(self, namespace: str, name: str) -> list[dict[str, Any]]:
         """The training operator's refused-pod events about PyTorchJob ``name``. The operator reads
         them from its event watch instead (``informer.CachedCluster``)."""
+        what = f"list the events of PyTorchJob {namespace}/{name}"
         selector = f"{REFUSED_POD_EVENTS},involvedObject.name={name}"
-        return _json(self.core.list_namespaced_event(namespace, field_selector=selector, _preload_content=False))["items"]
+        try:
+            return _json(_request(what, self.core.list_namespaced_event, namespace, field_selector=selector,
+                                  _preload_content=False))["items"]
+        except ApiException as exc:
+            raise _failed(what, exc) from exc
 
     def finished_child(self, namespace: str, name: str) -> dict[str, Any] | None:
         return None  # remembered from watch events only (informer.CachedCluster)
@@ -97,52 +121,62 @@ class KubeCluster:
     def delete_child(self, obj: dict[str, Any]) -> None:
         meta = obj["metadata"]
         group, version, plural = _CUSTOM[obj["kind"]]
+        what = f"delete {obj['kind']} {meta['namespace']}/{meta['name']}"
         options = client.V1DeleteOptions(propagation_policy="Foreground",
                                          preconditions=client.V1Preconditions(uid=meta["uid"]))
         try:
-            self.custom.delete_namespaced_custom_object(group, version, meta["namespace"], plural, meta["name"],
-                                                        body=options)
+            _request(what, self.custom.delete_namespaced_custom_object, group, version, meta["namespace"], plural,
+                     meta["name"], body=options)
         except ApiException as exc:
             if exc.status not in (404, 409):  # gone, or already replaced by an object of the same name
-                raise
+                raise _failed(what, exc) from exc
 
     def delete_pod(self, pod: dict[str, Any], grace_seconds: int | None) -> None:
         meta = pod["metadata"]
+        what = f"delete pod {meta['namespace']}/{meta['name']}"
         options = client.V1DeleteOptions(grace_period_seconds=grace_seconds,
                                          preconditions=client.V1Preconditions(uid=meta["uid"]))
         try:
-            self.core.delete_namespaced_pod(meta["name"], meta["namespace"], body=options, _preload_content=False).data
+            _request(what, self.core.delete_namespaced_pod, meta["name"], meta["namespace"], body=options,
+                     _preload_content=False).data
         except ApiException as exc:
             if exc.status not in (404, 409):  # gone, or already replaced by a pod of the same name
-                raise
+                raise _failed(what, exc) from exc
 
     def master_log(self, namespace: str, pod_name: str) -> str:
+        """The tail of the trainer's log; "" when it cannot be read. Progress is a report, not the
+        job's state: a log that cannot be read (no pods/log right, the node's kubelet unreachable)
+        leaves progress stale but must not stop the reconcile that keeps phase and conditions
+        current. Bytes that are not UTF-8 (native code's output, a character cut by the byte
+        limit) are replaced, not fatal."""
+        what = f"read the log of pod {namespace}/{pod_name}"
         try:
-            return self.core.read_namespaced_pod_log(
-                pod_name, namespace, container=CONTAINER, tail_lines=LOG_TAIL_LINES, limit_bytes=LOG_LIMIT_BYTES,
-            )
+            response = _request(what, self.core.read_namespaced_pod_log, pod_name, namespace, container=CONTAINER,
+                                tail_lines=LOG_TAIL_LINES, limit_bytes=LOG_LIMIT_BYTES, _preload_content=False)
+            return response.data.decode("utf-8", errors="replace")
         except ApiException as exc:
-            if exc.status in (400, 404):  # container not started yet, or the pod just went away
-                return ""
-            # Progress is a report, not the job's state: a log that cannot be read (no pods/log
-            # right, the node's kubelet unreachable) leaves progress stale but must not stop the
-            # reconcile that keeps phase and conditions current.
-            log.warning("cannot read the log of pod %s/%s: %s", namespace, pod_name, _message(exc))
-            return ""
+            if exc.status not in (400, 404):  # 400, 404: container not started yet, or the pod just went away
+                log.warning("cannot %s: %s", what, _message(exc))
+        except Exception as exc:
+            log.warning("cannot %s: %s", what, exc)
+        return ""
 
     def patch_status(self, job: dict[str, Any], new_status: dict[str, Any]) -> dict[str, Any]:
         meta = job["metadata"]
+        what = f"write the status of MFTJob {meta['namespace']}/{meta['name']}"
         # resourceVersion in a merge patch is a precondition: 409 if the MFTJob changed meanwhile.
         # So the status it is applied to is job's own, and a key dropped from it must be sent as null.
         body = {"metadata": {"resourceVersion": meta["resourceVersion"]},
                 "status": merge_patch(job.get("status") or {}, new_status)}
         try:
-            return self.custom.patch_namespaced_custom_object_status(
-                API_GROUP, API_VERSION, meta["namespace"], PLURAL, meta["name"], body)
+            return _request(what, self.custom.patch_namespaced_custom_object_status, API_GROUP, API_VERSION,
+                            meta["namespace"], PLURAL, meta["name"], body)
         except ApiException as exc:
             if exc.status == 409:
                 raise Stale(_message(exc)) from exc
-            raise
+            if exc.status == 404:
+                raise Gone(f"{meta['namespace']}/{meta['name']}") from exc
+            raise _failed(what, exc) from exc
 
     def event(self, job: dict[str, Any], event: Event) -> None:
         meta = job["metadata"]
@@ -168,22 +202,43 @@ class KubeCluster:
 
     def _post_event(self, body: dict[str, Any]) -> None:
         # Reading the body returns the connection to the pool; an unread one would be dropped.
-        self.core.create_namespaced_event(body["metadata"]["namespace"], body, _preload_content=False).data
+        _request(f"post an event in {body['metadata']['namespace']}", self.core.create_namespaced_event,
+                 body["metadata"]["namespace"], body, _preload_content=False).data
 
     def list_jobs(self, namespace: str | None) -> list[dict[str, Any]]:
-        if namespace:
-            found = self.custom.list_namespaced_custom_object(API_GROUP, API_VERSION, namespace, PLURAL)
-        else:
-            found = self.custom.list_cluster_custom_object(API_GROUP, API_VERSION, PLURAL)
+        what = f"list the MFTJobs of namespace {namespace}" if namespace else "list the MFTJobs"
+        try:
+            if namespace:
+                found = _request(what, self.custom.list_namespaced_custom_object, API_GROUP, API_VERSION, namespace,
+                                 PLURAL)
+            else:
+                found = _request(what, self.custom.list_cluster_custom_object, API_GROUP, API_VERSION, PLURAL)
+        except ApiException as exc:
+            raise _failed(what, exc) from exc
         return found.get("items", [])
 
     def get_job(self, namespace: str, name: str) -> dict[str, Any] | None:
+        what = f"get MFTJob {namespace}/{name}"
         try:
-            return self.custom.get_namespaced_custom_object(API_GROUP, API_VERSION, namespace, PLURAL, name)
+            return _request(what, self.custom.get_namespaced_custom_object, API_GROUP, API_VERSION, namespace, PLURAL,
+                            name)
         except ApiException as exc:
             if exc.status == 404:
                 return None
-            raise
+            raise _failed(what, exc) from exc
+
+
+def _request(what: str, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """``call`` with the deadline. An answer with an HTTP status raises ApiException, for the
+    caller to classify; no answer (a timeout, a reset or refused connection) is RequestFailed."""
+    try:
+        return call(*args, _request_timeout=REQUEST_TIMEOUT, **kwargs)
+    except (urllib3.exceptions.HTTPError, OSError) as exc:
+        raise RequestFailed(f"cannot {what}: {exc}") from exc
+
+
+def _failed(what: str, exc: ApiException) -> RequestFailed:
+    return RequestFailed(f"cannot {what}: {exc.status} {exc.reason}: {_message(exc)}")
 
 
 def merge_patch(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:

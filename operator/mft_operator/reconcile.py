@@ -33,6 +33,16 @@ class Rejected(Exception):
     """The apiserver (or an admission webhook) refused an object; the message says why."""
 
 
+class Gone(Exception):
+    """The MFTJob no longer exists (a status write found it deleted, or a recreation did not find
+    it): nothing more is done for it, and what is remembered of it is dropped."""
+
+
+class RequestFailed(Exception):
+    """An API request failed for a reason the pass cannot act on (refused by RBAC or admission,
+    throttled, the apiserver unavailable, no answer in time); the message says which request and why."""
+
+
 class Stale(Exception):
     """The MFTJob changed since it was read (a status write's resourceVersion precondition failed),
     or a pass that may create children was given a copy not read just now: read it again."""
@@ -58,6 +68,8 @@ class Cluster(Protocol):
         """Write status only if the MFTJob is still at job's resourceVersion (else raise Stale);
         return the MFTJob as written."""
     def event(self, job: dict[str, Any], event: Event) -> None: ...
+    def get_job(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The MFTJob as the API has it now; None if it does not exist."""
 
 
 # ---------------------------------------------------------------- pure decisions
@@ -91,9 +103,12 @@ def has_foreign_controller(obj: dict[str, Any], job: dict[str, Any]) -> bool:
 
 def adoptable(existing: dict[str, Any], job: dict[str, Any]) -> bool:
     """An existing object with our deterministic name is ours to use when this MFTJob controls
-    it; a retained checkpoint PVC (owned by nobody) is reused on purpose: resume from it."""
+    it. A retained checkpoint PVC (owned by nobody) is reused on purpose, to resume from it, but
+    only one the operator created for a job of this name (its label says so): a claim of another
+    workload that happens to have the name is not mounted, written and pruned."""
     if existing["kind"] == "PersistentVolumeClaim":
-        return not has_foreign_controller(existing, job)
+        made_for_this_name = existing["metadata"].get("labels", {}).get(render.JOB_NAME_LABEL) == job["metadata"]["name"]
+        return made_for_this_name and not has_foreign_controller(existing, job)
     return controlled_by(existing, job)
 
 
@@ -165,7 +180,12 @@ def reconcile(cluster: Cluster, job: dict[str, Any], settings: Settings, now: st
         return previous
     seen = Observation(now=now)
     if previous.get("phase") not in status.TERMINAL:
-        seen = _observe_and_act(cluster, job, settings, now, fresh)
+        try:
+            seen = _observe_and_act(cluster, job, settings, now, fresh)
+        except RequestFailed as exc:
+            # Shown on the job (Blocked, and an event) rather than only in the operator's log;
+            # the phase stays what was last seen, and the next pass tries again.
+            seen = Observation(now=now, problems=(Problem("APIRequestFailed", str(exc)),))
     new_status = status.derive(job, seen)
     if new_status != previous:
         cluster.patch_status(job, new_status)
@@ -258,6 +278,8 @@ def _observe_and_act(cluster: Cluster, job: dict[str, Any], settings: Settings, 
         if decision == BUDGET_SPENT:
             message = f"the PyTorchJob disappeared and the restart budget ({restart_budget(job)}) is spent"
             return Observation(now=now, problems=(Problem("RestartBudgetExhausted", message, terminal=True),))
+        if decision == RECREATE:
+            _confirm_exists(cluster, job)
         blocking = missing_claims(ctx, cluster)
         if blocking:
             return Observation(now=now, problems=tuple(blocking))
@@ -275,6 +297,17 @@ def _observe_and_act(cluster: Cluster, job: dict[str, Any], settings: Settings, 
     reports = _read_reports(cluster, ctx.namespace, pods) if reads_progress(child) else progress.Reports()
     return Observation(now=now, child=child, pods=pods, reports=reports, recreated=recreated,
                        child_warnings=tuple(cluster.child_warnings(ctx.namespace, ctx.name)))
+
+
+def _confirm_exists(cluster: Cluster, job: dict[str, Any]) -> None:
+    """Raise Gone unless the API still has this MFTJob (this uid). A recreation decided from memory
+    alone would bring back the child of a job deleted while its deletion event was missed (a
+    watch relist reports no deletions) or not yet handled: the API confirms it first, as it
+    confirms the child's absence. Recreations are rare: one read each."""
+    meta = job["metadata"]
+    current = cluster.get_job(meta["namespace"], meta["name"])
+    if current is None or current["metadata"].get("uid") != meta.get("uid"):
+        raise Gone(f"{meta['namespace']}/{meta['name']}")
 
 
 def _starting(pod: dict[str, Any]) -> bool:

@@ -90,8 +90,9 @@ class FakeCluster:
     def patch_status(self, job, new_status):
         key = (job["metadata"]["namespace"], job["metadata"]["name"])
         stored = self.jobs.get(key, {}).get("metadata", {}).get("resourceVersion")
-        if stored is not None and stored != job["metadata"].get("resourceVersion"):
-            raise Stale(f"{key}: at {stored}, written from {job['metadata'].get('resourceVersion')}")
+        given = job["metadata"].get("resourceVersion")
+        if None not in (stored, given) and stored != given:  # a merge patch without one has no precondition
+            raise Stale(f"{key}: at {stored}, written from {given}")
         self.statuses.append(copy.deepcopy(new_status))
         self.resource_version += 1
         written = self.jobs.get(key) or copy.deepcopy(job)

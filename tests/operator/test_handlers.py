@@ -8,6 +8,7 @@ import threading
 import time
 
 import kopf
+import pytest
 
 from mft_operator import handlers, status
 from mft_operator.informer import WatchCache
@@ -313,3 +314,93 @@ def test_a_missed_deletion_of_a_finished_jobs_child_stops_its_polls_after_one_re
     passes = _passes(runtime)
     runtime.poll_once()
     assert _passes(runtime) == passes
+
+
+def _handler(runtime, handler_id):
+    return next(h.fn for h in handlers.build_registry(runtime)._watching.get_all_handlers() if h.id == handler_id)
+
+
+def test_a_job_deleted_while_its_deletion_event_was_missed_does_not_bring_its_child_back():
+    """A watch that expires relists without reporting deletions: the MFTJob stays in memory, and
+    the garbage collector's deletion of its PyTorchJob must not lead to a new one (owned by the
+    deleted job, collected again, recreated again...)."""
+    cluster = _cluster_with_job("a")
+    runtime = _runtime(cluster)
+    runtime.reconcile("ml", "a", "mftjob")
+    child = cluster.objects.pop(("PyTorchJob", "ml", "a"))
+    del cluster.jobs[("ml", "a")]  # deleted; its DELETED event never came
+    creates = cluster.creates
+    _handler(runtime, "pytorchjob")(type="DELETED", body=kopf.Body(child), namespace="ml")
+    assert cluster.creates == creates and ("PyTorchJob", "ml", "a") not in cluster.objects
+    assert not runtime.cache.has_job("ml", "a")
+
+
+def test_a_status_write_that_finds_the_job_deleted_forgets_it():
+    cluster = _cluster_with_job("a")
+    runtime = _runtime(cluster)
+
+    def deleted(job, new_status):
+        raise handlers.reconcile.Gone("ml/a")
+
+    runtime.cache.observe_job(cluster.jobs[("ml", "a")])
+    cluster.patch_status = deleted
+    runtime.reconcile("ml", "a", "mftjob")
+    assert not runtime.cache.has_job("ml", "a")
+    assert runtime.metrics.registry.get_sample_value("mft_reconcile_errors_total", {"error": "Gone"}) is None
+
+
+def test_the_poll_forgets_jobs_its_list_no_longer_returns():
+    cluster = _cluster_with_job("a")
+    cluster.jobs[("ml", "b")] = _job("b")
+    runtime = _runtime(cluster)
+    runtime.poll_once()
+    assert runtime.cache.has_job("ml", "a") and runtime.cache.has_job("ml", "b")
+    del cluster.jobs[("ml", "b")]
+    runtime.poll_once()
+    assert runtime.cache.has_job("ml", "a") and not runtime.cache.has_job("ml", "b")
+
+
+def test_a_job_that_arrives_while_the_poll_lists_is_kept():
+    cluster = _cluster_with_job("a")
+    runtime = _runtime(cluster)
+    listed = cluster.list_jobs
+
+    def list_then_see_a_new_job(namespace):
+        jobs = listed(namespace)
+        runtime.cache.observe_job(_job("new"))  # its watch event comes after the list was read
+        return jobs
+
+    cluster.list_jobs = list_then_see_a_new_job
+    runtime.poll_once()
+    assert runtime.cache.has_job("ml", "new")
+
+
+def test_one_namespace_that_cannot_be_listed_does_not_stop_the_poll_of_the_others(caplog):
+    cluster = _cluster_with_job("a")
+    listed = cluster.list_jobs
+
+    def forbidden_in_gone(namespace):
+        if namespace == "gone":
+            raise handlers.reconcile.RequestFailed("cannot list the MFTJobs of namespace gone: 403 Forbidden")
+        return listed(namespace)
+
+    cluster.list_jobs = forbidden_in_gone
+    runtime = handlers.Runtime(Settings(namespaces=("gone", "ml")), cluster, Metrics(),
+                               clock=lambda: "2026-01-01T00:00:00Z")
+    with caplog.at_level(logging.WARNING):
+        runtime.poll_once()
+    assert ("PyTorchJob", "ml", "a") in cluster.objects
+    assert "403 Forbidden" in caplog.text
+    assert runtime.metrics.registry.get_sample_value("mft_reconcile_errors_total", {"error": "poll-list"}) == 1
+
+
+def test_liveness_fails_once_the_poll_is_stuck(monkeypatch):
+    runtime = _runtime(_cluster_with_job("a"))
+    runtime.poll_once()
+    assert runtime.seconds_since_poll() < 5
+    started = time.monotonic()
+    monkeypatch.setattr(handlers.time, "monotonic", lambda: started + handlers.POLL_STALL_SECONDS + 1)
+    with pytest.raises(kopf.PermanentError, match="the poll has not completed for"):
+        runtime.seconds_since_poll()
+    probes = {h.id for h in handlers.build_registry(runtime)._activities.get_all_handlers()}
+    assert "secondsSincePoll" in probes

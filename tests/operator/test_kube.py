@@ -6,13 +6,16 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import unquote
 
 import pytest
 from kubernetes import client
 
+from mft_operator import kube
 from mft_operator.kube import EventRecorder, KubeCluster, merge_patch
+from mft_operator.reconcile import Gone, RequestFailed
 from mft_operator.status import Event
 
 POD = {"metadata": {"name": "a-master-0", "namespace": "ml", "creationTimestamp": "2026-11-28T00:00:00Z"}}
@@ -37,9 +40,21 @@ class _Apiserver(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
+    def _answer_text(self, data: bytes) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
     def do_GET(self) -> None:
         self.requests.append(("GET", self.path, {}))
-        if "/pods" in self.path:
+        if "/hangs/" in self.path:
+            time.sleep(1)  # longer than the test's deadline: the client has hung up
+            self.close_connection = True
+        elif self.path.split("?")[0].endswith("/log"):
+            self._answer_text('{"kind": "mft.progress", "step": 3}\nloss \u2581'.encode()[:-1])  # a cut character
+        elif "/pods" in self.path:
             self._answer(200, {"kind": "PodList", "items": [POD]})
         elif "/events" in self.path:
             self._answer(200, {"kind": "EventList", "items": [REFUSAL]})
@@ -57,6 +72,12 @@ class _Apiserver(BaseHTTPRequestHandler):
     def do_PATCH(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         self.requests.append(("PATCH", self.path, body))
+        if "/gone/" in self.path:
+            self._answer(404, {"kind": "Status", "reason": "NotFound", "details": {"name": "gone"}})
+            return
+        if "/forbidden" in self.path:
+            self._answer(403, {"kind": "Status", "reason": "Forbidden", "message": "denied by policy pause-training"})
+            return
         self._answer(200, {"kind": "MFTJob", "metadata": {"name": "a", "resourceVersion": "8"}, "status": {}})
 
     def do_DELETE(self) -> None:
@@ -162,3 +183,29 @@ def test_a_pod_is_deleted_by_uid_and_gone_or_replaced_is_fine(cluster):
                                              "/api/v1/namespaces/ml/pods/replaced"]
     assert deletes[0][1]["preconditions"] == {"uid": "uid-a-master-0"} and deletes[0][1]["gracePeriodSeconds"] == 5
     assert "gracePeriodSeconds" not in deletes[1][1]  # the pod's own
+
+
+def test_a_status_write_to_a_deleted_job_says_it_is_gone(cluster):
+    job = {"kind": "MFTJob", "metadata": {"name": "gone", "namespace": "ml", "resourceVersion": "7"}, "status": {}}
+    with pytest.raises(Gone):
+        cluster.patch_status(job, {"phase": "Running"})
+
+
+def test_a_refused_request_names_the_request_and_the_apiservers_answer(cluster):
+    with pytest.raises(RequestFailed, match="cannot patch PyTorchJob ml/forbidden: 403 Forbidden: denied by policy"):
+        cluster.patch("PyTorchJob", "ml", "forbidden", {"spec": {"runPolicy": {"suspend": True}}})
+
+
+def test_a_log_that_is_not_utf8_is_read_with_the_bad_bytes_replaced(cluster):
+    text = cluster.master_log("ml", "a-master-0")
+    assert text.startswith('{"kind": "mft.progress", "step": 3}\nloss ') and text.endswith("\ufffd")
+
+
+def test_every_request_has_a_deadline(cluster, monkeypatch):
+    """An apiserver that stops answering must not hold a reconcile thread for good."""
+    monkeypatch.setattr(kube, "REQUEST_TIMEOUT", (1.0, 0.3))
+    started = time.monotonic()
+    with pytest.raises(RequestFailed, match="cannot list the pods of hangs/a"):
+        cluster.list_pods("hangs", "a")
+    assert time.monotonic() - started < 1.9
+    assert cluster.master_log("hangs", "a-master-0") == ""  # a report, not the job's state

@@ -187,6 +187,7 @@ def test_a_rejected_child_is_a_condition():
 def test_a_vanished_child_is_recreated_within_the_budget_then_the_job_fails():
     cluster = cluster_with_claims()
     job = step(cluster, lora_job())  # restartBudget: 2 in the example
+    cluster.jobs[("ml", job["metadata"]["name"])] = copy.deepcopy(job)  # the API confirms it before each recreation
     for expected_restarts in (1, 2):
         del cluster.objects[("PyTorchJob", "ml", "pythia-1b-code-lora")]
         job = step(cluster, job)
@@ -195,6 +196,42 @@ def test_a_vanished_child_is_recreated_within_the_budget_then_the_job_fails():
     job = step(cluster, job)
     assert pytorchjob(cluster) is None
     assert job["status"]["phase"] == "Failed" and job["status"]["failure"]["reason"] == "RestartBudgetExhausted"
+
+
+def test_the_child_of_a_job_the_api_no_longer_has_is_not_recreated():
+    """Its deletion event was missed (a watch relist reports none) or is not handled yet: the copy
+    in memory alone must not bring its PyTorchJob back."""
+    cluster = cluster_with_claims()
+    job = step(cluster, lora_job())
+    del cluster.objects[("PyTorchJob", "ml", "pythia-1b-code-lora")]
+    creates = cluster.creates
+    with pytest.raises(reconcile.Gone):
+        step(cluster, job)
+    cluster.jobs[("ml", job["metadata"]["name"])] = {**copy.deepcopy(job), "metadata": {**job["metadata"], "uid": "uid-2"}}
+    with pytest.raises(reconcile.Gone):  # deleted and created again under the same name: another job
+        step(cluster, job)
+    assert cluster.creates == creates and pytorchjob(cluster) is None
+
+
+def test_a_failed_api_request_is_shown_on_the_job_and_its_phase_is_kept():
+    """A request refused for a reason the pass cannot act on (RBAC, an admission policy on update,
+    the apiserver unavailable) is Blocked with the apiserver's answer, not only a log line."""
+    cluster = cluster_with_claims()
+    job = step(cluster, lora_job())
+    set_child_conditions(cluster, "Created", "Running")
+    job = step(cluster, job)
+    job["spec"]["runPolicy"]["activeDeadlineSeconds"] = 3600  # the child must be patched
+
+    def refuse(kind, namespace, name, patch):
+        raise reconcile.RequestFailed(f"cannot patch {kind} {namespace}/{name}: 403 Forbidden: denied by policy")
+
+    cluster.patch = refuse
+    job = step(cluster, job)
+    blocked = next(c for c in job["status"]["conditions"] if c["type"] == "Blocked")
+    assert job["status"]["phase"] == "Running"
+    assert blocked["status"] == "True" and blocked["reason"] == "APIRequestFailed"
+    assert "403 Forbidden: denied by policy" in blocked["message"]
+    assert any(e.reason == "APIRequestFailed" for e in cluster.events)
 
 
 def test_a_child_deleted_as_soon_as_it_finished_gives_the_outcome_not_a_recreation():
@@ -455,14 +492,28 @@ def test_a_retained_claim_from_an_earlier_job_is_reused():
     job = load(ROOT / "examples" / "sft.yaml")
     job["metadata"].update(namespace="ml", uid="uid-2", generation=1)
     job["spec"]["checkpoint"]["retainOnDelete"] = True
-    for claim in ("shared-models", "code-data", "pythia-1b-code-sft-checkpoints"):
+    for claim in ("shared-models", "code-data"):
         cluster.claim("ml", claim)
+    # As an earlier job of this name created it.
+    cluster.add(next(m for m in render.render(job, SETTINGS) if m["kind"] == "PersistentVolumeClaim"))
     job = step(cluster, job)
     assert job["status"]["phase"] == "Created"
     claim = cluster.objects[("PersistentVolumeClaim", "ml", "pythia-1b-code-sft-checkpoints")]
     # Still retained, whatever this job's retainOnDelete: owning it would take the right to delete
     # PersistentVolumeClaims (OwnerReferencesPermissionEnforcement), which the operator does not ask for.
     assert "ownerReferences" not in claim["metadata"]
+
+
+def test_a_claim_of_another_workload_with_the_checkpoint_claims_name_is_not_used():
+    cluster = FakeCluster()
+    job = load(ROOT / "examples" / "sft.yaml")
+    job["metadata"].update(namespace="ml", uid="uid-2", generation=1)
+    for claim in ("shared-models", "code-data", "pythia-1b-code-sft-checkpoints"):  # the last one made by hand
+        cluster.claim("ml", claim)
+    job = step(cluster, job)
+    blocked = next(c for c in job["status"]["conditions"] if c["type"] == "Blocked")
+    assert blocked["reason"] == "NameConflict" and "PersistentVolumeClaim pythia-1b-code-sft-checkpoints" in blocked["message"]
+    assert pytorchjob(cluster) is None
 
 
 def test_a_copy_not_read_just_now_never_recreates_a_vanished_child():
