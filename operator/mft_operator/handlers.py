@@ -32,6 +32,9 @@ log = logging.getLogger("mft_operator")
 MANAGED = {"app.kubernetes.io/managed-by": "mft-operator"}
 MANAGED_SELECTOR = ",".join(f"{key}={value}" for key, value in MANAGED.items())
 RESYNC_SECONDS = 60.0  # the poll's resync of jobs whose children have not started
+# The poll takes the MFTJobs from the watch cache, and lists them from the API this often: to
+# repair what a missed watch event left behind, and to learn of deletions a relist does not report.
+LIST_SECONDS = 60.0
 EVENT_FLUSH_SECONDS = 5.0  # on stop, for the events still queued (well inside a pod's grace period)
 # Liveness fails once the poll has not completed for this long: with a deadline on every request
 # a poll ends within minutes even in a burst, so a longer one is stuck, and a restart recovers.
@@ -73,6 +76,7 @@ class Runtime:
         self._passes_guard = threading.Lock()
         self._last_pass: dict[tuple[str, str], float] = {}  # monotonic end of the last complete pass
         self._last_poll = time.monotonic()  # when the last poll ended (or the operator started)
+        self._last_list = float("-inf")  # when the poll last listed the MFTJobs
 
     def reconcile(self, namespace: str, name: str, trigger: str, body: dict[str, Any] | None = None) -> None:
         """Reconcile the MFTJob now, or have the reconcile already running pass once more.
@@ -150,40 +154,43 @@ class Runtime:
             self._last_poll = time.monotonic()
 
     def _poll_due(self) -> None:
-        jobs = [job for namespace in (self.settings.namespaces or (None,)) for job in self._list_jobs(namespace)]
+        if time.monotonic() - self._last_list >= LIST_SECONDS:
+            for namespace in self.settings.namespaces or (None,):
+                self._relist(namespace)
+            self._last_list = time.monotonic()
+        jobs = self.cache.jobs()
         self.cache.prune_child_warnings()
         self.metrics.count_phases((job.get("status") or {}).get("phase") for job in jobs)
-        now, wall_clock, active = time.monotonic(), self.clock(), []
+        now, wall_clock, due = time.monotonic(), self.clock(), []
         for job in jobs:
             meta, phase = job["metadata"], (job.get("status") or {}).get("phase")
             if phase in status.TERMINAL:
                 # Finished: only the deletion of its child once due (nothing else would trigger it).
                 if (status.child_expiry(job, wall_clock) is not None
                         and self.cache.knows_pytorchjob(meta["namespace"], meta["name"])):
-                    active.append(job)
+                    due.append((meta["namespace"], meta["name"]))
                 continue
             if now - self._last_pass.get((meta["namespace"], meta["name"]), float("-inf")) < self._poll_after(phase):
                 self.metrics.skipped.labels(reason="recently-reconciled").inc()
                 continue
-            active.append(job)
+            due.append((meta["namespace"], meta["name"]))
         with ThreadPoolExecutor(self.settings.max_concurrent_reconciles, thread_name_prefix="poll") as pool:
-            list(pool.map(self._poll_job, active))
+            list(pool.map(lambda key: self.reconcile(*key, "timer"), due))
 
-    def _list_jobs(self, namespace: str | None) -> list[dict[str, Any]]:
-        """The MFTJobs of ``namespace`` (None: all), forgetting the remembered ones it no longer
-        has; none when they cannot be listed: one namespace's failure (its Role deleted, say) must
-        not stop the poll of the others."""
+    def _relist(self, namespace: str | None) -> None:
+        """Bring the watch cache's MFTJobs of ``namespace`` (None: all) in line with a LIST, and
+        forget those it no longer has: a watch that expires relists without reporting deletions.
+        One namespace that cannot be listed (its Role deleted, say) does not stop the others."""
         listed_at = self.cache.clock()
         try:
             jobs = self.cluster.list_jobs(namespace)
         except Exception as exc:
             self.metrics.errors.labels(error="poll-list").inc()
-            log.warning("cannot poll the MFTJobs of %s: %s", f"namespace {namespace}" if namespace else "the cluster", exc)
-            return []
-        for gone in self.cache.jobs_missing_from(jobs, namespace, listed_at):
+            log.warning("cannot list the MFTJobs of %s: %s", f"namespace {namespace}" if namespace else "the cluster", exc)
+            return
+        for gone in self.cache.replace_jobs(jobs, namespace, listed_at):
             log.info("%s/%s is deleted (its deletion event was missed); forgetting it", *gone)
             self.forget(*gone)
-        return jobs
 
     def seconds_since_poll(self) -> float:
         """For the liveness probe: seconds since the last poll ended; raises once it is stuck."""
@@ -191,11 +198,6 @@ class Runtime:
         if waited > max(POLL_STALL_SECONDS, 10 * self.settings.progress_interval_seconds):
             raise kopf.PermanentError(f"the poll has not completed for {waited:.0f} s")
         return round(waited, 1)
-
-    def _poll_job(self, listed: dict[str, Any]) -> None:
-        namespace, name = listed["metadata"]["namespace"], listed["metadata"]["name"]
-        # The watch cache's copy is at least as new as the list's, unless the job is unknown to it.
-        self.reconcile(namespace, name, "timer", None if self.cache.has_job(namespace, name) else listed)
 
 
 class NoDiffBase(kopf.DiffBaseStorage):

@@ -125,15 +125,23 @@ class WatchCache:
             self._pod_sets.pop((namespace, name), None)
             self._child_warnings.pop((namespace, name), None)
 
-    def jobs_missing_from(self, listed: list[dict[str, Any]], namespace: str | None, listed_at: float) -> list[Key]:
-        """The MFTJobs remembered in ``namespace`` (None: all) that a LIST started at ``listed_at``
-        did not return, and nothing has delivered since it started: deleted while a watch was
-        down. A watch that expires relists without reporting deletions, so only a LIST shows them
-        (client-go's informers replace their store from it the same way)."""
-        present = {_key(job) for job in listed}
+    def jobs(self) -> list[dict[str, Any]]:
+        """Every remembered MFTJob, as kept: read them, do not change them."""
         with self._lock:
+            return list(self._jobs.values())
+
+    def replace_jobs(self, listed: list[dict[str, Any]], namespace: str | None, listed_at: float) -> list[Key]:
+        """Take the MFTJobs of ``namespace`` (None: all) from a LIST started at ``listed_at``, where
+        nothing has delivered a newer copy since it started, as client-go's informers replace their
+        store; returns those remembered that the LIST did not return (and nothing delivered since it
+        started): deleted while a watch was down, for the caller to forget."""
+        kept = {_key(job): _kept(job) for job in listed}
+        with self._lock:
+            for key, job in kept.items():
+                if self._job_seen.get(key, float("-inf")) < listed_at:
+                    self._jobs[key], self._job_seen[key] = job, listed_at
             return [key for key, seen_at in self._job_seen.items()
-                    if namespace in (None, key[0]) and key not in present and seen_at < listed_at]
+                    if namespace in (None, key[0]) and key not in kept and seen_at < listed_at]
 
     # ------------------------------------------------------------ PyTorchJobs
 

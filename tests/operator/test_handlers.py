@@ -261,7 +261,9 @@ def test_poll_resyncs_waiting_jobs_once_a_minute_and_running_ones_every_half_int
     runtime.poll_once()
     assert polled() == 1
 
-    cluster.jobs[key]["status"]["phase"] = "Running"  # progress: due every half interval
+    running = copy.deepcopy(cluster.jobs[key])
+    running["status"]["phase"] = "Running"  # progress: due every half interval
+    runtime.cache.observe_job(running)  # as its watch event delivers it
     runtime._last_pass[key] = time.monotonic() - interval / 4
     runtime.poll_once()
     assert polled() == 1
@@ -353,11 +355,17 @@ def test_the_poll_forgets_jobs_its_list_no_longer_returns():
     cluster = _cluster_with_job("a")
     cluster.jobs[("ml", "b")] = _job("b")
     runtime = _runtime(cluster)
+    listed = cluster.list_jobs
+    lists = []
+    cluster.list_jobs = lambda namespace: lists.append(namespace) or listed(namespace)
     runtime.poll_once()
     assert runtime.cache.has_job("ml", "a") and runtime.cache.has_job("ml", "b")
     del cluster.jobs[("ml", "b")]
+    runtime.poll_once()  # from the watch cache: the API is listed once a minute
+    assert runtime.cache.has_job("ml", "b") and lists == [None]
+    runtime._last_list -= handlers.LIST_SECONDS
     runtime.poll_once()
-    assert runtime.cache.has_job("ml", "a") and not runtime.cache.has_job("ml", "b")
+    assert runtime.cache.has_job("ml", "a") and not runtime.cache.has_job("ml", "b") and lists == [None, None]
 
 
 def test_a_job_that_arrives_while_the_poll_lists_is_kept():

@@ -225,3 +225,24 @@ def test_no_last_state_is_kept_for_a_job_whose_outcome_is_recorded():
                        "status": {"phase": "Succeeded"}})
     cache.observe_pytorchjob(_child(["Created", "Succeeded"]), deleted=True)
     assert cache.finished_pytorchjob("ml", "a") is None and cache._finished == {}
+
+
+def _job(name, namespace="ml", version="1"):
+    return {"kind": "MFTJob", "metadata": {"namespace": namespace, "name": name, "resourceVersion": version}}
+
+
+def test_a_list_replaces_older_copies_and_reports_the_jobs_it_no_longer_has():
+    clock = Clock()
+    cache = WatchCache(clock=clock)
+    for job in (_job("edited"), _job("deleted"), _job("elsewhere", namespace="other")):
+        cache.observe_job(job)
+    clock.now += 1
+    listed_at = clock()
+    clock.now += 1
+    cache.observe_job(_job("new-during-the-list"))
+    gone = cache.replace_jobs([_job("edited", version="2")], "ml", listed_at)
+    assert gone == [("ml", "deleted")]  # not another namespace's, nor one delivered since the list began
+    assert cache.job("ml", "edited")["metadata"]["resourceVersion"] == "2"  # a missed modification repaired
+    cache.observe_job(_job("edited", version="3"))
+    cache.replace_jobs([_job("edited", version="2"), _job("new-during-the-list")], None, listed_at)
+    assert cache.job("ml", "edited")["metadata"]["resourceVersion"] == "3"  # newer than the list: kept
