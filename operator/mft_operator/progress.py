@@ -10,12 +10,16 @@ The trainer (rank 0) prints one JSON object per line on stdout:
 
 The operator reads the tail of that log on a timer and keeps the last record of each kind.
 Trainer pods need no API credentials for this (see DESIGN.md).
+
+Progress is a report, not the job's state: a record that cannot be read is ignored, and so is
+any value in one that status cannot hold; nothing here raises.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -36,6 +40,18 @@ _PROGRESS_FIELDS = {
 }
 _CHECKPOINT_FIELDS = {"latest": ("latest", str), "best": ("best", str), "best_valid_loss": ("bestValidLoss", float)}
 
+# A record starts its line, after torchrun's optional per-rank prefix ("[default0]:" with --tee,
+# "[0]:" from a "[${rank}]:" prefix template). One further along a line is never a record: the
+# trainer's data errors end with an excerpt of the bad data record, which may look like one.
+_RECORD_LINE = re.compile(r'(?:\[[\w.-]*\]:)?(\{"kind".*)')
+
+# What status can store (the apiserver's integers are int64, its times RFC 3339 with a four-digit
+# year) and what the CRD lets it hold (maxLength of the checkpoint names, in bytes).
+_INT64 = range(-(2**63), 2**63)
+_END_OF_YEAR_9999 = 253402300800  # in Unix seconds
+_MAX_ETA_SECONDS = 100 * 365 * 86400  # a longer one is no estimate (and its text would have no bound)
+_MAX_CHECKPOINT_NAME_BYTES = 255  # a path component (NAME_MAX)
+
 
 @dataclass(frozen=True)
 class Reports:
@@ -48,11 +64,13 @@ class Reports:
 def parse_log(text: str) -> Reports:
     """Last progress and checkpoint records in ``text``; other output is ignored.
 
-    Lines may carry a prefix (torchrun's ``[default0]:``); a line cut by the read limit or not
-    JSON is skipped.
+    A record begins its line, after an optional prefix (torchrun's ``[default0]:``); a line cut by
+    the read limit or not JSON is skipped.
     """
     last: dict[str, dict[str, Any]] = {}
-    for line in text.splitlines():
+    # Lines end at "\n" only: the trainer writes one record per "\n", and data it echoes may hold
+    # other line separators (U+2028, U+0085) that str.splitlines() would start a line at.
+    for line in text.split("\n"):
         record = _record(line)
         if record is not None:
             last[record["kind"]] = record
@@ -60,12 +78,12 @@ def parse_log(text: str) -> Reports:
 
 
 def _record(line: str) -> dict[str, Any] | None:
-    start = line.find('{"kind"')
-    if start < 0:
+    match = _RECORD_LINE.fullmatch(line)
+    if match is None:
         return None
     try:
-        record = json.loads(line[start:])
-    except json.JSONDecodeError:
+        record = json.loads(match.group(1))
+    except (ValueError, RecursionError):  # not JSON, an int too long to read, or nested too deep
         return None
     if not isinstance(record, dict) or record.get("kind") not in (PROGRESS, CHECKPOINT):
         return None
@@ -73,13 +91,14 @@ def _record(line: str) -> dict[str, Any] | None:
 
 
 def progress_status(record: dict[str, Any]) -> dict[str, Any]:
-    """A progress record as ``status.progress`` fields (absent or non-finite values left out)."""
+    """A progress record as ``status.progress`` fields (absent values, and values status cannot
+    hold, left out)."""
     status = _convert(record, _PROGRESS_FIELDS)
     eta = _number(record.get("eta_seconds"))
-    if eta is not None and eta >= 0:
+    if eta is not None and 0 <= eta <= _MAX_ETA_SECONDS:
         status["eta"] = format_duration(eta)
     when = _number(record.get("time"))
-    if when is not None:
+    if when is not None and 0 <= when < _END_OF_YEAR_9999:
         status["updatedAt"] = rfc3339(when)
     return status
 
@@ -101,22 +120,43 @@ def summary(progress: dict[str, Any]) -> str | None:
 def _convert(record: dict[str, Any], fields: dict[str, tuple[str, type]]) -> dict[str, Any]:
     status = {}
     for key, (status_key, kind) in fields.items():
-        value = record.get(key)
-        if kind is str:
-            if isinstance(value, str) and value:
-                status[status_key] = value
-            continue
-        number = _number(value)
-        if number is not None:
-            status[status_key] = int(number) if kind is int else float(number)
+        value = _checkpoint_name(record.get(key)) if kind is str else _typed_number(record.get(key), kind)
+        if value is not None:
+            status[status_key] = value
     return status
 
 
+def _checkpoint_name(value: Any) -> str | None:
+    """A checkpoint name status can hold; a longer one is no name (and cut short, it would name a
+    checkpoint that does not exist)."""
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        size = len(value.encode("utf-8"))
+    except UnicodeEncodeError:  # a lone surrogate: not text that status can hold
+        return None
+    return value if size <= _MAX_CHECKPOINT_NAME_BYTES else None
+
+
+def _typed_number(value: Any, kind: type) -> int | float | None:
+    number = _number(value)
+    if number is None:
+        return None
+    if kind is float:
+        return float(number)
+    whole = int(number)
+    return whole if whole in _INT64 else None
+
+
 def _number(value: Any) -> float | None:
-    """A finite JSON number (NaN or infinity cannot be stored in status), else None."""
+    """A finite JSON number (NaN, infinity or an integer beyond a double's range cannot be stored
+    in status), else None."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
-    return value if math.isfinite(value) else None
+    try:
+        return value if math.isfinite(value) else None
+    except OverflowError:  # an integer too large to be a double
+        return None
 
 
 def format_duration(seconds: float) -> str:

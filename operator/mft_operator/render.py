@@ -204,6 +204,11 @@ def launch_layout(ctx: Context) -> Launch:
 # a CPU job would then train on GPUs the scheduler gave to other pods.
 NO_GPUS = ({"name": "NVIDIA_VISIBLE_DEVICES", "value": "void"}, {"name": "CUDA_VISIBLE_DEVICES", "value": ""})
 
+# The NVIDIA runtime exposes the GPUs this variable names, whoever set it: a job's own value would
+# override the device plugin's choice or the fence above. The CRD rejects it in spec.env; a job
+# stored before that rule existed still has it, so rendering drops it too.
+DEVICE_SELECTOR = "NVIDIA_VISIBLE_DEVICES"
+
 
 # In a GPU job the trainer fails (with the reason) when CUDA cannot be used, instead of training
 # on the CPU while the job holds the node's GPUs.
@@ -211,7 +216,7 @@ REQUIRE_CUDA = {"name": "MFT_REQUIRE_CUDA", "value": "true"}
 
 
 def _environment(ctx: Context) -> list[dict[str, Any]]:
-    env = copy.deepcopy(ctx.spec.get("env", []))
+    env = [copy.deepcopy(var) for var in ctx.spec.get("env", []) if var["name"] != DEVICE_SELECTOR]
     device = NO_GPUS if ctx.resources["gpusPerNode"] == 0 else (REQUIRE_CUDA,)
     names = {var["name"] for var in env}
     return env + [dict(var) for var in device if var["name"] not in names]

@@ -59,30 +59,54 @@ def test_values_schema_rejects_unknown_and_wrong_values(helm):
         assert "values don't meet the specifications of the schema" in result.stderr, result.stderr
 
 
+def operator_roles(docs: list[dict]) -> list[dict]:
+    """The (Cluster)Roles bound to the operator's ServiceAccount (not the aggregated user roles)."""
+    bound = {(d["roleRef"]["kind"], d["roleRef"]["name"]) for d in docs if d["kind"].endswith("RoleBinding")}
+    return [d for d in docs if (d["kind"], d["metadata"]["name"]) in bound]
+
+
 def test_cluster_wide_install_uses_one_cluster_role(helm):
-    kinds = [d["kind"] for d in template(helm)]
-    assert kinds.count("ClusterRole") == 1 and "Role" not in kinds
+    docs = template(helm)
+    assert [d["kind"] for d in operator_roles(docs)] == ["ClusterRole"] and "Role" not in {d["kind"] for d in docs}
 
 
 def test_watch_namespaces_gives_namespaced_roles_and_no_cluster_wide_job_rights(helm):
     docs = template(helm, "--set", "watchNamespaces={team-a,team-b}")
     roles = [d for d in docs if d["kind"] == "Role"]
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
-    cluster_role = next(d for d in docs if d["kind"] == "ClusterRole")
+    cluster_role = next(d for d in operator_roles(docs) if d["kind"] == "ClusterRole")
     assert {g for rule in cluster_role["rules"] for g in rule["apiGroups"]} == {"apiextensions.k8s.io"}
     deployment = next(d for d in docs if d["kind"] == "Deployment")
     assert {"--namespace=team-a", "--namespace=team-b"} <= set(deployment["spec"]["template"]["spec"]["containers"][0]["args"])
 
 
 def test_rbac_grants_no_wildcards_and_no_secret_access(helm):
-    for doc in template(helm):
-        for rule in doc.get("rules", []):
+    for doc in operator_roles(template(helm)):
+        for rule in doc["rules"]:
             assert "*" not in rule["verbs"] and "*" not in rule["resources"], rule
             assert "secrets" not in rule["resources"], rule
             assert not {"deletecollection", "escalate", "bind", "impersonate"} & set(rule["verbs"]), rule
             # Deletes nothing but the pods a restart of one replica leaves running, and a PyTorchJob
             # created from an earlier spec before the job started.
             assert "delete" not in rule["verbs"] or rule["resources"] in (["pods"], ["pytorchjobs"]), rule
+
+
+def test_namespace_users_get_mftjob_rights_through_the_default_roles(helm):
+    """admin and edit manage MFTJobs, view reads them; only the operator writes their status."""
+    docs = template(helm)
+    operators = {d["metadata"]["name"] for d in operator_roles(docs)}
+    roles = {d["metadata"]["name"]: d for d in docs if d["kind"] == "ClusterRole" and d["metadata"]["name"] not in operators}
+    assert set(roles) == {"mft-mft-operator-edit", "mft-mft-operator-view"}
+    edit, view = roles["mft-mft-operator-edit"], roles["mft-mft-operator-view"]
+    aggregated = {key for key, value in edit["metadata"]["labels"].items() if value == "true"}
+    assert aggregated == {"rbac.authorization.k8s.io/aggregate-to-admin", "rbac.authorization.k8s.io/aggregate-to-edit"}
+    assert view["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-view"] == "true"
+    for role in (edit, view):
+        for rule in role["rules"]:
+            assert rule["apiGroups"] == ["mft.dev"] and "*" not in rule["verbs"], rule
+            assert "mftjobs/status" not in rule["resources"] or set(rule["verbs"]) <= {"get", "list", "watch"}, rule
+    assert not any(d["kind"] == "ClusterRole" and d["metadata"]["name"] in roles
+                   for d in template(helm, "--set", "rbac.aggregateToDefaultRoles=false"))
 
 
 def test_operator_pod_is_locked_down(helm):

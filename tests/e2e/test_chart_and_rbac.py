@@ -105,6 +105,25 @@ def test_service_account_has_exactly_the_allowed_rbac(cluster: Cluster, chart: d
         assert urls == ALLOWED_URLS
 
 
+def test_namespace_users_manage_or_read_mftjobs_through_the_default_roles(cluster: Cluster, chart: dict, ns: str):
+    """The chart's user roles aggregate into Kubernetes' admin, edit and view (the aggregation
+    controller of the real kube-controller-manager fills them in)."""
+    for user, role in (("alice", "edit"), ("bob", "view")):
+        cluster.kubectl("create", "rolebinding", f"{user}-{role}", f"--clusterrole={role}", f"--user={user}", "-n", ns)
+
+    def can(user: str, verb: str, resource: str) -> bool:
+        resource, _, subresource = resource.partition("/")
+        answer = cluster.kubectl("auth", "can-i", verb, resource, f"--subresource={subresource}", f"--as={user}",
+                                 "-n", ns, check=False)
+        return answer.stdout.strip() == "yes"
+
+    wait_for("the edit role to include MFTJobs", lambda: can("alice", "create", "mftjobs.mft.dev"), 30)
+    wait_for("the view role to include MFTJobs", lambda: can("bob", "list", "mftjobs.mft.dev"), 30)
+    assert can("alice", "delete", "mftjobs.mft.dev") and can("alice", "get", "mftjobs.mft.dev/status")
+    assert not can("alice", "patch", "mftjobs.mft.dev/status")  # only the operator writes status
+    assert not can("bob", "create", "mftjobs.mft.dev") and can("bob", "watch", "mftjobs.mft.dev")
+
+
 def _explain_fields(text: str) -> dict[str, str]:
     """FIELDS of ``kubectl explain``: name -> description (whitespace normalised)."""
     fields: dict[str, list[str]] = {}

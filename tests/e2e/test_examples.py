@@ -8,13 +8,14 @@ operator-created checkpoint claims a volume waiting for them."""
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
 import yaml
 from mft_operator.render import labels as operator_labels
 
-from .support import ROOT, Cluster, condition, owner_uids, wait_for
+from .support import ROOT, Cluster, condition, job_manifest, owner_uids, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -193,3 +194,34 @@ def test_lora_example_waits_for_kueue_admission_then_runs(cluster: Cluster, clus
         assert pod.metadata.labels["mft.dev/job-name"] == name
         assert dict([GPU_PRODUCT]).items() <= pod.spec.node_selector.items()
         assert pod.spec.priority_class_name == "high"
+
+
+def test_team_namespace_example_bounds_mftjobs_and_gpus_and_selects_the_trainer_pods(
+        cluster: Cluster, cluster_objects: None, ns: str):
+    out = cluster.kubectl("apply", "-n", ns, "-f", str(EXAMPLES / "setup" / "team-namespace.yaml")).stdout
+    assert "resourcequota/mftjobs created" in out and "networkpolicy.networking.k8s.io" in out
+    policy = cluster.kubectl("get", "networkpolicy", "mftjob-pods-same-namespace-only", "-n", ns, "-o", "json")
+    selector = yaml.safe_load(policy.stdout)["spec"]["podSelector"]["matchLabels"]
+    assert selector.items() <= operator_labels("any").items()  # every trainer pod carries these labels
+
+    # The quota counts MFTJobs: one more than it allows is refused by the apiserver.
+    count = "count/mftjobs.mft.dev"
+
+    def limit(value: str) -> None:
+        cluster.kubectl("patch", "resourcequota", "mftjobs", "-n", ns, "--type=merge",
+                        "-p", json.dumps({"spec": {"hard": {count: value}}}))
+
+    def counts_one_mftjob() -> bool:
+        quota = json.loads(cluster.kubectl("get", "resourcequota", "mftjobs", "-n", ns, "-o", "json").stdout)
+        if (quota.get("status") or {}).get("hard", {}).get(count) == "1" and count in quota["status"].get("used", {}):
+            return True
+        # The controller counts a kind it found at its last discovery (every 30 s) when a quota's
+        # limits change, else at its next full resync (every 5 minutes): change them until it does.
+        limit("2")
+        limit("1")
+        return False
+
+    wait_for("the quota controller to count MFTJobs", counts_one_mftjob, 90, interval=5)
+    cluster.apply(ns, job_manifest("first", gpus=0))
+    refused = cluster.apply(ns, job_manifest("second", gpus=0), check=False)
+    assert refused.returncode != 0 and "exceeded quota: mftjobs" in refused.stderr, refused.stderr

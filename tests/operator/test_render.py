@@ -211,11 +211,20 @@ def test_a_gpu_job_leaves_device_selection_to_the_device_plugin_and_requires_cud
     assert env["MFT_REQUIRE_CUDA"] == "true"  # the trainer fails rather than train on the CPU
 
 
-def test_a_cpu_jobs_own_device_variables_win():
+def test_a_cpu_jobs_own_cuda_visible_devices_wins():
     job = load(GOLDEN / "inputs" / "sft-1-cpu.yaml")
     job["spec"]["env"] = [{"name": "CUDA_VISIBLE_DEVICES", "value": "0"}]
     env = _env_of(job)
     assert env["CUDA_VISIBLE_DEVICES"] == "0" and env["NVIDIA_VISIBLE_DEVICES"] == "void"
+
+
+# The CRD rejects NVIDIA_VISIBLE_DEVICES in spec.env, but an MFTJob stored before that rule still has it.
+@pytest.mark.parametrize(("stem", "expected"), [("sft-1-cpu", ["void"]), ("sst-1-gpu", [])])
+def test_a_jobs_own_nvidia_visible_devices_never_reaches_the_pods(stem, expected):
+    job = load(GOLDEN / "inputs" / f"{stem}.yaml")
+    job["spec"]["env"] = [{"name": "NVIDIA_VISIBLE_DEVICES", "value": "all"}]
+    env = render.launch_layout(render.context(job, SETTINGS)).env
+    assert [var["value"] for var in env if var["name"] == "NVIDIA_VISIBLE_DEVICES"] == expected
 
 
 def test_rendering_does_not_modify_its_input():

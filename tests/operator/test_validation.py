@@ -238,6 +238,15 @@ def test_values_kubernetes_accepts_in_pods_and_claims_are_accepted(section, valu
     assert [str(e) for e in validation.validate(job)] == []
 
 
+def test_device_variables_that_do_not_choose_gpus_are_allowed():
+    """NVIDIA_VISIBLE_DEVICES is reserved (tests/corpus); CUDA_VISIBLE_DEVICES only narrows the GPUs a
+    pod was given, and NVIDIA_DRIVER_CAPABILITIES picks the driver libraries, not the devices."""
+    job = _lora()
+    job["spec"]["env"] = [{"name": "CUDA_VISIBLE_DEVICES", "value": "0"},
+                          {"name": "NVIDIA_DRIVER_CAPABILITIES", "value": "compute,utility"}]
+    assert [str(e) for e in validation.validate(job)] == []
+
+
 def test_the_strings_extension_works_as_in_kubernetes():
     """cel-python lacks the strings extension the apiserver's CEL has: the functions the CRD uses,
     registered in cel.py, count code points and fail where cel-go fails."""
