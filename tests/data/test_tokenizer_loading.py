@@ -12,6 +12,8 @@ def test_tiny_tokenizer(tiny_tokenizer):
     assert len(tiny_tokenizer) == 4096
     assert (tiny_tokenizer.eos_token, tiny_tokenizer.eos_token_id) == ("<|endoftext|>", 0)
     assert (tiny_tokenizer.pad_token, tiny_tokenizer.pad_token_id) == ("<|padding|>", 1)
+    # What GPT-NeoX's forward and generate take: no token_type_ids.
+    assert tiny_tokenizer("def f():").keys() == {"input_ids", "attention_mask"}
 
 
 def test_gpt_neox_tokenizer(neox_tokenizer):

@@ -26,7 +26,7 @@ def test_generation_stops_at_eos(tokenizer):
         model.embed_out.weight[tokenizer.eos_token_id] = 1.0
     tok = left_padded(tokenizer)
     prompt = build_prompt("What is 1 + 1?", data_config=DataConfig())
-    batch = tok([prompt], return_tensors="pt", add_special_tokens=False, return_token_type_ids=False)
+    batch = tok([prompt], return_tensors="pt", add_special_tokens=False)
     out = model.generate(**batch, max_new_tokens=10, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     assert out.shape[1] == batch["input_ids"].shape[1] + 1 and out[0, -1] == tok.eos_token_id
     assert generate(model, tok, [prompt_ids(tok, "What is 1 + 1?")], Sampling(max_new_tokens=10)) == [""]

@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 
 from mft_trainer import checkpoint
 from mft_trainer.config import DataConfig
+from mft_trainer.data import encode_prompt
 
 from tests.training_processes import PYTHON, REPO, TINY, child_env
 
@@ -150,9 +151,69 @@ def test_merge_writes_the_prompt_format_next_to_the_model(merged):
 
 
 @pytest.mark.parametrize("which", ["checkpoint", "merged"])
+def test_the_saved_chat_template_gives_the_prompt_generate_builds(which, run, merged):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(latest(run) if which == "checkpoint" else merged)
+    chat = [{"role": "user", "content": QUESTION}]
+    assert tokenizer.apply_chat_template(chat, add_generation_prompt=True) == \
+        encode_prompt(QUESTION, tokenizer, data_config=DataConfig(**MARKERS))
+
+
+def test_the_merged_model_answers_alike_in_plain_transformers(merged):
+    """Without this package: the chat template for the prompt, generate() stopping at the trained eos
+    by itself (generation_config.json), and the pad id in config.json."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(merged)
+    model = AutoModelForCausalLM.from_pretrained(merged, dtype="auto").eval()
+    assert model.generation_config.eos_token_id == model.config.eos_token_id == tokenizer.eos_token_id
+    assert model.generation_config.pad_token_id == model.config.pad_token_id == tokenizer.pad_token_id
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": QUESTION}], add_generation_prompt=True,
+                                           return_tensors="pt", return_dict=True)
+    output = model.generate(**prompt, max_new_tokens=6, do_sample=False)
+    answer = tokenizer.decode(output[0, prompt["input_ids"].shape[1]:], skip_special_tokens=True)
+    assert generate_cli(merged).stdout == answer + "\n"
+
+
+@pytest.mark.parametrize(("base_dtype", "option", "written"),
+                         [("float16", "auto", "float16"), ("float32", "auto", "float32"),
+                          ("float32", "bfloat16", "bfloat16")])
+def test_merge_writes_the_weights_in_the_chosen_dtype(base_dtype, option, written, run, base_model, tmp_path):
+    """Merged in float32, then rounded once; config.json names the dtype for old and new readers."""
+    from transformers import AutoModelForCausalLM
+
+    from mft_trainer import cli
+    from mft_trainer.lora import merge
+
+    base, out = tmp_path / "base", tmp_path / "merged"
+    AutoModelForCausalLM.from_pretrained(base_model, dtype=getattr(torch, base_dtype)).save_pretrained(base)
+    assert cli.main(["merge-lora", "--adapter", str(latest(run)), "--base", str(base), "--out", str(out),
+                     "--dtype", option]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["dtype"] == config["torch_dtype"] == written
+    weights = load_file(out / "model.safetensors")
+    in_float32 = merge(latest(run), base, "float32").state_dict()
+    for name, tensor in weights.items():
+        assert torch.equal(tensor, in_float32[name].to(getattr(torch, written))), name
+
+
+def test_peft_loads_the_checkpoint_on_its_own(run):
+    """As the README shows: AutoPeftModelForCausalLM grows the base model to the checkpoint's tokenizer."""
+    from peft import AutoPeftModelForCausalLM
+
+    from mft_trainer.lora import load_for_inference
+
+    ids = torch.tensor([[4096, 100, 200, 4097, 300]])
+    with torch.no_grad():
+        from_peft = AutoPeftModelForCausalLM.from_pretrained(str(latest(run))).eval()(input_ids=ids).logits
+        ours = load_for_inference(latest(run)).eval()(input_ids=ids).logits
+    torch.testing.assert_close(from_peft, ours, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("which", ["checkpoint", "merged"])
 def test_generate_prompts_with_the_markers_the_model_was_trained_with(which, run, merged, monkeypatch):
     from mft_trainer import generation
-    from mft_trainer.data import encode_prompt
 
     folder = latest(run) if which == "checkpoint" else merged
     prompts = capture_prompts(monkeypatch, folder)

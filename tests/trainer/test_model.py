@@ -1,10 +1,16 @@
-"""Packed rows: every document sees only itself, so a packed row gives the logits of its documents run alone."""
+"""Packed rows: every document sees only itself, so a packed row gives the logits of its documents run alone.
+A model as build_model makes it, saved, stops at the tokenizer's eos in plain transformers."""
 
 from unittest import mock
 
+import pytest
 import torch
 
-from mft_trainer.model import is_packed, model_inputs, packed_attention_mask
+from mft_trainer.config import from_dict
+from mft_trainer.data import load_tokenizer
+from mft_trainer.model import build_model, is_packed, model_inputs, packed_attention_mask
+
+from tests.training_processes import TINY, TOKENIZER
 
 from .conftest import tiny_model
 
@@ -76,3 +82,39 @@ def test_mask_is_block_diagonal_causal_and_pads_see_something():
                              [0, 0, 1, 1, 0],
                              [0, 0, 0, 0, 1]], dtype=torch.bool)
     assert torch.equal(mask, expected)
+
+
+def always_says(model, token_id: int) -> None:
+    """Make ``model`` predict ``token_id`` after any input."""
+    with torch.no_grad():
+        model.gpt_neox.final_layer_norm.weight.zero_()
+        model.gpt_neox.final_layer_norm.bias.fill_(1.0)
+        model.embed_out.weight.zero_()
+        model.embed_out.weight[token_id] = 1.0
+
+
+def trainer_config(how: str, base_model) -> dict:
+    if how == "sst from scratch":  # GPTNeoXConfig's own eos is 2
+        return {"mode": "sst", "model": {"config": TINY, "tokenizer_path": str(TOKENIZER)}, "data": {"paths": ["/d"]}}
+    # The base model's generation_config.json has eos 2 too, and the eos is another token still.
+    return {"mode": "sft", "model": {"path": str(base_model)}, "data": {"paths": ["/d"], "eos_token": "<|padding|>"}}
+
+
+@pytest.mark.parametrize("how", ["sst from scratch", "sft with data.eos_token"])
+def test_a_saved_model_stops_at_the_tokenizers_eos_in_plain_transformers(how, base_model, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    config = from_dict(trainer_config(how, base_model))
+    trained_tokenizer = load_tokenizer(config)
+    built = build_model(config, trained_tokenizer)
+    always_says(built, trained_tokenizer.eos_token_id)
+    built.save_pretrained(tmp_path)  # as checkpoints save it
+    trained_tokenizer.save_pretrained(tmp_path)
+
+    model, tokenizer = AutoModelForCausalLM.from_pretrained(tmp_path), AutoTokenizer.from_pretrained(tmp_path)
+    expected = (tokenizer.eos_token_id, tokenizer.pad_token_id, tokenizer.bos_token_id)
+    for settings in (model.generation_config, model.config):
+        assert (settings.eos_token_id, settings.pad_token_id, settings.bos_token_id) == expected
+    prompt = tokenizer("def add(a, b):", return_tensors="pt")  # input_ids and attention_mask only
+    output = model.generate(**prompt, max_new_tokens=5, do_sample=False)
+    assert output[0, prompt["input_ids"].shape[1]:].tolist() == [tokenizer.eos_token_id]

@@ -9,12 +9,13 @@ base model to the same size first (``load_for_inference``).
 
 from __future__ import annotations
 
+import copy
 import logging
 from pathlib import Path
 
 import torch
 from peft import LoraConfig as PeftLoraConfig
-from peft import PeftModel, get_peft_model
+from peft import PeftConfig, PeftModel, get_peft_model
 from safetensors import safe_open
 from safetensors.torch import save_file
 from transformers import AutoConfig, PreTrainedModel
@@ -93,8 +94,17 @@ def save_adapter(model: PeftModel, state_dict: dict[str, torch.Tensor] | None, f
             adapter[name] = tensor.detach().cpu().contiguous()
     if not any("lora_" in name for name in adapter):
         raise RuntimeError(f"no LoRA tensors for adapter {adapter_name!r} in the model's state_dict")
-    model.peft_config[adapter_name].save_pretrained(str(folder))
+    _inference_config(model.peft_config[adapter_name]).save_pretrained(str(folder))
     save_file(adapter, str(Path(folder) / WEIGHTS_FILE), metadata={"format": "pt"})
+
+
+def _inference_config(config: PeftConfig) -> PeftConfig:
+    """A copy of the live adapter config marked for inference, as ``PeftModel.save_pretrained`` writes
+    it (loading for training sets the flag back). A copy, as this may run on the checkpoint writer's
+    thread while training goes on."""
+    saved = copy.copy(config)
+    saved.inference_mode = True
+    return saved
 
 
 def peft_name(key: str, adapter_name: str) -> str | None:
@@ -115,8 +125,6 @@ def is_adapter_dir(path: str | Path) -> bool:
 
 def base_model_path(adapter: str | Path) -> str:
     """The base model an adapter was trained on, as its adapter_config.json names it."""
-    from peft import PeftConfig
-
     return PeftConfig.from_pretrained(str(adapter)).base_model_name_or_path
 
 
@@ -129,7 +137,7 @@ def load_for_inference(adapter: str | Path, base: str | Path | None = None) -> P
     if Path(base).is_absolute() and not Path(base).exists():
         raise FileNotFoundError(f"{adapter}: its base model {base} (adapter_config.json) is not here; "
                                 f"give the base model folder with --base")
-    model = AutoModelForCausalLM.from_pretrained(base)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
     rows = _saved_vocab_size(model, adapter)
     if rows is not None:
         fit_embeddings(model, rows)  # peft loads the saved layers only into layers of their size
@@ -150,6 +158,16 @@ def _name_of(model: torch.nn.Module, layer: torch.nn.Module) -> str:
     return next(name for name, module in model.named_modules() if module is layer)
 
 
-def merge(adapter: str | Path, base: str | Path | None = None) -> PreTrainedModel:
-    """The base model with the adapter folded into its weights (a plain HF model)."""
-    return load_for_inference(adapter, base).merge_and_unload()
+def merge(adapter: str | Path, base: str | Path | None = None, dtype: str = "auto") -> PreTrainedModel:
+    """The base model with the adapter folded into its weights (a plain HF model), in ``dtype``: a
+    torch dtype's name, or "auto" for the base model's (from its config.json; float32 when it names
+    none). The merge itself runs in float32, so that the weights are rounded once, at the end."""
+    base = str(base or base_model_path(adapter))
+    merged = load_for_inference(adapter, base).merge_and_unload()
+    return merged.to(_merged_dtype(dtype, base))
+
+
+def _merged_dtype(choice: str, base: str) -> torch.dtype:
+    if choice == "auto":
+        choice = AutoConfig.from_pretrained(base).dtype or "float32"
+    return getattr(torch, str(choice).removeprefix("torch."))

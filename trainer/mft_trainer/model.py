@@ -44,9 +44,19 @@ def build_model(config: TrainerConfig, tokenizer: PreTrainedTokenizerBase,
         model = GPTNeoXForCausalLM(model_config)
     fit_embeddings(model, len(tokenizer))
     model.config.use_cache = False
-    model.config.eos_token_id = tokenizer.eos_token_id
-    model.config.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    use_tokenizer_ids(model, tokenizer)
     return model
+
+
+def use_tokenizer_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
+    """Give the model the tokenizer's eos, pad and bos ids, in config.json and in generation_config.json:
+    ``generate()`` (and vLLM, TGI) stop at the latter's eos, which otherwise keeps the base model's or,
+    from scratch, GPTNeoXConfig's default (2, "!" for GPT-NeoX-20B's tokenizer)."""
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    ids = {"eos_token_id": tokenizer.eos_token_id, "pad_token_id": pad, "bos_token_id": tokenizer.bos_token_id}
+    for settings in (model.config, model.generation_config):
+        for name, value in ids.items():
+            setattr(settings, name, value)
 
 
 def fit_embeddings(model: PreTrainedModel, vocab_size: int) -> None:

@@ -192,8 +192,11 @@ def build() -> Tokenizer:
 
 
 def main() -> None:
+    # GPT-NeoX takes no token_type_ids, which PreTrainedTokenizerFast returns by default:
+    # model.generate(**tokenizer(prompt, return_tensors="pt")) would refuse them.
     wrapped = PreTrainedTokenizerFast(
-        tokenizer_object=build(), bos_token=EOS, eos_token=EOS, unk_token=EOS, pad_token=PAD, model_max_length=2048
+        tokenizer_object=build(), bos_token=EOS, eos_token=EOS, unk_token=EOS, pad_token=PAD, model_max_length=2048,
+        model_input_names=["input_ids", "attention_mask"],
     )
     wrapped.save_pretrained(OUTPUT)
     print(f"wrote {OUTPUT} (vocabulary {len(wrapped)})")

@@ -1,9 +1,18 @@
-"""`mft-train merge-lora --base DIR --adapter DIR --out DIR`: fold a LoRA adapter into its base model."""
+"""`mft-train merge-lora --base DIR --adapter DIR --out DIR`: fold a LoRA adapter into its base model.
+
+The output is a plain Hugging Face model folder: weights in the chosen dtype, config.json and
+generation_config.json with the tokenizer's eos, pad and bos ids, the checkpoint's tokenizer with the
+chat template of the prompt format, and that format in mft_prompt.json for ``mft-train generate``.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from pathlib import Path
+
+DTYPES = ("auto", "float16", "bfloat16", "float32")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -11,26 +20,50 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--adapter", required=True, help="adapter folder or LoRA checkpoint")
     parser.add_argument("--out", required=True,
                         help="output folder: merged model (safetensors), tokenizer and prompt format (mft_prompt.json)")
+    parser.add_argument("--dtype", choices=DTYPES, default="auto",
+                        help="dtype of the merged weights, which are merged in float32 (default auto: the base "
+                             "model's, from its config.json)")
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from transformers import AutoTokenizer
-
+    from mft_trainer.data.tokenizer import chat_template
     from mft_trainer.generation import prompt_format, write_prompt_format
-    from mft_trainer.lora import base_model_path, merge
+    from mft_trainer.lora import merge
+    from mft_trainer.model import use_tokenizer_ids
 
     try:
-        merged = merge(args.adapter, args.base)
+        merged = merge(args.adapter, args.base, args.dtype)
     except OSError as exc:
         print(f"mft-train merge-lora: {exc}", file=sys.stderr)
         return 1
+    tokenizer = _training_tokenizer(args.adapter, args.base)
+    data = prompt_format(args.adapter)
+    # Also for checkpoints written before the trainer saved a template, and for a base model's tokenizer.
+    tokenizer.chat_template = chat_template(data, tokenizer.eos_token)
+    use_tokenizer_ids(merged, tokenizer)
     merged.save_pretrained(args.out, safe_serialization=True)
-    # The checkpoint's tokenizer: the one training used, with any tokens it added.
-    has_tokenizer = (Path(args.adapter) / "tokenizer_config.json").exists()
-    tokenizer_source = args.adapter if has_tokenizer else (args.base or base_model_path(args.adapter))
-    AutoTokenizer.from_pretrained(tokenizer_source).save_pretrained(args.out)
-    write_prompt_format(prompt_format(args.adapter), args.out)
-    print(f"merged {args.adapter} into {args.base or 'its base model'}: {args.out}")
+    _record_dtype_for_older_readers(Path(args.out) / "config.json")
+    # The template in tokenizer_config.json, where every reader of chat templates looks: by default
+    # transformers 4.56 writes chat_template.jinja, which older releases and some servers do not read.
+    tokenizer.save_pretrained(args.out, save_jinja_files=False)
+    write_prompt_format(data, args.out)
+    print(f"merged {args.adapter} into {args.base or 'its base model'} ({merged.dtype}): {args.out}")
     return 0
+
+
+def _training_tokenizer(adapter: str, base: str | None):
+    """The checkpoint's tokenizer: the one training used, with any tokens it added; else the base model's."""
+    from transformers import AutoTokenizer
+
+    from mft_trainer.lora import base_model_path
+
+    has_tokenizer = (Path(adapter) / "tokenizer_config.json").exists()
+    return AutoTokenizer.from_pretrained(adapter if has_tokenizer else (base or base_model_path(adapter)))
+
+
+def _record_dtype_for_older_readers(config_file: Path) -> None:
+    """Write the weights' dtype under ``torch_dtype`` too: transformers from 4.56 writes only ``dtype``,
+    while older transformers, and the serving stacks built on them, read ``torch_dtype``."""
+    config = json.loads(config_file.read_text())
+    config["torch_dtype"] = config["dtype"]
+    config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")

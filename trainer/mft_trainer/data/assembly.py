@@ -21,7 +21,7 @@ from mft_trainer.data.records import TEXT_ROLE, Turn, chat_turns
 SegmentKind = Literal["marker", "content", "eos"]
 
 # Full-width ASCII forms (U+FF01..U+FF5E) to ASCII, plus the CJK punctuation the reference converts.
-_PUNCTUATION = {code: code - 0xFEE0 for code in range(0xFF01, 0xFF5F)} | {
+PUNCTUATION = {code: code - 0xFEE0 for code in range(0xFF01, 0xFF5F)} | {
     ord("。"): ".",
     ord("【"): "[",
     ord("】"): "]",
@@ -76,7 +76,7 @@ class AssemblyStyle:
 
     def _clean(self, content: str) -> str:
         # Off by default: converting full-width punctuation also rewrites code and string literals.
-        return content.translate(_PUNCTUATION) if self.normalize_punctuation else content
+        return content.translate(PUNCTUATION) if self.normalize_punctuation else content
 
 
 def data_mode(mode: str) -> Literal["sst", "sft"]:

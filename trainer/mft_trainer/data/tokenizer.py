@@ -1,15 +1,18 @@
-"""Loading the tokenizer the way every part of the trainer sees it, and fingerprinting it."""
+"""Loading the tokenizer the way every part of the trainer sees it, its chat template, and its fingerprint."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 from tokenizers import Tokenizer
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-from mft_trainer.config import TrainerConfig
+from mft_trainer.config import DataConfig, TrainerConfig
+from mft_trainer.data.assembly import PUNCTUATION, AssemblyStyle
 from mft_trainer.data.errors import DataError
+from mft_trainer.data.records import ROLES
 
 # A 4096-token byte-level BPE shaped like GPT-NeoX-20B's, for the demo and tests (see make_tokenizer.py).
 TINY_TOKENIZER_DIR = Path(__file__).resolve().parent.parent / "assets" / "tokenizer-tiny"
@@ -23,6 +26,8 @@ def load_tokenizer(config: TrainerConfig) -> PreTrainedTokenizerFast:
       default keeps them plain text, like the reference.
     - `data.eos_token` replaces the eos token; it must already be a single token of the vocabulary.
     - a missing pad token is set to eos: padding is masked out everywhere, only its id must exist.
+    - the chat template renders conversations as training assembles them (``chat_template``), so that
+      the checkpoints, which save this tokenizer, carry it for serving.
     """
     path = config.tokenizer_path
     if not path:
@@ -46,7 +51,56 @@ def load_tokenizer(config: TrainerConfig) -> PreTrainedTokenizerFast:
         raise DataError(f"{path}: the tokenizer has no eos token; set data.eos_token")
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.chat_template = chat_template(data, tokenizer.eos_token)
     return tokenizer
+
+
+def chat_template(data: DataConfig, eos_token: str) -> str:
+    """A Jinja chat template (``apply_chat_template``) that renders messages as training assembles a
+    conversation: each turn its role marker then its content, eos after each bot turn, no separators;
+    ``add_generation_prompt`` appends the bot marker. Roles as in chat_rounds: system, human or user,
+    bot or assistant. Markers and eos are literals, so serving stacks that pass no special tokens to
+    the template render it alike.
+
+    The rendered text is what training sees, but a tokenizer given it in one piece may merge across a
+    turn boundary (``.<``) where training tokenized markers apart from content, unless the markers are
+    special tokens (``data.markers_as_special_tokens``)."""
+    style = AssemblyStyle.from_config(data, "sft")
+    markers = {role: style.marker(role) for role in ("system", "human", "bot")}
+    return (
+        "{%- set markers = " + _literal(markers) + " -%}\n"
+        "{%- set roles = " + _literal(ROLES) + " -%}\n"
+        "{%- for message in messages -%}\n"
+        "{%- if message['role'] not in roles -%}\n"
+        "{{ raise_exception('expected the role system, human or bot (or user, assistant), found ' ~ message['role']) }}\n"
+        "{%- endif -%}\n"
+        "{%- set role = roles[message['role']] -%}\n"
+        + _content(style) +
+        "{{ markers[role] ~ content }}\n"
+        "{%- if role == 'bot' -%}{{ " + _literal(eos_token) + " }}{%- endif -%}\n"
+        "{%- endfor -%}\n"
+        "{%- if add_generation_prompt -%}{{ markers['bot'] }}{%- endif -%}\n"
+    )
+
+
+def _content(style: AssemblyStyle) -> str:
+    """The statements that set ``content``: the message's, with full-width punctuation converted when
+    training converts it (``data.normalize_punctuation``)."""
+    if not style.normalize_punctuation:
+        return "{%- set content = message['content'] -%}\n"
+    pairs = [[chr(code), target if isinstance(target, str) else chr(target)] for code, target in PUNCTUATION.items()]
+    return (
+        "{%- set text = namespace(value=message['content']) -%}\n"
+        "{%- for pair in " + _literal(pairs) + " -%}{%- set text.value = text.value | replace(pair[0], pair[1]) -%}"
+        "{%- endfor -%}\n"
+        "{%- set content = text.value -%}\n"
+    )
+
+
+def _literal(value: str | dict | list) -> str:
+    """``value`` as a Jinja literal. JSON strings are Jinja strings: Jinja reads their escapes as Python
+    does; non-ASCII characters stay as they are, since Jinja would read JSON's surrogate pairs apart."""
+    return json.dumps(value, ensure_ascii=False)
 
 
 def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerFast) -> str:
