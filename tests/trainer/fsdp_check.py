@@ -9,7 +9,8 @@ device the CPU), so everything else is ATorch's own code: its FSDP wrapping of e
 precision that ``amp_native`` sets on FSDP, and its activation checkpointing. Everything after the
 wrapping is the trainer's code: ``train_step`` (no_sync, clip), ``save`` (gathered snapshot, HF/peft
 files), and the resume path (weights, optimizer state through ``optim_state_dict_to_load``). The
-data-parallel run of the same steps (ATorch, as on CPU, fp32) is the reference.
+data-parallel run of the same steps (ATorch, as on CPU, fp32) is the reference. The FSDP runs also
+resume the checkpoints of a one-rank job that one_rank_check.py wrote before this launch.
 
 Writes ``<out>/rank-<r>.json`` with what the pytest side (test_fsdp.py) asserts on.
 """
@@ -27,7 +28,7 @@ from unittest import mock
 import torch
 
 from mft_trainer import checkpoint, distributed, metrics
-from mft_trainer.accelerate import Accelerated, accelerate
+from mft_trainer.accelerate import Accelerated, accelerate, unwrap
 from mft_trainer.config import CheckpointConfig, LoraConfig, ModelConfig, TrainerConfig, TrainingConfig
 from mft_trainer.data import DataReport, load_tokenizer
 from mft_trainer.schedule import build_scheduler
@@ -39,6 +40,7 @@ from dist_check import EPS, fixed_rows, take  # noqa: E402
 from tests.training_processes import TINY, TOKENIZER  # noqa: E402
 
 STEPS, SAVE_AT = 3, 2
+OPTIMIZER_AT_SAVE = "optimizer-at-save.pt"  # next to a run's checkpoints: Adam's state when it saved
 WEIGHT_FILES = ("model.safetensors", "adapter_model.safetensors")
 PRECISIONS = ("fp32", "bf16")  # bf16: ATorch's amp_native, FSDP mixed precision
 
@@ -155,6 +157,44 @@ def in_file_names(config: TrainerConfig, weights: dict[str, torch.Tensor]) -> di
     return {peft_name(k, "default"): v for k, v in weights.items()} if config.mode == "lora" else weights
 
 
+def optimizer_state(acc: Accelerated) -> dict[str, dict[str, torch.Tensor]]:
+    """Adam's state of each parameter under its plain model name: FSDP's own gather (collective;
+    rank 0 gets it), or the live data-parallel optimizer's, looked up by parameter."""
+    from torch.distributed.fsdp._common_utils import clean_tensor_name
+
+    if acc.uses_fsdp:
+        return checkpoint._optimizer_state(acc).get("state", {})
+    names = {param: clean_tensor_name(name) for name, param in unwrap(acc.model).named_parameters()}
+    return {names[param]: state for param, state in acc.optimizer.state.items()}
+
+
+def state_diff(got: dict[str, dict[str, torch.Tensor]], expected: dict[str, dict[str, torch.Tensor]]) -> dict:
+    """Whether both hold states of the same parameters, and their tensors' largest difference."""
+    same = got.keys() == expected.keys() and all(got[name].keys() == expected[name].keys() for name in expected)
+    diffs = [float((got[name][key] - value).abs().max()) for name, state in expected.items() if name in got
+             for key, value in state.items() if key in got[name]]
+    return {"same_parameters": same, "max_diff": max(diffs, default=float("inf"))}
+
+
+def one_rank_root(out: Path, mode: str) -> Path:
+    """Where one_rank_check.py writes a one-rank job's checkpoints: ``checkpoint-<SAVE_AT>``, as the
+    trainer writes it, and ``by-position/checkpoint-<SAVE_AT>``, its optimizer state as written
+    before it was keyed by parameter name."""
+    return out / "one-rank" / mode
+
+
+def from_one_rank(config: TrainerConfig, world, tokenizer, out: Path) -> dict:
+    """Resume a one-rank job's checkpoints under FSDP: Adam's state must be the one it saved."""
+    root, name, found = one_rank_root(out, config.mode), checkpoint.name_for(SAVE_AT), {}
+    for written, path in (("by_name", root / name), ("by_position", root / "by-position" / name)):
+        run = make_run(config, world, tokenizer, atorch_gpu_strategy, weights=path)
+        checkpoint.load_training_state(path, run.acc, run.scheduler, world)
+        restored = optimizer_state(run.acc)
+        if world.is_main:
+            found[written] = state_diff(restored, torch.load(root / OPTIMIZER_AT_SAVE, weights_only=True))
+    return found
+
+
 def check(mode: str, world, tokenizer, out: Path) -> dict:
     config = trainer_config(mode, out / mode)
     reference = make_run(config, world, tokenizer, data_parallel)
@@ -180,6 +220,9 @@ def sharded(config: TrainerConfig, world, tokenizer, reference_weights) -> dict:
     saved_path = save(run, reporter)
     run.writer.close()
     reporter.close()
+    at_save = optimizer_state(run.acc)  # for one_rank_check.py, which resumes this checkpoint on one rank
+    if world.is_main:
+        torch.save(at_save, saved_path.parent / OPTIMIZER_AT_SAVE)
     run_steps += steps(run, SAVE_AT + 1, STEPS)
     weights = full_weights(run)
 
@@ -218,7 +261,10 @@ def main(out: Path) -> None:
     world = distributed.init()
     config = trainer_config("sst", out)
     tokenizer = load_tokenizer(config)
-    result = {mode: check(mode, world, tokenizer, out) for mode in ("sst", "lora")}
+    result = {}
+    for mode in ("sst", "lora"):
+        result[mode] = check(mode, world, tokenizer, out)
+        result[mode]["from_one_rank"] = from_one_rank(trainer_config(mode, out / mode), world, tokenizer, out)
     (out / f"rank-{world.rank}.json").write_text(json.dumps(result))
     distributed.shutdown()
 

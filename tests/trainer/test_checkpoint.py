@@ -1,6 +1,7 @@
 """Checkpoint bookkeeping on plain folders (completeness, stale temp folders, rotation), the
 background writer, and what a written checkpoint says about its weights."""
 
+import copy
 import dataclasses
 import errno
 import json
@@ -228,7 +229,7 @@ def test_snapshots_copy_into_the_writers_staging_memory_from_one_save_to_the_nex
     assert {key: tensor.data_ptr() for key, tensor in writer.staging.items()} == staged  # no new memory
     assert second.weights["weight"].data_ptr() == first.weights["weight"].data_ptr()
     assert torch.equal(second.weights["weight"], first_weight + 1)  # the state at the second save
-    assert torch.equal(second.optimizer["state"][0]["exp_avg"], optimizer.state[model.weight]["exp_avg"])
+    assert torch.equal(second.optimizer["state"]["weight"]["exp_avg"], optimizer.state[model.weight]["exp_avg"])
 
     optimizer.state[model.weight]["exp_avg"] = torch.zeros(2, 4)  # a tensor the state no longer has
     checkpoint.snapshot(acc, scheduler, {}, world, writer.staging)
@@ -237,18 +238,28 @@ def test_snapshots_copy_into_the_writers_staging_memory_from_one_save_to_the_nex
     assert checkpoint.Writer(background=False).staging is None  # foreground saves hold no memory between saves
 
 
-def test_config_records_the_dtype_of_the_weights_written_not_of_the_live_model(tmp_path, tokenizer):
+def test_config_describes_the_model_written_not_the_live_one_in_training(tmp_path, tokenizer):
     from safetensors.torch import load_file
+    from transformers import AutoConfig
 
     from .conftest import tiny_model
 
     model = tiny_model(len(tokenizer))
+    model.config.use_cache = False  # as build_model trains it
     snap = checkpoint.Snapshot(weights={k: v.clone() for k, v in model.state_dict().items()}, optimizer={},
                                scheduler={}, rank_states=[{}])
     model.to(torch.bfloat16)  # what FSDP's bf16 mixed precision shows mid-step, while a write runs
+    tokenizer = copy.deepcopy(tokenizer)
+    tokenizer.chat_template = "{% for message in messages %}{{ message['content'] }}{% endfor %}"  # as load_tokenizer sets one
     path = checkpoint.persist(tmp_path, "checkpoint-1", snap, model=model, tokenizer=tokenizer, trainer_state={})
     assert {t.dtype for t in load_file(path / "model.safetensors").values()} == {torch.float32}
-    assert json.loads((path / "config.json").read_text())["dtype"] == "float32"
+    written = json.loads((path / "config.json").read_text())
+    assert written["dtype"] == written["torch_dtype"] == "float32"  # torch_dtype: what older readers take
+    # The chat template where every transformers release reads it.
+    assert json.loads((path / "tokenizer_config.json").read_text())["chat_template"] == tokenizer.chat_template
+    # Served with the KV cache on (tools read config.use_cache), trained on without it.
+    assert AutoConfig.from_pretrained(path).use_cache is True
+    assert model.config.use_cache is False
 
 
 def test_a_lora_snapshot_copies_the_adapter_only_and_its_checkpoint_loads_back(tmp_path, tokenizer):
@@ -311,3 +322,121 @@ def test_a_resumed_adapter_takes_the_configured_dropout_and_records_it(tmp_path,
         assert all(isinstance(layer, torch.nn.Identity) for layer in layers)
     save_adapter(resumed, None, tmp_path / "again")  # what its checkpoints record
     assert json.loads((tmp_path / "again" / "adapter_config.json").read_text())["lora_dropout"] == dropout
+
+
+ONE_RANK = distributed.World(rank=0, local_rank=0, size=1, device=torch.device("cpu"))
+
+
+def optimized(tokenizer, steps: int = 1) -> Accelerated:
+    """A tiny GPT-NeoX with its AdamW built as ATorch builds it (decay and no-decay groups), after ``steps``."""
+    from mft_trainer.accelerate import param_groups
+
+    from .conftest import tiny_model
+
+    model = tiny_model(len(tokenizer)).train()
+    optimizer = torch.optim.AdamW(param_groups(model), lr=0.1, weight_decay=0.1)
+    for _ in range(steps):
+        ids = torch.arange(2, 10)[None]
+        model(input_ids=ids, labels=ids).loss.backward()
+        optimizer.step()
+    return Accelerated(model=model, optimizer=optimizer, strategy=["parallel_mode"])
+
+
+def constant_schedule(acc: Accelerated) -> torch.optim.lr_scheduler.LambdaLR:
+    return torch.optim.lr_scheduler.LambdaLR(acc.optimizer, lambda step: 1.0)
+
+
+def save(tmp_path, acc: Accelerated, tokenizer):
+    snap = checkpoint.snapshot(acc, constant_schedule(acc), {"sampler": {"epoch": 0, "offset": 8}}, ONE_RANK)
+    return checkpoint.persist(tmp_path, "checkpoint-1", snap, model=acc.model, tokenizer=tokenizer, trainer_state={})
+
+
+def state_by_name(acc: Accelerated) -> dict[str, dict[str, torch.Tensor]]:
+    names = {param: name for name, param in acc.model.named_parameters()}
+    return {names[param]: state for param, state in acc.optimizer.state.items()}
+
+
+def assert_same_state(got: dict[str, dict[str, torch.Tensor]], expected: dict[str, dict[str, torch.Tensor]]) -> None:
+    assert got.keys() == expected.keys() and expected
+    for name, state in expected.items():
+        assert got[name].keys() == state.keys()
+        for key, value in state.items():
+            assert torch.equal(got[name][key], value), f"{name}: {key}"
+
+
+def test_the_optimizer_state_is_saved_by_parameter_name_and_restored_to_each_parameter(tmp_path, tokenizer):
+    acc = optimized(tokenizer)
+    path = save(tmp_path, acc, tokenizer)
+    saved = torch.load(path / checkpoint.OPTIMIZER_FILE, weights_only=True)["optimizer"]
+    # FSDP's own form, so that either strategy resumes the other's checkpoints (test_fsdp.py).
+    assert saved["state"].keys() == state_by_name(acc).keys()
+    assert [len(group["params"]) for group in saved["param_groups"]] == [10, 18]  # decay, no decay
+    resumed = optimized(tokenizer, steps=0)
+    checkpoint.load_training_state(path, resumed, constant_schedule(resumed), ONE_RANK)
+    assert_same_state(state_by_name(resumed), state_by_name(acc))
+
+
+def test_an_optimizer_state_keyed_by_position_is_still_restored(tmp_path, tokenizer):
+    acc = optimized(tokenizer, steps=2)
+    path = save(tmp_path, acc, tokenizer)
+    # What data parallelism wrote before the state was keyed by name: optimizer.state_dict(), by position.
+    torch.save({"optimizer": acc.optimizer.state_dict(), "scheduler": constant_schedule(acc).state_dict()},
+               path / checkpoint.OPTIMIZER_FILE)
+    resumed = optimized(tokenizer, steps=0)
+    checkpoint.load_training_state(path, resumed, constant_schedule(resumed), ONE_RANK)
+    assert_same_state(state_by_name(resumed), state_by_name(acc))
+
+
+def draws() -> tuple:
+    import random
+
+    import numpy as np
+
+    return random.random(), float(np.random.rand()), float(torch.rand(1))
+
+
+def test_rank_state_round_trips_and_resumes_every_random_stream(tmp_path, tokenizer):
+    acc = optimized(tokenizer)
+    path = save(tmp_path, acc, tokenizer)
+    expected = draws()  # what follows the saved state
+    rank_state = checkpoint.load_training_state(path, acc, constant_schedule(acc), ONE_RANK)
+    assert rank_state["sampler"] == {"epoch": 0, "offset": 8}
+    checkpoint.set_rng_state(rank_state["rng"])
+    assert draws() == expected
+
+
+def test_a_rank_file_from_before_the_numpy_state_was_a_tensor_still_loads(tmp_path, tokenizer):
+    import random
+
+    import numpy as np
+
+    acc = optimized(tokenizer)
+    path = save(tmp_path, acc, tokenizer)
+    legacy = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    torch.save({"sampler": {"epoch": 0, "offset": 8}, "rng": legacy}, path / checkpoint.rank_file(0))
+    expected = draws()
+    checkpoint.set_rng_state(checkpoint.load_training_state(path, acc, constant_schedule(acc), ONE_RANK)["rng"])
+    assert draws() == expected
+
+
+class RunsCode:
+    """What a file planted on the checkpoint volume could hold: unpickling it calls os.system."""
+
+    def __init__(self, witness):
+        self.witness = witness
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.witness}",)
+
+
+def test_a_file_that_would_run_code_when_loaded_is_refused_naming_it(tmp_path, tokenizer):
+    acc = optimized(tokenizer)
+    path = save(tmp_path, acc, tokenizer)
+    witness = tmp_path / "code-ran"
+    torch.save({"sampler": {"epoch": 0, "offset": 8}, "rng": RunsCode(witness)}, path / checkpoint.rank_file(0))
+    with pytest.raises(checkpoint.UnsafeFile) as refused:
+        checkpoint.load_training_state(path, acc, constant_schedule(acc), ONE_RANK)
+    assert str(refused.value).startswith(f"{path / checkpoint.rank_file(0)}: refused to load: it holds posix.system, "
+                                         f"which no checkpoint of the trainer holds, and loading it could run code")
+    assert not witness.exists()
+

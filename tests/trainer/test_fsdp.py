@@ -1,12 +1,16 @@
 """ATorch's GPU strategy (FSDP, bf16 amp_native, activation checkpointing) on two real gloo ranks:
-the same steps as data parallelism, HF/peft checkpoint files, and a resume that continues the sharded
-run exactly (one torchrun launch; see fsdp_check.py for how it runs without CUDA)."""
+the same steps as data parallelism, HF/peft checkpoint files, a resume that continues the sharded
+run exactly (one torchrun launch; see fsdp_check.py for how it runs without CUDA), and resumes
+across strategies: a one-rank job's checkpoint under FSDP, and an FSDP one on one rank
+(one_rank_check.py)."""
 
+import json
+import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.training_processes import run_two_ranks
+from tests.training_processes import PYTHON, REPO, child_env, run_two_ranks
 
 pytestmark = pytest.mark.slow
 MODES = ("sst", "lora")
@@ -21,8 +25,28 @@ TOLERANCE = {"fp32": {"loss": 1e-5, "grad_norm": 1e-4, "weights": 1e-5},
 
 
 @pytest.fixture(scope="module")
-def ranks(tmp_path_factory):
-    return run_two_ranks(Path(__file__).with_name("fsdp_check.py"), tmp_path_factory.mktemp("fsdp"), timeout=600)
+def out(tmp_path_factory):
+    return tmp_path_factory.mktemp("fsdp")
+
+
+def one_rank(command: str, out: Path) -> str:
+    """``one_rank_check.py command out`` as a plain process (a world of one); its last line of output."""
+    proc = subprocess.run([PYTHON, str(Path(__file__).with_name("one_rank_check.py")), command, str(out)],
+                          env=child_env(), capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc.stdout.strip().splitlines()[-1]
+
+
+@pytest.fixture(scope="module")
+def ranks(out):
+    one_rank("save", out)  # the checkpoints of a one-rank job, which the FSDP runs resume
+    return run_two_ranks(Path(__file__).with_name("fsdp_check.py"), out, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def on_one_rank(ranks, out):
+    """The FSDP runs' fp32 checkpoints, resumed by a one-rank job."""
+    return json.loads(one_rank("resume", out))
 
 
 @pytest.mark.parametrize("precision", PRECISIONS)
@@ -93,4 +117,19 @@ def test_only_rank_0_holds_the_gathered_optimizer_state(ranks, mode):
     # A full copy on every rank would take a node's host memory times its GPUs.
     assert ranks[0][mode]["fp32"]["gathered_optimizer_tensors"] > 0
     assert ranks[1][mode]["fp32"]["gathered_optimizer_tensors"] == 0
+
+
+@pytest.mark.parametrize("written", ["by_name", "by_position"])
+@pytest.mark.parametrize("mode", MODES)
+def test_a_one_rank_checkpoint_resumes_under_fsdp_with_its_optimizer_state(ranks, mode, written):
+    # A job tried on one GPU, then applied again on several. A data-parallel optimizer state was
+    # keyed by position, which FSDP cannot map to its shards ("by_position": as written before it
+    # was keyed by name); the state FSDP gathers after the load is the one-rank job's at its save.
+    # LoRA: the adapter's parameters only, the frozen base model has none.
+    assert ranks[0][mode]["from_one_rank"][written] == {"same_parameters": True, "max_diff": 0.0}
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_sharded_checkpoint_resumes_on_one_rank_with_its_optimizer_state(on_one_rank, mode):
+    assert on_one_rank[mode] == {"same_parameters": True, "max_diff": 0.0}
 

@@ -1,5 +1,6 @@
-"""`mft-train launch` preflight: the trainer container checks the job's paths before torchrun starts
-(preemption handling is tested with real ranks in test_training.py)."""
+"""`mft-train launch`: the preflight (the trainer container checks the job's paths before torchrun
+starts) and the exit code it derives from its workers' markers (preemption handling is tested with
+real ranks in test_training.py and test_preemption.py)."""
 
 import os
 import subprocess
@@ -39,3 +40,12 @@ def test_workers_stopped_for_a_preemption_elsewhere_make_the_pod_exit_143(tmp_pa
     assert launch("--", PYTHON, "-c", mark_and_exit.format(1)).returncode == 143
     assert launch("--", PYTHON, "-c", mark_and_exit.format(0)).returncode == 0  # it finished after all
     assert launch("--", PYTHON, "-c", "import sys; sys.exit(1)").returncode == 1
+
+
+def test_a_worker_that_failed_by_itself_fails_the_pod_though_others_stopped_for_a_preemption(tmp_path):
+    # A worker that failed (a bug, a file it cannot read) ends the pod's other workers, and those of
+    # other pods, which find a peer gone while the job starts and mark a preemption: the failure decides.
+    touch = "pathlib.Path(os.environ['MFT_{}_MARKER']).touch()"
+    both = f"import os, pathlib, sys; {touch.format('PREEMPTION')}; {touch.format('FAILURE')}; sys.exit(1)"
+    assert launch("--", PYTHON, "-c", both).returncode == 1
+

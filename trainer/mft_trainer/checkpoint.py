@@ -5,7 +5,7 @@ Layout of ``<mount_path>/checkpoint-<step>[-epoch-<k>]/``:
     config.json, model.safetensors        full model (sst, sft), ``save_pretrained``
     adapter_config.json, adapter_model.safetensors   LoRA adapter instead (peft)
     tokenizer files
-    optimizer.pt                          optimizer + LR scheduler state
+    optimizer.pt                          optimizer + LR scheduler state, keyed by parameter name
     rank-<r>.pt                           RNG states and data position of rank r
     trainer_state.json                    step, epoch, best metric, early stopping, counters; written
                                           last, so its presence marks a complete checkpoint
@@ -21,6 +21,12 @@ Rotation keeps the best step checkpoint by valid loss and the newest ones; epoch
 never rotated. A run that does not resume first moves the checkpoints it finds, and the TensorBoard
 logs, to ``previous-runs/<time>/``.
 
+The optimizer state is keyed by parameter name, as FSDP's own, under every strategy: a checkpoint of
+one rank resumes on several (FSDP), and one of several on one. Files written when data parallelism
+saved ``optimizer.state_dict()`` (keyed by position) are converted on load. Our ``.pt`` files are
+read with ``weights_only``: tensors and plain Python values only, so a file placed on the checkpoint
+volume cannot run code in the next resume.
+
 Fault-injection tests set ``MFT_TEST_CHECKPOINT_DELAY`` (seconds, unset or 0 by default) to pause
 between the phases of a write and of a deletion, so that a kill can land inside each phase.
 """
@@ -31,6 +37,7 @@ import contextlib
 import json
 import math
 import os
+import pickle
 import random
 import re
 import shutil
@@ -62,6 +69,11 @@ PREVIOUS_RUNS = "previous-runs"
 class WriteError(RuntimeError):
     """A checkpoint could not be written: the volume is full, read-only or broken. Permanent: a
     restarted pod would meet the same volume."""
+
+
+class UnsafeFile(RuntimeError):
+    """A checkpoint file holds objects whose loading could run code: not a file the trainer wrote.
+    Permanent: a restarted pod would find the same file."""
 
 
 @dataclass(frozen=True)
@@ -226,7 +238,7 @@ def snapshot(acc: Accelerated, scheduler: Any, rank_state: dict[str, Any],
         staging = {} if staging is None else staging
         memo: dict[tuple, torch.Tensor] = {}
         weights = _host_copy(_saved_entries(unwrap(acc.model).state_dict(), adapter_name), memo, staging)
-        optimizer = _host_copy(acc.optimizer.state_dict(), memo, staging)
+        optimizer = _by_name(_host_copy(acc.optimizer.state_dict(), memo, staging), _param_names(acc))
         staging.clear()
         staging.update(memo)  # keep what this snapshot used, drop what the state no longer has
     if not world.is_main:
@@ -242,7 +254,8 @@ def persist(root: Path, name: str, snap: Snapshot, *, model: torch.nn.Module, to
         tmp.mkdir(parents=True)
         _test_pause()
         _save_weights(unwrap(_fsdp_inner(model)), snap.weights, tmp)
-        tokenizer.save_pretrained(tmp)
+        # The chat template in tokenizer_config.json too: older transformers and some servers read it only there.
+        tokenizer.save_pretrained(tmp, save_jinja_files=False)
         torch.save({"optimizer": snap.optimizer, "scheduler": snap.scheduler}, tmp / OPTIMIZER_FILE)
         for rank, state in enumerate(snap.rank_states):
             torch.save(state, tmp / rank_file(rank))
@@ -360,25 +373,51 @@ def load_trainer_state(path: Path) -> dict[str, Any]:
 def load_training_state(path: Path, acc: Accelerated, scheduler: Any, world: distributed.World) -> dict[str, Any] | None:
     """Restore optimizer and scheduler; return this rank's saved state (RNG, data position), or None
     when the checkpoint was written by fewer ranks than this run has."""
-    # Our own files: they hold Python and NumPy RNG tuples, not just tensors. Memory-mapped: under
-    # FSDP only rank 0 reads the optimizer tensors (and broadcasts them), the others the scheduler.
-    state = torch.load(path / OPTIMIZER_FILE, map_location="cpu", weights_only=False, mmap=True)
+    # Memory-mapped: under FSDP only rank 0 reads the optimizer tensors (and broadcasts them), the
+    # others the scheduler.
+    state = _load(path / OPTIMIZER_FILE, mmap=True)
     _load_optimizer_state(acc, state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     file = path / rank_file(world.rank)
-    return torch.load(file, map_location="cpu", weights_only=False) if file.exists() else None
+    return _load(file) if file.exists() else None
+
+
+# NumPy's uint32 arrays, and nothing else of NumPy: the NumPy RNG state of rank files written before
+# it was stored as a tensor. Allowed: the function arrays are pickled with (numpy._core.multiarray.
+# _reconstruct, private), the array and dtype classes, and the uint32 dtype; no object dtype.
+_LEGACY_GLOBALS = [np.empty(0).__reduce__()[0], np.ndarray, np.dtype, np.dtypes.UInt32DType]
+
+
+def _load(file: Path, mmap: bool = False) -> Any:
+    """One of our ``.pt`` files: tensors and plain Python values, refused if it holds anything else."""
+    with torch.serialization.safe_globals(_LEGACY_GLOBALS):
+        try:
+            return torch.load(file, map_location="cpu", weights_only=True, mmap=mmap)
+        except pickle.UnpicklingError as exc:
+            raise UnsafeFile(f"{file}: refused to load: it holds {_unsafe_global(exc)}, which no checkpoint of "
+                             f"the trainer holds, and loading it could run code. Was it replaced? Delete its "
+                             f"checkpoint folder to resume from an earlier one") from None
+
+
+def _unsafe_global(error: pickle.UnpicklingError) -> str:
+    found = re.search(r"GLOBAL (\S+)|got <class '([^']+)'>", str(error))
+    return next(name for name in found.groups() if name) if found else "an object that is not a tensor"
 
 
 def rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    kind, keys, position, has_gauss, cached_gaussian = np.random.get_state()
+    # The keys as a tensor: a NumPy array would need NumPy's classes allowed when the file is loaded.
+    numpy_state = (kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached_gaussian)
+    state = {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state()
     return state
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
+    kind, keys, position, has_gauss, cached_gaussian = state["numpy"]
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), position, has_gauss, cached_gaussian))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])
@@ -393,16 +432,23 @@ def _save_weights(model: torch.nn.Module, state_dict: dict[str, torch.Tensor] | 
         save_adapter(model, state_dict, folder)
     else:
         model.save_pretrained(folder, state_dict=state_dict, safe_serialization=True)
-        _record_weights_dtype(folder / "config.json", state_dict)
+        _write_serving_config(folder / "config.json", state_dict)
 
 
-def _record_weights_dtype(config_file: Path, state_dict: dict[str, torch.Tensor]) -> None:
-    """Make config.json's dtype the written weights' own. save_pretrained takes it from the live
-    parameters, which under FSDP's bf16 mixed precision are bf16 views mid-step, while this runs
-    off the training thread."""
+def _write_serving_config(config_file: Path, state_dict: dict[str, torch.Tensor]) -> None:
+    """Make config.json describe the written model as it is served, not the live one in training
+    (edited in the file: this runs off the training thread, and the live model must keep its own).
+
+    - dtype (and torch_dtype, which transformers before 4.56 and the servers built on it read): the
+      written weights' own. save_pretrained takes it from the live parameters, which under FSDP's
+      bf16 mixed precision are bf16 views mid-step.
+    - use_cache: true. Training turns the KV cache off; tools that read config.use_cache would
+      generate without it.
+    """
     dtype = next(t.dtype for t in state_dict.values() if t.is_floating_point())
     config = json.loads(config_file.read_text())
-    config["dtype"] = str(dtype).removeprefix("torch.")
+    config["dtype"] = config["torch_dtype"] = str(dtype).removeprefix("torch.")
+    config["use_cache"] = True
     config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
@@ -525,12 +571,67 @@ def _optimizer_state(acc: Accelerated) -> dict[str, Any]:
 
 
 def _load_optimizer_state(acc: Accelerated, state: dict[str, Any]) -> None:
+    """Load a state keyed by parameter name (or by position: written before names were) into the
+    optimizer, whichever strategy wrote it: FSDP maps names to its shards, data parallelism to
+    positions."""
+    names = _param_names(acc)
+    if _keyed_by_position(state):
+        state = _by_name(state, names)
     if acc.uses_fsdp:
         from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 
         with _full_state_config(acc):
             state = FSDP.optim_state_dict_to_load(acc.model, acc.optimizer, state)
+    else:
+        state = _by_position(state, names)
     acc.optimizer.load_state_dict(state)
+
+
+def _param_names(acc: Accelerated) -> list[list[str]]:
+    """The names of the optimizer's parameters, group by group, in its order: the plain HF/peft
+    model's names, without DDP, FSDP or activation-checkpointing wrapper prefixes, as FSDP's
+    optimizer state has them."""
+    from torch.distributed.fsdp._common_utils import clean_tensor_name
+
+    names = {param: clean_tensor_name(name) for name, param in unwrap(acc.model).named_parameters()}
+    return [[names[param] for param in group["params"]] for group in acc.optimizer.param_groups]
+
+
+def _keyed_by_position(state: dict[str, Any]) -> bool:
+    return any(isinstance(key, int) for group in state["param_groups"] for key in group["params"])
+
+
+def _by_name(state: dict[str, Any], names: list[list[str]]) -> dict[str, Any]:
+    """``optimizer.state_dict()`` (parameters numbered in group order) keyed by parameter name.
+    The groups (decay, then no decay) come from the model's parameters in its own order, under
+    every strategy, so the optimizer that wrote ``state`` numbered them as ``names`` lists them."""
+    _check_group_sizes([group["params"] for group in state["param_groups"]], names)
+    name_of = {key: name for group, group_names in zip(state["param_groups"], names)
+               for key, name in zip(group["params"], group_names)}
+    return {"state": {name_of[key]: value for key, value in state["state"].items()},
+            "param_groups": [{**group, "params": group_names}
+                             for group, group_names in zip(state["param_groups"], names)]}
+
+
+def _by_position(state: dict[str, Any], names: list[list[str]]) -> dict[str, Any]:
+    """A state keyed by parameter name as ``optimizer.state_dict()`` keys it: by position in the
+    groups of the optimizer it is loaded into (whatever order the writer listed them in)."""
+    saved = [group["params"] for group in state["param_groups"]]
+    _check_group_sizes(saved, names)
+    for saved_group, group_names in zip(saved, names):
+        if set(saved_group) != set(group_names):
+            raise ValueError(f"the optimizer state is for other parameters than this model's: "
+                             f"{sorted(set(saved_group) ^ set(group_names))[:3]}")
+    position = {name: index for index, name in enumerate(name for group in names for name in group)}
+    return {"state": {position[name]: value for name, value in state["state"].items()},
+            "param_groups": [{**group, "params": [position[name] for name in group_names]}
+                             for group, group_names in zip(state["param_groups"], names)]}
+
+
+def _check_group_sizes(saved: list[list[Any]], names: list[list[str]]) -> None:
+    if [len(group) for group in saved] != [len(group) for group in names]:
+        raise ValueError(f"the optimizer state has parameter groups of {[len(g) for g in saved]} parameters, "
+                         f"this model's optimizer of {[len(g) for g in names]}")
 
 
 def _delete(path: Path) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import multiprocessing
 import os
 import signal
 import threading
@@ -22,10 +23,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 
 from mft_trainer import checkpoint, distributed, loss, metrics, resume
 from mft_trainer.accelerate import Accelerated, accelerate, clip_grad_norm, no_sync, unwrap
-from mft_trainer.commands.launch import PREEMPTION_MARKER_ENV
+from mft_trainer.commands.launch import FAILURE_MARKER_ENV, PREEMPTION_MARKER_ENV
 from mft_trainer.config import TrainerConfig, to_dict
 from mft_trainer.model import build_model, count_parameters, model_inputs
 from mft_trainer.schedule import build_scheduler, restart_schedule
@@ -33,6 +35,10 @@ from mft_trainer.schedule import build_scheduler, restart_schedule
 log = logging.getLogger("mft_trainer")
 
 PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM: in the range the PyTorchJob ExitCode policy retries
+# What a collective raises when the process at the other end went away: gloo's RuntimeError texts,
+# and NCCL's for a remote failure (the c10d store's network and timeout errors have types of their own).
+PEER_GONE = ("Connection closed by peer", "Connection reset by peer", "Broken pipe",
+             "remote process exited or there was a network error")
 
 
 @dataclass
@@ -81,9 +87,29 @@ class Run:
 
 
 def main(config: TrainerConfig) -> int:
-    run = setup(config)
+    """Set up and train; the exit code. A worker that stops early tells `mft-train launch` whether
+    it stopped for a preemption (of its pod, or of a peer's while the job started: retried) or
+    failed by itself (not retried)."""
+    preemption = Preemption(config.checkpoint.preemption_grace_seconds)  # setup takes minutes: see Preemption
+    try:
+        run = setup(config)
+        preemption.training = True
+        return train(run, preemption)
+    except Exception as error:
+        if _lost_peer(error) and not preemption.started:
+            log.error("a peer went away before training began, taken for its pod's preemption: exiting with %d "
+                      "(%s)", PREEMPTED_EXIT_CODE, error)
+            _mark(PREEMPTION_MARKER_ENV)
+            return PREEMPTED_EXIT_CODE
+        if not (_lost_peer(error) or preemption.requested):  # not stopped from outside: a failure of its own
+            _mark(FAILURE_MARKER_ENV)
+        raise
+
+
+def train(run: Run, preemption: Preemption) -> int:
+    """The training loop, the last evaluation and save, and the summary; the exit code."""
+    config = run.config
     reporter = metrics.Reporter(config.output_dir, run.world.is_main, run.total_steps)
-    preemption = Preemption(config.checkpoint.preemption_grace_seconds)
     throughput = metrics.Throughput(_flops_per_token(run), metrics.peak_flops(config.training.bf16), run.world.size)
     t, state = config.training, run.state
     stop = _stopped_early(run)
@@ -108,7 +134,7 @@ def main(config: TrainerConfig) -> int:
             agreed = _agreed_stop(run, preemption)  # on every step: a collective all ranks take part in
             stop = stop or agreed
             if stop == "preempted":
-                _mark_preempted()  # now: if a peer dies while all save, this pod still exits as preempted
+                _mark(PREEMPTION_MARKER_ENV)  # now: if a peer dies while all save, this pod still exits as preempted
             if stop or state.step >= run.total_steps:
                 break
             started = time.perf_counter()
@@ -163,6 +189,7 @@ def _agreed_stop(run: Run, preemption: Preemption) -> str | None:
     failure = run.writer.failure() if run.world.is_main else None
     flags = torch.tensor([float(preemption.requested), float(failure is not None)], device=run.world.device)
     preempted, failed = distributed.all_reduce_max(flags).tolist()
+    preemption.started = True  # every rank took part: none went away during setup
     if failed:
         _raise_write_failure(failure)
     return "preempted" if preempted else None
@@ -188,12 +215,20 @@ def _epoch_done(run: Run) -> bool:
     return run.state.offset >= len(run.sampler)
 
 
-def _mark_preempted() -> None:
-    """Tell `mft-train launch` that this pod's workers stop for a preemption: on a pod that got no
-    SIGTERM itself, torchrun reports their exit as a failure (exit 1)."""
-    marker = os.environ.get(PREEMPTION_MARKER_ENV)
+def _mark(marker_env: str) -> None:
+    """Leave `mft-train launch` the file it names in ``marker_env``: on a pod that got no SIGTERM
+    itself, torchrun reports any stop of its workers as a failure (exit 1), and the supervisor
+    tells a preemption from a failure by these files (see commands/launch.py)."""
+    marker = os.environ.get(marker_env)
     if marker:
         Path(marker).touch()
+
+
+def _lost_peer(error: BaseException) -> bool:
+    """Whether ``error`` is a collective's or the c10d store's on finding a peer process gone."""
+    if isinstance(error, (dist.DistNetworkError, dist.DistStoreError)):
+        return True
+    return isinstance(error, RuntimeError) and any(text in str(error) for text in PEER_GONE)
 
 
 def setup(config: TrainerConfig) -> Run:
@@ -547,19 +582,35 @@ def summarize(run: Run, reporter: metrics.Reporter, stop: str) -> None:
 
 
 class Preemption:
-    """SIGTERM asks for a checkpoint at the end of the current step, then exit 143.
+    """SIGTERM handling, from the worker's start.
 
-    torchrun forwards SIGTERM to every worker. The request is agreed on by all ranks (max all-reduce),
-    so they stop at the same step even if the signal reached them at different times. If the save
-    has not finished within the grace period, a watchdog exits anyway with the retryable code.
+    During setup (rendezvous, tokenizing every task, model load, wrapping: minutes on a large corpus)
+    there is nothing new to save, so SIGTERM ends the worker at once, with exit code 143. Once
+    ``training``, it asks for a checkpoint at the end of the current step, then exit 143: torchrun
+    forwards SIGTERM to every worker, and the request is agreed on by all ranks (max all-reduce), so
+    they stop at the same step even if the signal reached them at different times. If the worker
+    has not stopped within the grace period, a watchdog exits anyway with the retryable code.
+
+    ``started`` is set once every rank has agreed on a first step. Until then a peer that goes away
+    is taken for one preempted during setup, and this worker exits as preempted too (``main``). Had
+    the peer failed instead, its own pod exits with its failure, which fails the job all the same.
     """
 
     def __init__(self, grace_seconds: int):
         self.grace_seconds = grace_seconds
         self.requested = False
+        self.training = False
+        self.started = False
+        self._pid = os.getpid()
         signal.signal(signal.SIGTERM, self._handle)
 
     def _handle(self, signum: int, frame: Any) -> None:
+        if os.getpid() != self._pid:  # a forked tokenizer process inherited it: end as SIGTERM would without one
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+        if not self.training:
+            log.warning("SIGTERM before training began: nothing to save yet, exiting with %d", PREEMPTED_EXIT_CODE)
+            _exit_during_setup()
         if self.requested:
             return
         self.requested = True
@@ -567,6 +618,19 @@ class Preemption:
         watchdog = threading.Timer(self.grace_seconds, os._exit, args=(PREEMPTED_EXIT_CODE,))
         watchdog.daemon = True
         watchdog.start()
+
+
+def _exit_during_setup() -> None:
+    """End the worker now, with its tokenizer processes: forked, they hold its sockets open, so a
+    peer would wait in its collective until they end instead of finding this worker gone. Not by
+    raising an exception, which an at-fork hook or a finalizer would only print; what setup writes
+    (rank 0's clean-up of interrupted saves) is safe to end at any moment."""
+    for child in multiprocessing.active_children():
+        child.terminate()
+    if os.getpgrp() == os.getpid():  # torchrun's workers lead their group: it has a child forked this instant too
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # else the handler would run again, on its own signal
+        os.killpg(os.getpid(), signal.SIGTERM)
+    os._exit(PREEMPTED_EXIT_CODE)
 
 
 def _without_targets(row: dict[str, Any]) -> dict[str, Any]:

@@ -11,10 +11,21 @@ which the PyTorchJob ExitCode restart policy treats as a permanent failure. This
 sends SIGTERM straight to the trainer workers, gives them the grace period to save a checkpoint,
 and exits 143 (128 + SIGTERM), a code the restart policy retries.
 
-In a multi-node job only the preempted pod gets SIGTERM, but every rank agrees to stop, saves and
-exits 143; on the other pods torchrun takes that for a failure and exits 1. So the trainer marks a
-preemption in a file this supervisor names (``MFT_PREEMPTION_MARKER``), and the pod exits 143
-whenever its workers stopped for one.
+In a multi-node job only the preempted pod gets SIGTERM, and on the other pods torchrun takes any
+stop of their workers for a failure and exits 1. So the workers leave files this supervisor names:
+
+- ``MFT_PREEMPTION_MARKER``: they stopped for a preemption elsewhere. In training every rank agrees
+  to stop, saves and exits 143. During setup (rendezvous, tokenizing, model load: minutes on a large
+  corpus) a SIGTERM stops the preempted pod's workers at once, and the other pods' workers then find
+  a peer gone in a collective (gloo's "Connection closed by peer", NCCL's remote error, the c10d
+  store's network errors): until every rank has agreed on a first step, they take that for a
+  preemption and exit 143.
+- ``MFT_FAILURE_MARKER``: a worker failed by itself (a config or data error, a bug), not for a peer
+  gone or a SIGTERM. torchrun then stops the pod's other workers, which may well find a peer gone;
+  the failure decides.
+
+The pod exits 143 when it was signalled, or when its workers stopped for a preemption and none
+failed by itself; else with torchrun's code.
 """
 
 from __future__ import annotations
@@ -31,6 +42,7 @@ from pathlib import Path
 PREEMPTED_EXIT_CODE = 143
 PREFLIGHT_EXIT_CODE = 2
 PREEMPTION_MARKER_ENV = "MFT_PREEMPTION_MARKER"
+FAILURE_MARKER_ENV = "MFT_FAILURE_MARKER"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -54,17 +66,23 @@ def run(args: argparse.Namespace) -> int:
         print("\n".join(problems), file=sys.stderr)
         return PREFLIGHT_EXIT_CODE
     with tempfile.TemporaryDirectory(prefix="mft-launch-") as state:
-        marker = Path(state) / "preempted"
-        code, signalled = _supervise(command, args.grace_seconds, marker)
-        if signalled or (code != 0 and marker.exists()):
-            return PREEMPTED_EXIT_CODE
+        preempted, failed = Path(state) / "preempted", Path(state) / "failed"
+        code, signalled = _supervise(command, args.grace_seconds,
+                                     {PREEMPTION_MARKER_ENV: preempted, FAILURE_MARKER_ENV: failed})
+        return pod_exit_code(code, signalled, preempted.exists(), failed.exists())
+
+
+def pod_exit_code(code: int, signalled: bool, preempted: bool, failed: bool) -> int:
+    """The pod's exit code from the launcher's ``code`` and the workers' markers (module docstring)."""
+    if signalled or (code != 0 and preempted and not failed):
+        return PREEMPTED_EXIT_CODE
     return code if code >= 0 else 128 - code
 
 
-def _supervise(command: list[str], grace_seconds: float, marker: Path) -> tuple[int, bool]:
-    """Run the launcher; on SIGTERM, have its workers checkpoint within the grace period. Returns
-    its exit code and whether this pod was signalled."""
-    launcher = subprocess.Popen(command, env={**os.environ, PREEMPTION_MARKER_ENV: str(marker)})
+def _supervise(command: list[str], grace_seconds: float, markers: dict[str, Path]) -> tuple[int, bool]:
+    """Run the launcher, with the markers' paths in its environment; on SIGTERM, have its workers
+    checkpoint within the grace period. Returns its exit code and whether this pod was signalled."""
+    launcher = subprocess.Popen(command, env={**os.environ, **{env: str(path) for env, path in markers.items()}})
     preempted = threading.Event()
 
     def on_sigterm(signum, frame):

@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-# Exit code of input the user must fix (config, data, a full or read-only checkpoint volume): 1-127
-# is never retried by the PyTorchJob ExitCode restart policy, which is right, since a retry would
-# meet the same input.
+# Exit code of input the user must fix (config, data, a full or read-only checkpoint volume, a
+# checkpoint file that is not the trainer's): 1-127 is never retried by the PyTorchJob ExitCode
+# restart policy, which is right, since a retry would meet the same input.
 BAD_INPUT_EXIT_CODE = 1
 
 
@@ -16,7 +16,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mft_trainer.checkpoint import WriteError
+    from mft_trainer.checkpoint import UnsafeFile, WriteError
     from mft_trainer.config import ConfigError, load_config
     from mft_trainer.data import DataError
     from mft_trainer.distributed import DeviceError
@@ -24,7 +24,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         return main(load_config(args.config))
-    except (ConfigError, DataError, DeviceError, WriteError) as exc:
+    except (ConfigError, DataError, DeviceError, UnsafeFile, WriteError) as exc:
         # A message for people (file:line or field path, expected vs found), not a traceback; in one
         # write, as the ranks of a pod share stderr and may fail together (a failed checkpoint write).
         sys.stderr.write(f"mft-train: {exc}\n")
