@@ -56,6 +56,8 @@ from mft_trainer import distributed
 from mft_trainer.accelerate import Accelerated, unwrap
 from mft_trainer.durable import fsync, fsync_tree
 from mft_trainer.metrics import TENSORBOARD_DIR
+from mft_trainer.data.tokenizer import save_tokenizer
+from mft_trainer.model import write_serving_config
 
 NAME = re.compile(r"^checkpoint-(\d+)(?:-epoch-(\d+))?$")
 STATE_FILE = "trainer_state.json"
@@ -254,8 +256,7 @@ def persist(root: Path, name: str, snap: Snapshot, *, model: torch.nn.Module, to
         tmp.mkdir(parents=True)
         _test_pause()
         _save_weights(unwrap(_fsdp_inner(model)), snap.weights, tmp)
-        # The chat template in tokenizer_config.json too: older transformers and some servers read it only there.
-        tokenizer.save_pretrained(tmp, save_jinja_files=False)
+        save_tokenizer(tokenizer, tmp)
         torch.save({"optimizer": snap.optimizer, "scheduler": snap.scheduler}, tmp / OPTIMIZER_FILE)
         for rank, state in enumerate(snap.rank_states):
             torch.save(state, tmp / rank_file(rank))
@@ -439,17 +440,13 @@ def _write_serving_config(config_file: Path, state_dict: dict[str, torch.Tensor]
     """Make config.json describe the written model as it is served, not the live one in training
     (edited in the file: this runs off the training thread, and the live model must keep its own).
 
-    - dtype (and torch_dtype, which transformers before 4.56 and the servers built on it read): the
-      written weights' own. save_pretrained takes it from the live parameters, which under FSDP's
-      bf16 mixed precision are bf16 views mid-step.
+    - dtype: the written weights' own. save_pretrained takes it from the live parameters, which
+      under FSDP's bf16 mixed precision are bf16 views mid-step.
     - use_cache: true. Training turns the KV cache off; tools that read config.use_cache would
       generate without it.
     """
     dtype = next(t.dtype for t in state_dict.values() if t.is_floating_point())
-    config = json.loads(config_file.read_text())
-    config["dtype"] = config["torch_dtype"] = str(dtype).removeprefix("torch.")
-    config["use_cache"] = True
-    config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    write_serving_config(config_file, dtype=str(dtype).removeprefix("torch."), use_cache=True)
 
 
 def _host_copy(obj: Any, memo: dict[tuple, torch.Tensor], staging: dict[tuple, torch.Tensor]) -> Any:

@@ -11,8 +11,10 @@ targets.
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
@@ -57,6 +59,15 @@ def use_tokenizer_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
     for settings in (model.config, model.generation_config):
         for name, value in ids.items():
             setattr(settings, name, value)
+
+
+def write_serving_config(config_file: Path, **settings: Any) -> None:
+    """Edit a saved config.json into the form servers read: ``settings`` over what is there, and the
+    weights' dtype under ``torch_dtype`` as well as ``dtype`` (transformers from 4.56 writes only
+    ``dtype``; older releases, and the serving stacks built on them, read ``torch_dtype``)."""
+    config = json.loads(config_file.read_text()) | settings
+    config["torch_dtype"] = config["dtype"]
+    config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 def fit_embeddings(model: PreTrainedModel, vocab_size: int) -> None:

@@ -8,7 +8,6 @@ chat template of the prompt format, and that format in mft_prompt.json for ``mft
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -26,10 +25,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mft_trainer.data.tokenizer import chat_template
+    from mft_trainer.data.tokenizer import chat_template, save_tokenizer
     from mft_trainer.generation import prompt_format, write_prompt_format
     from mft_trainer.lora import merge
-    from mft_trainer.model import use_tokenizer_ids
+    from mft_trainer.model import use_tokenizer_ids, write_serving_config
 
     try:
         merged = merge(args.adapter, args.base, args.dtype)
@@ -42,10 +41,8 @@ def run(args: argparse.Namespace) -> int:
     tokenizer.chat_template = chat_template(data, tokenizer.eos_token)
     use_tokenizer_ids(merged, tokenizer)
     merged.save_pretrained(args.out, safe_serialization=True)
-    _record_dtype_for_older_readers(Path(args.out) / "config.json")
-    # The template in tokenizer_config.json, where every reader of chat templates looks: by default
-    # transformers 4.56 writes chat_template.jinja, which older releases and some servers do not read.
-    tokenizer.save_pretrained(args.out, save_jinja_files=False)
+    write_serving_config(Path(args.out) / "config.json")
+    save_tokenizer(tokenizer, args.out)
     write_prompt_format(data, args.out)
     print(f"merged {args.adapter} into {args.base or 'its base model'} ({merged.dtype}): {args.out}")
     return 0
@@ -60,10 +57,3 @@ def _training_tokenizer(adapter: str, base: str | None):
     has_tokenizer = (Path(adapter) / "tokenizer_config.json").exists()
     return AutoTokenizer.from_pretrained(adapter if has_tokenizer else (base or base_model_path(adapter)))
 
-
-def _record_dtype_for_older_readers(config_file: Path) -> None:
-    """Write the weights' dtype under ``torch_dtype`` too: transformers from 4.56 writes only ``dtype``,
-    while older transformers, and the serving stacks built on them, read ``torch_dtype``."""
-    config = json.loads(config_file.read_text())
-    config["torch_dtype"] = config["dtype"]
-    config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")

@@ -103,6 +103,13 @@ def _literal(value: str | dict | list) -> str:
     return json.dumps(value, ensure_ascii=False)
 
 
+def save_tokenizer(tokenizer: PreTrainedTokenizerFast, folder: str | Path) -> None:
+    """Save it with its chat template in tokenizer_config.json, where every reader of chat templates
+    looks: by default transformers 4.56 writes chat_template.jinja, which older releases and some
+    servers do not read."""
+    tokenizer.save_pretrained(folder, save_jinja_files=False)
+
+
 def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerFast) -> str:
     """sha256 of the tokenizer's serialized JSON (vocabulary, merges, normalizer, added tokens ...), taken
     with truncation and padding off: they do not change token ids."""
