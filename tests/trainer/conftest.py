@@ -10,6 +10,7 @@ import pytest
 import torch
 import yaml
 
+from mft_trainer.model import ATTENTION
 from tests.training_processes import PYTHON, REPO, TINY, TOKENIZER, TORCHRUN, child_env
 
 
@@ -25,7 +26,7 @@ def tiny_model(vocab_size: int, seed: int = 0, **overrides):
 
     torch.manual_seed(seed)
     config = GPTNeoXConfig(**{**TINY, "vocab_size": vocab_size, **overrides})
-    config._attn_implementation = "sdpa"
+    config._attn_implementation = ATTENTION  # as build_model sets it
     return GPTNeoXForCausalLM(config).eval()
 
 

@@ -24,6 +24,12 @@ def test_strategy_follows_device_world_size_and_precision(cuda, world_size, bf16
     assert describe(build_strategy(TrainingConfig(bf16=bf16), world_size, cuda)) == expected
 
 
+@pytest.mark.parametrize(("frozen_embeddings", "reentrant"), [(False, True), (True, False)])
+def test_checkpointing_is_reentrant_unless_the_layer_inputs_need_no_gradient(frozen_embeddings, reentrant):
+    strategy = build_strategy(TrainingConfig(), 1, cuda=True, frozen_embeddings=frozen_embeddings)
+    assert dict(opt for opt in strategy if isinstance(opt, tuple))["checkpoint"]["no_reentrant"] is not reentrant
+
+
 def test_no_activation_checkpointing_when_turned_off():
     strategy = build_strategy(TrainingConfig(checkpoint_activations=False), 8, cuda=True)
     assert "checkpoint" not in describe(strategy)

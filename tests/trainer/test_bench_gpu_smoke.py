@@ -33,6 +33,8 @@ def test_gpu_bench_runs_ours_and_the_hf_trainer_and_prints_the_ratio(tmp_path):
     assert set(results) == {"ours", "hf"}
     assert all(r["tokens_per_second_per_gpu"] > 0 and r["mfu"] > 0 for r in results.values())
     assert "checkpoint" in results["ours"]["strategy"]  # activation recomputation on, as on the GPU
+    assert "check_attention: no GPU here" in proc.stdout
+    assert "profile: tiny seq 128, " in proc.stdout and "aten::mm" in proc.stdout  # the profile's table
 
 
 def test_a_configuration_over_the_time_budget_is_killed_whole_and_the_rest_skipped(tmp_path):

@@ -47,7 +47,7 @@ def rotary_class() -> type[nn.Module]:
     return GPTNeoXRotaryEmbedding
 
 
-def build_strategy(training: TrainingConfig, world_size: int, cuda: bool) -> list[Any]:
+def build_strategy(training: TrainingConfig, world_size: int, cuda: bool, frozen_embeddings: bool = False) -> list[Any]:
     layer = layer_class()
     strategy: list[Any] = [("parallel_mode", ([("data", world_size)], None))]
     if cuda:
@@ -65,10 +65,12 @@ def build_strategy(training: TrainingConfig, world_size: int, cuda: bool) -> lis
         if training.bf16:
             strategy.append(("amp_native", {"dtype": torch.bfloat16}))
     if training.checkpoint_activations:
-        # ATorch wants the class itself (a class name is not resolved for GPT-NeoX). Non-reentrant
-        # checkpointing: the reentrant default yields no gradients when the layer inputs do not
-        # require grad, which is the case under LoRA's frozen embeddings.
-        strategy.append(("checkpoint", {"wrap_class": (layer,), "no_reentrant": True}))
+        # ATorch wants the class itself (a class name is not resolved for GPT-NeoX). Reentrant
+        # checkpointing (ATorch's default, and the reference's) saves a layer's inputs only; the
+        # non-reentrant kind runs Python hooks for every tensor a layer saves, which slowed a host-bound
+        # step of 24 narrow layers by 8% (BENCHMARKS.md). But reentrant checkpointing yields no gradients
+        # when the layer inputs do not require grad: under LoRA's frozen embeddings.
+        strategy.append(("checkpoint", {"wrap_class": (layer,), "no_reentrant": frozen_embeddings}))
     return strategy
 
 
@@ -78,12 +80,13 @@ def accelerate(model: nn.Module, training: TrainingConfig, world: World) -> Acce
     # ATorch narrates every step of strategy loading at INFO on each rank; the applied strategy is
     # logged once below, so keep only its warnings.
     logging.getLogger("atorch.logger").setLevel(logging.WARNING)
-    strategy = build_strategy(training, world.size, torch.cuda.is_available())
+    frozen_embeddings = not model.get_input_embeddings().weight.requires_grad
+    strategy = build_strategy(training, world.size, torch.cuda.is_available(), frozen_embeddings)
     place(model, strategy, world.device)
     ok, result, applied = auto_accelerate(
         model,
         optim_func=torch.optim.AdamW,
-        optim_args={"lr": training.learning_rate, "weight_decay": training.weight_decay},
+        optim_args=optimizer_args(training),
         optim_param_func=param_groups,
         load_strategy=strategy,
         ignore_dryrun_on_load_strategy=True,
@@ -96,6 +99,12 @@ def accelerate(model: nn.Module, training: TrainingConfig, world: World) -> Acce
         log.warning("ATorch left out of the strategy: %s", describe(left_out))
     log.info("ATorch strategy: %s", describe([opt for opt in strategy if _name(opt) in names]))
     return Accelerated(model=result.model, optimizer=result.optim, strategy=names)
+
+
+def optimizer_args(training: TrainingConfig) -> dict[str, Any]:
+    """AdamW's settings, with its fused kernel (one launch for every parameter's update on a GPU, one
+    pass on a CPU; the Hugging Face Trainer's default): the foreach kernels cost a 1.4B step 3-6%."""
+    return {"lr": training.learning_rate, "weight_decay": training.weight_decay, "fused": True}
 
 
 def place(model: nn.Module, strategy: list[Any], device: torch.device) -> None:

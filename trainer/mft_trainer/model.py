@@ -1,10 +1,11 @@
 """GPT-NeoX construction and the inputs one training forward pass takes.
 
 Packed rows hold several documents. Each document must see only itself, so packed batches carry a
-block-diagonal causal mask built from ``sample_index`` ([B, 1, L, L] bool, True = may attend), and
-position ids that restart at every document. sdpa takes that mask on CPU and GPU (under FSDP and
-bf16 autocast too); rows with a single document take sdpa's causal path (an all-ones mask, which
-transformers turns into no mask and ``is_causal``), so sdpa can pick its fastest kernel. Right
+block-diagonal causal mask built from ``sample_index`` ([B, 1, L, L] bool, True = may attend), the
+same documents as spans of the flattened batch (which ``attention`` hands to a varlen flash kernel on
+the GPU), and position ids that restart at every document. sdpa takes the mask on CPU and GPU (under
+FSDP and bf16 autocast too); rows with a single document take sdpa's causal path (an all-ones mask,
+which transformers turns into no mask and ``is_causal``), so sdpa can pick its fastest kernel. Right
 padding needs no mask under causal attention: pad tokens come after every real token and carry no
 targets.
 """
@@ -19,12 +20,13 @@ from typing import Any
 import torch
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
+from mft_trainer import attention
 from mft_trainer.config import TrainerConfig
 from mft_trainer.distributed import to_device
 
 log = logging.getLogger(__name__)
 
-ATTENTION = "sdpa"
+ATTENTION = attention.NAME
 
 
 def build_model(config: TrainerConfig, tokenizer: PreTrainedTokenizerBase,
@@ -84,6 +86,8 @@ def model_inputs(batch: dict[str, torch.Tensor], device: torch.device) -> dict[s
     if is_packed(batch["sample_index"]):
         inputs["position_ids"] = to_device(batch["position_ids"], device)
         inputs["attention_mask"] = packed_attention_mask(to_device(batch["sample_index"], device))
+        spans = attention.document_spans(batch["sample_index"])
+        inputs |= {name: to_device(value, device) if torch.is_tensor(value) else value for name, value in spans.items()}
     else:
         # All ones, pads included (they follow every real token and carry no target). Without any
         # mask, transformers (4.56, no KV cache) looks for packing in the position ids and always
