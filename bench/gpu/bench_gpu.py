@@ -207,8 +207,8 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=420,
                         help="seconds for all configurations; what is left when one starts is its limit")
     args = parser.parse_args()
-    plan_args = [f"--{name}" for name in PLANS if getattr(args, name)]
-    plan = PLANS[plan_args[0][2:]] if plan_args else FULL
+    chosen = next((name for name in PLANS if getattr(args, name)), None)
+    plan, plan_args = (PLANS[chosen], [f"--{chosen}"]) if chosen else (FULL, [])
     if args.one:
         kind, name, seq = args.one
         print(json.dumps((ours if kind == "ours" else hf)(plan, name, int(seq))), flush=True)

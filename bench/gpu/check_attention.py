@@ -25,9 +25,9 @@ from mft_trainer.model import ATTENTION, model_inputs  # noqa: E402
 TOLERANCE = 2e-2
 
 
-def forward_backward(model, batch, fused: bool):
+def forward_backward(model, batch, varlen: bool):
     model.zero_grad()
-    with mock.patch.object(attention, "fused_applies", attention.fused_applies if fused else (lambda *_: False)), \
+    with mock.patch.object(attention, "varlen_applies", attention.varlen_applies if varlen else (lambda *_: False)), \
             torch.autocast("cuda", dtype=torch.bfloat16):
         logits = model(**model_inputs(batch, torch.device("cuda"))).logits
     logits.float().square().mean().backward()
@@ -62,9 +62,9 @@ def main() -> int:
         calls.append(1)
         return kernel(*args)
 
-    masked_logits, masked_grads = forward_backward(model, batch, fused=False)
+    masked_logits, masked_grads = forward_backward(model, batch, varlen=False)
     with mock.patch.object(attention, "_varlen_kernel", lambda: counting):
-        logits, grads = forward_backward(model, batch, fused=True)
+        logits, grads = forward_backward(model, batch, varlen=True)
     errors = {"logits": relative(logits, masked_logits)} | {name: relative(grads[name], masked_grads[name])
                                                             for name in grads}
     worst = max(errors, key=errors.get)

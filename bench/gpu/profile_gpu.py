@@ -18,7 +18,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_gpu import FULL, SMOKE, batches, our_run, sync  # noqa: E402
 
 
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", default="410m", choices=FULL.models)

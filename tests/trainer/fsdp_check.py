@@ -80,8 +80,8 @@ def cuda_stand_in():
 
     build = trainer_accelerate.build_strategy
 
-    def gpu_strategy(training, world_size, cuda, frozen_embeddings):
-        return build(training, world_size, True, frozen_embeddings)
+    def gpu_strategy(training, world_size, cuda, **need):
+        return build(training, world_size, True, **need)
 
     def fsdp_on_cpu(module, **kwargs):
         kwargs.pop("sync_module_states", None)  # FSDP broadcasts only from a GPU

@@ -36,7 +36,7 @@ def applied(config, tokenizer, world, strategy_world_size: int) -> dict:
     logging.getLogger(trainer_accelerate.__name__).addHandler(warnings)
     build = trainer_accelerate.build_strategy
     with mock.patch.object(trainer_accelerate, "build_strategy",
-                           lambda training, world_size, cuda, frozen: build(training, strategy_world_size, cuda, frozen)):
+                           lambda training, world_size, cuda, **need: build(training, strategy_world_size, cuda, **need)):
         acc = fsdp_check.atorch_gpu_strategy(_build(config, tokenizer, None), config, world)
     logging.getLogger(trainer_accelerate.__name__).removeHandler(warnings)
     return {"strategy": acc.strategy, "warnings": warnings.messages}

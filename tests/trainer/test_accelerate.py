@@ -21,17 +21,18 @@ from tests.training_processes import PYTHON, REPO, child_env
     (True, 8, False, "parallel_mode(data=8), fsdp(wrap=GPTNeoXLayer), checkpoint(GPTNeoXLayer)"),
 ])
 def test_strategy_follows_device_world_size_and_precision(cuda, world_size, bf16, expected):
-    assert describe(build_strategy(TrainingConfig(bf16=bf16), world_size, cuda)) == expected
+    assert describe(build_strategy(TrainingConfig(bf16=bf16), world_size, cuda, layer_inputs_need_grad=True)) == expected
 
 
-@pytest.mark.parametrize(("frozen_embeddings", "reentrant"), [(False, True), (True, False)])
-def test_checkpointing_is_reentrant_unless_the_layer_inputs_need_no_gradient(frozen_embeddings, reentrant):
-    strategy = build_strategy(TrainingConfig(), 1, cuda=True, frozen_embeddings=frozen_embeddings)
-    assert dict(opt for opt in strategy if isinstance(opt, tuple))["checkpoint"]["no_reentrant"] is not reentrant
+@pytest.mark.parametrize("layer_inputs_need_grad", [True, False])  # False: LoRA's frozen embeddings
+def test_checkpointing_is_reentrant_unless_the_layer_inputs_need_no_gradient(layer_inputs_need_grad):
+    strategy = build_strategy(TrainingConfig(), 1, cuda=True, layer_inputs_need_grad=layer_inputs_need_grad)
+    # Reentrant recomputation would give no gradients where the layer inputs need none.
+    assert dict(opt for opt in strategy if isinstance(opt, tuple))["checkpoint"]["no_reentrant"] is not layer_inputs_need_grad
 
 
 def test_no_activation_checkpointing_when_turned_off():
-    strategy = build_strategy(TrainingConfig(checkpoint_activations=False), 8, cuda=True)
+    strategy = build_strategy(TrainingConfig(checkpoint_activations=False), 8, cuda=True, layer_inputs_need_grad=True)
     assert "checkpoint" not in describe(strategy)
 
 
@@ -57,7 +58,7 @@ def test_what_moves_to_the_device_before_atorch_wraps_the_model(world_size, move
 
     model = tiny_model(64)
     # The meta device stands in for the GPU: it shows what moved without needing one.
-    place(model, build_strategy(TrainingConfig(), world_size, cuda=True), torch.device("meta"))
+    place(model, build_strategy(TrainingConfig(), world_size, cuda=True, layer_inputs_need_grad=True), torch.device("meta"))
     on_meta = {name for name, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta}
     everything = {name for name, _ in [*model.named_parameters(), *model.named_buffers()]}
     if moved == "every tensor":

@@ -5,6 +5,7 @@ here a reference kernel with its contract (every span causal on its own, the fla
 out) stands in for it, so what is ours is checked on the CPU: the spans, the layout, and that the
 model's forward and backward reach it in every layer and agree with the mask path."""
 
+import functools
 from unittest import mock
 
 import pytest
@@ -61,16 +62,30 @@ def forward_backward(model, batch) -> tuple[torch.Tensor, list[torch.Tensor]]:
     return logits.detach(), [p.grad.clone() for p in model.parameters()]
 
 
-@pytest.mark.parametrize("checkpointing", [False, True])
+def checkpointed(model, impl):
+    """Every layer wrapped for recomputation as ATorch's ``checkpoint`` method wraps it."""
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
+        apply_activation_checkpointing, checkpoint_wrapper)
+
+    from mft_trainer.accelerate import layer_class
+
+    apply_activation_checkpointing(model, checkpoint_wrapper_fn=functools.partial(checkpoint_wrapper, checkpoint_impl=impl),
+                                   check_fn=lambda module: isinstance(module, layer_class()))
+    return model
+
+
+@pytest.mark.parametrize("checkpointing", [None, "REENTRANT", "NO_REENTRANT"])
 def test_the_varlen_path_matches_the_mask_path_forward_and_backward(tokenizer, checkpointing):
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import CheckpointImpl
+
     model = tiny_model(len(tokenizer), use_cache=False).train()
-    if checkpointing:  # the trainer's default: layer inputs and kwargs go through recomputation
-        model.gradient_checkpointing_enable({"use_reentrant": False})
+    if checkpointing:  # layer inputs and the spans go through recomputation (reentrant: packed as arguments)
+        model = checkpointed(model, CheckpointImpl[checkpointing])
     batch = packed_batch(tokenizer)
     masked_logits, masked_grads = forward_backward(model, batch)
 
     calls = []
-    with mock.patch.object(attention, "fused_applies", lambda *_: True), \
+    with mock.patch.object(attention, "varlen_applies", lambda *_: True), \
             mock.patch.object(attention, "_varlen_kernel", lambda: reference_kernel(calls)):
         logits, grads = forward_backward(model, batch)
 
@@ -85,13 +100,13 @@ def test_the_varlen_path_matches_the_mask_path_forward_and_backward(tokenizer, c
 
 def test_the_kernel_is_used_only_where_it_runs():
     cpu_bf16 = torch.zeros(1, 2, 4, 64, dtype=torch.bfloat16)
-    assert not attention.fused_applies(cpu_bf16, 0.0, None)  # no CUDA here: the mask path
+    assert not attention.varlen_applies(cpu_bf16, 0.0, None)  # no CUDA here: the mask path
     with mock.patch.object(torch.Tensor, "is_cuda", True), \
             mock.patch.object(attention, "_flash_capable", lambda _: True):
-        assert attention.fused_applies(cpu_bf16, 0.0, 64 ** -0.5) is (attention._varlen_kernel() is not None)
-        assert not attention.fused_applies(cpu_bf16.float(), 0.0, None)  # fp32: flash takes half precision only
+        assert attention.varlen_applies(cpu_bf16, 0.0, 64 ** -0.5) is (attention._varlen_kernel() is not None)
+        assert not attention.varlen_applies(cpu_bf16.float(), 0.0, None)  # fp32: flash takes half precision only
         with torch.autocast("cpu", dtype=torch.bfloat16):  # fp32 queries from the rotary embedding, autocast on
-            assert attention.fused_applies(cpu_bf16.float(), 0.0, None) is (attention._varlen_kernel() is not None)
-        assert not attention.fused_applies(cpu_bf16, 0.1, None)  # no dropout in the kernel
-        assert not attention.fused_applies(cpu_bf16, 0.0, 0.5)  # only the default scale
-        assert not attention.fused_applies(torch.zeros(1, 2, 4, 12, dtype=torch.bfloat16), 0.0, None)
+            assert attention.varlen_applies(cpu_bf16.float(), 0.0, None) is (attention._varlen_kernel() is not None)
+        assert not attention.varlen_applies(cpu_bf16, 0.1, None)  # no dropout in the kernel
+        assert not attention.varlen_applies(cpu_bf16, 0.0, 0.5)  # only the default scale
+        assert not attention.varlen_applies(torch.zeros(1, 2, 4, 12, dtype=torch.bfloat16), 0.0, None)

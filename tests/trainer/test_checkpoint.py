@@ -327,14 +327,14 @@ def test_a_resumed_adapter_takes_the_configured_dropout_and_records_it(tmp_path,
 ONE_RANK = distributed.World(rank=0, local_rank=0, size=1, device=torch.device("cpu"))
 
 
-def optimized(tokenizer, steps: int = 1) -> Accelerated:
+def optimized(tokenizer, steps: int = 1, fused: bool | None = None) -> Accelerated:
     """A tiny GPT-NeoX with its AdamW built as ATorch builds it (decay and no-decay groups), after ``steps``."""
     from mft_trainer.accelerate import param_groups
 
     from .conftest import tiny_model
 
     model = tiny_model(len(tokenizer)).train()
-    optimizer = torch.optim.AdamW(param_groups(model), lr=0.1, weight_decay=0.1)
+    optimizer = torch.optim.AdamW(param_groups(model), lr=0.1, weight_decay=0.1, fused=fused)
     for _ in range(steps):
         ids = torch.arange(2, 10)[None]
         model(input_ids=ids, labels=ids).loss.backward()
@@ -385,6 +385,18 @@ def test_an_optimizer_state_keyed_by_position_is_still_restored(tmp_path, tokeni
     resumed = optimized(tokenizer, steps=0)
     checkpoint.load_training_state(path, resumed, constant_schedule(resumed), ONE_RANK)
     assert_same_state(state_by_name(resumed), state_by_name(acc))
+
+
+def test_a_state_saved_by_unfused_adamw_resumes_into_the_fused_kernel(tmp_path, tokenizer):
+    acc = optimized(tokenizer, steps=2)  # as checkpoints were written before AdamW was fused
+    path = save(tmp_path, acc, tokenizer)
+    resumed = optimized(tokenizer, steps=0, fused=True)
+    checkpoint.load_training_state(path, resumed, constant_schedule(resumed), ONE_RANK)
+    assert all(group["fused"] for group in resumed.optimizer.param_groups)
+    assert_same_state(state_by_name(resumed), state_by_name(acc))
+    ids = torch.arange(2, 10)[None]
+    resumed.model(input_ids=ids, labels=ids).loss.backward()
+    resumed.optimizer.step()  # the fused kernel takes the loaded state (its step counts included)
 
 
 def draws() -> tuple:

@@ -8,7 +8,8 @@ import torch
 
 from mft_trainer.config import from_dict
 from mft_trainer.data import load_tokenizer
-from mft_trainer.model import build_model, is_packed, model_inputs, packed_attention_mask
+from mft_trainer.attention import block_diagonal_mask, document_spans
+from mft_trainer.model import build_model, is_packed, model_inputs
 
 from tests.training_processes import TINY, TOKENIZER
 
@@ -75,7 +76,7 @@ def test_packed_rows_get_the_block_diagonal_mask(tokenizer):
 
 
 def test_mask_is_block_diagonal_causal_and_pads_see_something():
-    mask = packed_attention_mask(torch.tensor([[0, 0, 1, 1, -1]]))[0, 0]
+    mask = block_diagonal_mask(document_spans(torch.tensor([[0, 0, 1, 1, -1]])), 1, 5)[0, 0]
     expected = torch.tensor([[1, 0, 0, 0, 0],
                              [1, 1, 0, 0, 0],
                              [0, 0, 1, 0, 0],

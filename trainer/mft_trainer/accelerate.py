@@ -47,7 +47,7 @@ def rotary_class() -> type[nn.Module]:
     return GPTNeoXRotaryEmbedding
 
 
-def build_strategy(training: TrainingConfig, world_size: int, cuda: bool, frozen_embeddings: bool = False) -> list[Any]:
+def build_strategy(training: TrainingConfig, world_size: int, cuda: bool, *, layer_inputs_need_grad: bool) -> list[Any]:
     layer = layer_class()
     strategy: list[Any] = [("parallel_mode", ([("data", world_size)], None))]
     if cuda:
@@ -70,7 +70,7 @@ def build_strategy(training: TrainingConfig, world_size: int, cuda: bool, frozen
         # non-reentrant kind runs Python hooks for every tensor a layer saves, which slowed a host-bound
         # step of 24 narrow layers by 8% (BENCHMARKS.md). But reentrant checkpointing yields no gradients
         # when the layer inputs do not require grad: under LoRA's frozen embeddings.
-        strategy.append(("checkpoint", {"wrap_class": (layer,), "no_reentrant": frozen_embeddings}))
+        strategy.append(("checkpoint", {"wrap_class": (layer,), "no_reentrant": not layer_inputs_need_grad}))
     return strategy
 
 
@@ -80,8 +80,9 @@ def accelerate(model: nn.Module, training: TrainingConfig, world: World) -> Acce
     # ATorch narrates every step of strategy loading at INFO on each rank; the applied strategy is
     # logged once below, so keep only its warnings.
     logging.getLogger("atorch.logger").setLevel(logging.WARNING)
-    frozen_embeddings = not model.get_input_embeddings().weight.requires_grad
-    strategy = build_strategy(training, world.size, torch.cuda.is_available(), frozen_embeddings)
+    # The first layer's input is the embeddings' output: it needs grad exactly when they train.
+    strategy = build_strategy(training, world.size, torch.cuda.is_available(),
+                              layer_inputs_need_grad=model.get_input_embeddings().weight.requires_grad)
     place(model, strategy, world.device)
     ok, result, applied = auto_accelerate(
         model,

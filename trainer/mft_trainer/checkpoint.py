@@ -581,7 +581,16 @@ def _load_optimizer_state(acc: Accelerated, state: dict[str, Any]) -> None:
             state = FSDP.optim_state_dict_to_load(acc.model, acc.optimizer, state)
     else:
         state = _by_position(state, names)
-    acc.optimizer.load_state_dict(state)
+    acc.optimizer.load_state_dict(_with_kernels_of(acc.optimizer, state))
+
+
+def _with_kernels_of(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> dict[str, Any]:
+    """``state`` with ``optimizer``'s choice of kernels (fused, foreach): loading replaces each param
+    group with the saved one, so a checkpoint written before AdamW was fused would turn fusing off for
+    the rest of the job, and for every checkpoint after it."""
+    groups = [group | {key: current.get(key) for key in ("fused", "foreach")}
+              for group, current in zip(state["param_groups"], optimizer.param_groups)]
+    return state | {"param_groups": groups}
 
 
 def _param_names(acc: Accelerated) -> list[list[str]]:

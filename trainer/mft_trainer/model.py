@@ -1,11 +1,10 @@
 """GPT-NeoX construction and the inputs one training forward pass takes.
 
-Packed rows hold several documents. Each document must see only itself, so packed batches carry a
-block-diagonal causal mask built from ``sample_index`` ([B, 1, L, L] bool, True = may attend), the
-same documents as spans of the flattened batch (which ``attention`` hands to a varlen flash kernel on
-the GPU), and position ids that restart at every document. sdpa takes the mask on CPU and GPU (under
-FSDP and bf16 autocast too); rows with a single document take sdpa's causal path (an all-ones mask,
-which transformers turns into no mask and ``is_causal``), so sdpa can pick its fastest kernel. Right
+Packed rows hold several documents. Each document must see only itself, so packed batches carry
+their documents as spans of the flattened batch (``attention.document_spans``, which ``attention``
+turns into a varlen kernel call or a block-diagonal causal mask) and position ids that restart at
+every document. Rows with a single document take sdpa's causal path (an all-ones mask, which
+transformers turns into no mask and ``is_causal``), so sdpa can pick its fastest kernel. Right
 padding needs no mask under causal attention: pad tokens come after every real token and carry no
 targets.
 """
@@ -83,16 +82,14 @@ def fit_embeddings(model: PreTrainedModel, vocab_size: int) -> None:
 
 def model_inputs(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
     inputs = {"input_ids": to_device(batch["input_ids"], device)}
+    # All ones, pads included (they follow every real token and carry no target). Without any mask,
+    # transformers (4.56, no KV cache) looks for packing in the position ids and always builds a
+    # full [B, 1, L, L] mask, which keeps sdpa off its causal kernels (and is not needed by varlen).
+    inputs["attention_mask"] = torch.ones_like(inputs["input_ids"])
     if is_packed(batch["sample_index"]):
         inputs["position_ids"] = to_device(batch["position_ids"], device)
-        inputs["attention_mask"] = packed_attention_mask(to_device(batch["sample_index"], device))
         spans = attention.document_spans(batch["sample_index"])
         inputs |= {name: to_device(value, device) if torch.is_tensor(value) else value for name, value in spans.items()}
-    else:
-        # All ones, pads included (they follow every real token and carry no target). Without any
-        # mask, transformers (4.56, no KV cache) looks for packing in the position ids and always
-        # builds a full [B, 1, L, L] mask, which keeps sdpa off its causal kernels.
-        inputs["attention_mask"] = torch.ones_like(inputs["input_ids"])
     return inputs
 
 
@@ -101,14 +98,6 @@ def is_packed(sample_index: torch.Tensor) -> bool:
     real = sample_index >= 0
     first = torch.where(real, sample_index, sample_index.max() + 1).min(dim=1, keepdim=True).values
     return bool(((sample_index != first) & real).any())
-
-
-def packed_attention_mask(sample_index: torch.Tensor) -> torch.Tensor:
-    """[B, 1, L, L] bool: causal and inside one document. A pad query (-1) sees the pads before it."""
-    length = sample_index.shape[1]
-    same = sample_index[:, :, None] == sample_index[:, None, :]
-    causal = torch.ones(length, length, dtype=torch.bool, device=sample_index.device).tril()
-    return (same & causal)[:, None]
 
 
 def count_parameters(model: torch.nn.Module, trainable_only: bool = False) -> int:
