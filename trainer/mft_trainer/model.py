@@ -89,7 +89,8 @@ def model_inputs(batch: dict[str, torch.Tensor], device: torch.device) -> dict[s
     if is_packed(batch["sample_index"]):
         inputs["position_ids"] = to_device(batch["position_ids"], device)
         spans = attention.document_spans(batch["sample_index"])
-        inputs |= {name: to_device(value, device) if torch.is_tensor(value) else value for name, value in spans.items()}
+        offsets = to_device(spans["cu_seq_lens_q"], device)  # one copy: queries and keys share the spans
+        inputs |= spans | {"cu_seq_lens_q": offsets, "cu_seq_lens_k": offsets}
     return inputs
 
 
